@@ -1,0 +1,34 @@
+//! guard's kernel programs. Each program lives in its own module; this file only holds the
+//! thin entry points the loader finds by name (`guard_common::programs`).
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod packet;
+#[cfg(target_arch = "bpf")]
+mod xdp_ingress;
+
+#[cfg(target_arch = "bpf")]
+mod entry {
+    use aya_ebpf::{macros::xdp, programs::XdpContext};
+
+    /// XDP ingress filter on every interface the policy names.
+    #[xdp]
+    pub fn guard_xdp_ingress(ctx: XdpContext) -> u32 {
+        crate::xdp_ingress::run(&ctx)
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+
+    #[unsafe(link_section = "license")]
+    #[unsafe(no_mangle)]
+    static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";
+}
+
+/// The crate only means something for the BPF target; on the host it is an empty binary so
+/// that `cargo build --workspace` and `cargo clippy --workspace` work.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,102 @@
+//! The `guard` command line (clap derive). Exit codes: 0 fine, 1 findings or invalid input,
+//! 2 usage or runtime error.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{bpf::KernelLog, logging::LogFormat};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "guard",
+    version,
+    about = "eBPF host firewall: enforce a port policy in the kernel, count and report"
+)]
+pub struct Cli {
+    /// Directory on a bpf filesystem where the daemon pins its maps.
+    #[arg(
+        long,
+        global = true,
+        env = "GUARD_PIN_DIR",
+        default_value = "/sys/fs/bpf/guard"
+    )]
+    pub pin_dir: PathBuf,
+    /// Directory for the daemon's state file and lock (root-only).
+    #[arg(
+        long,
+        global = true,
+        env = "GUARD_RUN_DIR",
+        default_value = "/run/guard"
+    )]
+    pub run_dir: PathBuf,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: load the policy, attach, enforce, until SIGINT or SIGTERM.
+    ///
+    /// Without --policy it reads /etc/guard/policy.toml, or, when that does not exist, runs
+    /// the embedded default policy in audit mode (counts what it would drop, drops nothing).
+    ///
+    /// Example: guard run --policy /etc/guard/policy.toml
+    Run(RunArgs),
+    /// Validate a policy file without touching the kernel.
+    ///
+    /// Prints FILE:LINE:COL: message for each error and exits 1 when there is any.
+    ///
+    /// Example: guard check policies/example.toml
+    Check {
+        /// The policy file.
+        file: PathBuf,
+    },
+    /// Per-rule packet and byte counters and drop reasons of the running daemon.
+    ///
+    /// Example: guard stats --json
+    Stats {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// What the daemon runs: policy, hash, mode, interfaces, uptime.
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Policy file (default: /etc/guard/policy.toml, else the embedded default).
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Kernel log records to emit; `debug` logs every dropped packet (costly).
+    #[arg(long, value_enum, default_value_t)]
+    pub kernel_log: KernelLog,
+    /// Log format on stdout.
+    #[arg(long, value_enum, default_value_t)]
+    pub log_format: LogFormat,
+}
+
+/// Why a command failed, and so its exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// Invalid input or findings: exit 1.
+    #[error("{0}")]
+    Invalid(String),
+    /// Usage or runtime error: exit 2.
+    #[error("{0}")]
+    Runtime(String),
+}
+
+impl Failure {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Failure::Invalid(_) => 1,
+            Failure::Runtime(_) => 2,
+        }
+    }
+}

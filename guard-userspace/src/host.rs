@@ -1,0 +1,93 @@
+//! Facts about the host: interfaces, default routes, bpffs.
+
+use std::{ffi::CString, fs, io, path::Path};
+
+/// The index of interface `name`, if it exists.
+pub fn if_index(name: &str) -> Option<u32> {
+    let c = CString::new(name).ok()?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    (index != 0).then_some(index)
+}
+
+/// Interfaces that carry an IPv4 or IPv6 default route, sorted, without duplicates.
+pub fn default_route_interfaces() -> io::Result<Vec<String>> {
+    let v4 = fs::read_to_string("/proc/net/route")?;
+    let v6 = fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    let mut names = parse_default_routes(&v4, &v6);
+    names.sort();
+    names.dedup();
+    Ok(names)
+}
+
+/// Parses `/proc/net/route` and `/proc/net/ipv6_route` texts for default-route interfaces.
+pub fn parse_default_routes(v4: &str, v6: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in v4.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+        if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
+            names.push(f[0].to_owned());
+        }
+    }
+    for line in v6.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // dest prefix src srcprefix nexthop metric refcnt use flags iface
+        if f.len() == 10 && f[0].chars().all(|c| c == '0') && f[1] == "00" && f[9] != "lo" {
+            names.push(f[9].to_owned());
+        }
+    }
+    names
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// True when `path` is on a bpf filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
+    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into the zeroed struct; c is NUL-terminated.
+    unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+    }
+}
+
+/// Makes sure `pin_dir`'s parent is a bpffs (mounting one at `/sys/fs/bpf` if that is the
+/// parent and nothing is mounted there), then creates `pin_dir`.
+pub fn prepare_pin_dir(pin_dir: &Path) -> io::Result<()> {
+    let parent = pin_dir.parent().unwrap_or(Path::new("/"));
+    if !is_bpffs(parent) {
+        if parent == Path::new("/sys/fs/bpf") {
+            mount_bpffs(parent)?;
+        } else {
+            return Err(io::Error::other(format!(
+                "{} is not on a bpf filesystem (mount one with `mount -t bpf bpf {}`)",
+                pin_dir.display(),
+                parent.display()
+            )));
+        }
+    }
+    fs::create_dir_all(pin_dir)
+}
+
+fn mount_bpffs(at: &Path) -> io::Result<()> {
+    let target = CString::new(at.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    // SAFETY: all pointers are valid NUL-terminated strings or null.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            target.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc == 0 {
+        tracing::info!(path = %at.display(), "mounted bpffs");
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}

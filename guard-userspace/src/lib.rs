@@ -1,0 +1,13 @@
+//! guard's userspace: policy pipeline, eBPF loader, daemon and CLI commands. The `guard`
+//! binary (`main.rs`) is a thin dispatcher over this library; the privileged tests in
+//! `tests/` drive the same library.
+
+pub mod bpf;
+pub mod cli;
+pub mod commands;
+pub mod counters;
+pub mod daemon;
+pub mod host;
+pub mod logging;
+pub mod policy;
+pub mod state;

@@ -1,0 +1,25 @@
+use std::process::ExitCode;
+
+use clap::Parser as _;
+use guard::cli::{Cli, Command, Failure};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match &cli.command {
+        Command::Run(args) => guard::daemon::run(&cli.pin_dir, &cli.run_dir, args),
+        Command::Check { file } => guard::commands::check(file),
+        Command::Stats { json } => guard::commands::stats(&cli.run_dir, *json),
+        Command::Status { json } => guard::commands::status(&cli.run_dir, *json),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Invalid(lines)) => {
+            eprintln!("{lines}");
+            ExitCode::from(1)
+        }
+        Err(err @ Failure::Runtime(_)) => {
+            eprintln!("guard: error: {err}");
+            ExitCode::from(err.exit_code())
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! Step 3 of 3: validated [`Policy`] to the contents of the kernel maps.
+//!
+//! Ports are grouped into *classes*: ports covered by exactly the same set of rules share one.
+//! The kernel reads the class of `(proto, dport)` from an array, then looks up
+//! `(class, source address)` in an LPM trie, so its cost does not depend on the rule count.
+//! Precedence is settled here: the trie gives the most specific source prefix; for rules
+//! with the same prefix in one class, `deny` beats `audit` beats `allow`, then file order.
+
+use std::collections::{BTreeMap, HashMap};
+
+use guard_common::{
+    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, IngressConfig, MODE_AUDIT, MODE_ENFORCE,
+    PORT_FAILSAFE, PROTO_IDX_TCP, PROTO_IDX_UDP, RULE_DEFAULT, RULE_FAILSAFE, RULE_FIRST_POLICY,
+    RuleRef, SrcKeyV4, SrcKeyV6, port_index,
+};
+use ipnet::IpNet;
+use serde::Serialize;
+
+use super::model::{DefaultAction, Mode, Policy, PortRange, Proto, RuleAction};
+
+/// What a rule's counters mean, for `guard stats` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct RuleInfo {
+    pub name: String,
+    /// `allow`, `deny` or `audit`: what happens to the packets the rule counts. In audit mode
+    /// denials are reported as `audit`.
+    pub action: String,
+}
+
+/// Everything the loader writes into the maps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lowered {
+    pub config: IngressConfig,
+    /// Indexed by rule index: [`RULE_DEFAULT`], [`RULE_FAILSAFE`], then the ingress rules.
+    pub rules: Vec<RuleInfo>,
+    /// Non-zero entries of the ports array: (index, class | flags).
+    pub ports: Vec<(u32, u32)>,
+    /// (prefix length incl. [`CLASS_BITS`], key, value).
+    pub src_v4: Vec<(u32, SrcKeyV4, RuleRef)>,
+    pub src_v6: Vec<(u32, SrcKeyV6, RuleRef)>,
+    /// Number of port classes (class ids are 1..=classes).
+    pub classes: u32,
+}
+
+const fn action_code(action: RuleAction) -> u32 {
+    match action {
+        RuleAction::Allow => ACTION_ALLOW,
+        RuleAction::Deny => ACTION_DENY,
+        RuleAction::Audit => ACTION_AUDIT,
+    }
+}
+
+fn label(action: RuleAction, mode: Mode) -> String {
+    match (action, mode) {
+        (RuleAction::Deny, Mode::Audit) => RuleAction::Audit.to_string(),
+        (a, _) => a.to_string(),
+    }
+}
+
+pub fn lower(policy: &Policy) -> Lowered {
+    let default_rule = match policy.default_action {
+        DefaultAction::Allow => RuleAction::Allow,
+        DefaultAction::Deny => RuleAction::Deny,
+    };
+    let mut rules = vec![
+        RuleInfo {
+            name: "default".into(),
+            action: label(default_rule, policy.mode),
+        },
+        RuleInfo {
+            name: "failsafe".into(),
+            action: "allow".into(),
+        },
+    ];
+    debug_assert_eq!(rules.len() as u32, RULE_FIRST_POLICY);
+    debug_assert_eq!(RULE_DEFAULT, 0);
+    debug_assert_eq!(RULE_FAILSAFE, 1);
+    rules.extend(policy.ingress.iter().map(|r| RuleInfo {
+        name: r.name.clone(),
+        action: label(r.action, policy.mode),
+    }));
+
+    let mut class_of_set: HashMap<Vec<u32>, u32> = HashMap::new();
+    let mut ports: BTreeMap<u32, u32> = BTreeMap::new();
+    for (proto, proto_idx) in [(Proto::Tcp, PROTO_IDX_TCP), (Proto::Udp, PROTO_IDX_UDP)] {
+        let ranges: Vec<(PortRange, u32)> = policy
+            .ingress
+            .iter()
+            .enumerate()
+            .filter(|(_, r)| r.proto == proto)
+            .flat_map(|(i, r)| {
+                r.ports
+                    .iter()
+                    .map(move |p| (*p, RULE_FIRST_POLICY + i as u32))
+            })
+            .collect();
+        for (segment, set) in segments(&ranges) {
+            let next = class_of_set.len() as u32 + 1;
+            let class = *class_of_set.entry(set).or_insert(next);
+            for port in segment.first..=segment.last {
+                ports.insert(port_index(proto_idx, port), class);
+            }
+        }
+    }
+    for range in &policy.failsafe_ports {
+        for port in range.first..=range.last {
+            *ports.entry(port_index(PROTO_IDX_TCP, port)).or_insert(0) |= PORT_FAILSAFE;
+        }
+    }
+
+    // (class, net) -> best (action, rule index).
+    let mut best: BTreeMap<(u32, IpNet), (RuleAction, u32)> = BTreeMap::new();
+    for (set, &class) in &class_of_set {
+        for &rule in set {
+            let r = &policy.ingress[(rule - RULE_FIRST_POLICY) as usize];
+            for net in &r.sources {
+                best.entry((class, *net))
+                    .and_modify(|cur| {
+                        // Stronger action wins; at equal action the earlier rule keeps it.
+                        if r.action > cur.0 {
+                            *cur = (r.action, rule);
+                        }
+                    })
+                    .or_insert((r.action, rule));
+            }
+        }
+    }
+    let mut src_v4 = Vec::new();
+    let mut src_v6 = Vec::new();
+    for ((class, net), (action, rule)) in best {
+        let value = RuleRef {
+            rule,
+            action: action_code(action),
+        };
+        let class = class.to_be_bytes();
+        let prefix = CLASS_BITS + u32::from(net.prefix_len());
+        match net {
+            IpNet::V4(n) => src_v4.push((
+                prefix,
+                SrcKeyV4 {
+                    class,
+                    addr: n.addr().octets(),
+                },
+                value,
+            )),
+            IpNet::V6(n) => src_v6.push((
+                prefix,
+                SrcKeyV6 {
+                    class,
+                    addr: n.addr().octets(),
+                },
+                value,
+            )),
+        }
+    }
+
+    Lowered {
+        config: IngressConfig {
+            mode: match policy.mode {
+                Mode::Enforce => MODE_ENFORCE,
+                Mode::Audit => MODE_AUDIT,
+            },
+            default_action: match policy.default_action {
+                DefaultAction::Allow => ACTION_ALLOW,
+                DefaultAction::Deny => ACTION_DENY,
+            },
+        },
+        rules,
+        ports: ports.into_iter().collect(),
+        src_v4,
+        src_v6,
+        classes: class_of_set.len() as u32,
+    }
+}
+
+/// Splits the port space into maximal segments covered by the same non-empty set of rules,
+/// each with its sorted rule set. A sweep over range ends: O(n log n + output).
+fn segments(ranges: &[(PortRange, u32)]) -> Vec<(PortRange, Vec<u32>)> {
+    // (port, +1 opens / -1 closes, rule); a range closes at last + 1.
+    let mut events: Vec<(u32, i32, u32)> = ranges
+        .iter()
+        .flat_map(|&(r, rule)| {
+            [
+                (u32::from(r.first), 1, rule),
+                (u32::from(r.last) + 1, -1, rule),
+            ]
+        })
+        .collect();
+    events.sort_unstable();
+    let mut active: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut out: Vec<(PortRange, Vec<u32>)> = Vec::new();
+    let mut i = 0;
+    while i < events.len() {
+        let at = events[i].0;
+        while i < events.len() && events[i].0 == at {
+            let (_, delta, rule) = events[i];
+            if delta > 0 {
+                *active.entry(rule).or_insert(0) += 1;
+            } else if let Some(n) = active.get_mut(&rule) {
+                *n -= 1;
+                if *n == 0 {
+                    active.remove(&rule);
+                }
+            }
+            i += 1;
+        }
+        let Some(&(next, _, _)) = events.get(i) else {
+            break;
+        };
+        if active.is_empty() {
+            continue;
+        }
+        let set: Vec<u32> = active.keys().copied().collect();
+        let segment = PortRange {
+            first: at as u16,
+            last: (next - 1) as u16,
+        };
+        match out.last_mut() {
+            Some((prev, prev_set)) if *prev_set == set && u32::from(prev.last) + 1 == at => {
+                prev.last = segment.last;
+            }
+            _ => out.push((segment, set)),
+        }
+    }
+    out
+}

@@ -1,0 +1,144 @@
+//! Policy: TOML text -> [`raw::RawPolicy`] -> validated [`model::Policy`] ->
+//! [`lower::Lowered`] map contents. Three steps, three modules, each unit-tested.
+
+pub mod lower;
+pub mod model;
+pub mod raw;
+pub mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::{fmt, ops::Range, path::Path};
+
+pub use lower::{Lowered, RuleInfo, lower};
+pub use model::Policy;
+use sha2::{Digest, Sha256};
+
+/// The policy `guard run` uses when no `--policy` is given and `/etc/guard/policy.toml` does
+/// not exist. It is in audit mode: it counts and reports, and drops nothing.
+pub const DEFAULT_POLICY: &str = include_str!("../../../policies/default.toml");
+/// Label used in messages about [`DEFAULT_POLICY`].
+pub const DEFAULT_POLICY_LABEL: &str = "<embedded default policy>";
+/// Where `guard run` looks for a policy when none is given.
+pub const SYSTEM_POLICY_PATH: &str = "/etc/guard/policy.toml";
+
+/// A problem at a place in the policy text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub span: Range<usize>,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn new(span: Range<usize>, message: impl Into<String>) -> Self {
+        Self {
+            span,
+            message: message.into(),
+        }
+    }
+
+    /// `FILE:LINE:COL: message`, with 1-based line and column (in characters).
+    pub fn render(&self, file: &str, text: &str) -> String {
+        let (line, col) = line_col(text, self.span.start);
+        format!("{file}:{line}:{col}: {}", self.message)
+    }
+}
+
+/// 1-based line and column (counted in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..text.floor_char_boundary(offset)];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, col)
+}
+
+/// A policy that did not pass validation: every error, rendered as `FILE:LINE:COL: message`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PolicyErrors {
+    pub lines: Vec<String>,
+}
+
+impl fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.lines.join("\n"))
+    }
+}
+
+/// A policy text that passed validation.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub policy: Policy,
+    /// Rendered warnings (`FILE:LINE:COL: warning: ...`).
+    pub warnings: Vec<String>,
+    /// SHA-256 of the policy text, hex.
+    pub hash: String,
+}
+
+/// Parses and validates a policy text; `file` names it in messages.
+pub fn check(file: &str, text: &str) -> Result<Checked, PolicyErrors> {
+    let raw = raw::parse(text).map_err(|e| PolicyErrors {
+        lines: vec![
+            Diagnostic::new(e.span().unwrap_or(0..0), e.message().trim_end()).render(file, text),
+        ],
+    })?;
+    match validate::validate(raw) {
+        Ok((policy, warnings)) => Ok(Checked {
+            policy,
+            warnings: warnings
+                .iter()
+                .map(|w| {
+                    Diagnostic::new(w.span.clone(), format!("warning: {}", w.message))
+                        .render(file, text)
+                })
+                .collect(),
+            hash: hash(text),
+        }),
+        Err(errors) => Err(PolicyErrors {
+            lines: errors.iter().map(|e| e.render(file, text)).collect(),
+        }),
+    }
+}
+
+/// SHA-256 of a policy text, lowercase hex.
+pub fn hash(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Where a policy text came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    File(std::path::PathBuf),
+    Embedded,
+}
+
+impl PolicySource {
+    /// The name used in messages.
+    pub fn label(&self) -> String {
+        match self {
+            PolicySource::File(p) => p.display().to_string(),
+            PolicySource::Embedded => DEFAULT_POLICY_LABEL.to_owned(),
+        }
+    }
+}
+
+/// Resolves `guard run`'s policy: the given file, else the system file, else the embedded
+/// default. Returns the source and its text.
+pub fn resolve(given: Option<&Path>) -> std::io::Result<(PolicySource, String)> {
+    let path = match given {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let system = Path::new(SYSTEM_POLICY_PATH);
+            if !system.exists() {
+                return Ok((PolicySource::Embedded, DEFAULT_POLICY.to_owned()));
+            }
+            system.to_path_buf()
+        }
+    };
+    let text = std::fs::read_to_string(&path)?;
+    Ok((PolicySource::File(path), text))
+}

@@ -1,0 +1,125 @@
+//! Step 2's output: a validated policy. Every value here has been checked; the kernel-facing
+//! form is made from it by `lower`.
+
+use std::{collections::BTreeMap, fmt};
+
+use ipnet::IpNet;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Drop what the policy denies.
+    Enforce,
+    /// Drop nothing; count and report what would be dropped.
+    Audit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultAction {
+    Allow,
+    Deny,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// What a rule asks for. At equal source specificity `Deny` beats `Audit` beats `Allow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RuleAction {
+    Allow,
+    /// Deny in report-only form: matched packets pass and are counted as "would drop".
+    Audit,
+    Deny,
+}
+
+/// An inclusive port range; a single port has `first == last`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub const fn single(port: u16) -> Self {
+        Self {
+            first: port,
+            last: port,
+        }
+    }
+    pub const fn contains(&self, port: u16) -> bool {
+        self.first <= port && port <= self.last
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterfaceSpec {
+    /// A named interface, e.g. `eth0`.
+    Name(String),
+    /// `"@default-route"`: the interfaces that carry a default route when the daemon starts.
+    DefaultRoute,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IngressRule {
+    pub name: String,
+    pub proto: Proto,
+    pub ports: Vec<PortRange>,
+    /// The `from` entries as written (zone names, `any`, CIDRs), for display.
+    pub from: Vec<String>,
+    /// The source networks `from` resolves to, normalised and de-duplicated.
+    pub sources: Vec<IpNet>,
+    pub action: RuleAction,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    pub mode: Mode,
+    pub interfaces: Vec<InterfaceSpec>,
+    pub default_action: DefaultAction,
+    /// TCP ports that always pass (anti-lockout).
+    pub failsafe_ports: Vec<PortRange>,
+    pub zones: BTreeMap<String, Vec<IpNet>>,
+    pub ingress: Vec<IngressRule>,
+    /// `[listen] allow`: validated now, enforced by the cgroup bind hook (not yet built).
+    pub listen: Option<Vec<PortRange>>,
+}
+
+impl fmt::Display for Mode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Mode::Enforce => "enforce",
+            Mode::Audit => "audit",
+        })
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+impl fmt::Display for RuleAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RuleAction::Allow => "allow",
+            RuleAction::Audit => "audit",
+            RuleAction::Deny => "deny",
+        })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
+}

@@ -1,0 +1,72 @@
+//! Step 1 of 3: the policy file as serde reads it, with source spans kept for error messages.
+//! Nothing here judges values beyond their TOML types; see `validate` for that.
+
+use std::{collections::BTreeMap, fmt};
+
+use serde::{Deserialize, Deserializer, de};
+use toml::Spanned;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    pub version: Option<Spanned<i64>>,
+    pub mode: Option<Spanned<String>>,
+    pub interfaces: Option<Spanned<Vec<Spanned<String>>>>,
+    pub default: Option<Spanned<String>>,
+    pub failsafe_ports: Option<Spanned<Vec<Spanned<RawPort>>>>,
+    #[serde(default)]
+    pub zones: BTreeMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>,
+    #[serde(default)]
+    pub ingress: Vec<Spanned<RawIngress>>,
+    pub listen: Option<Spanned<RawListen>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIngress {
+    pub name: Spanned<String>,
+    pub proto: Spanned<String>,
+    pub ports: Spanned<Vec<Spanned<RawPort>>>,
+    pub from: Option<Spanned<Vec<Spanned<String>>>>,
+    pub action: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub allow: Spanned<Vec<Spanned<RawPort>>>,
+}
+
+/// A port as written: `443` or `"9999-10000"` (or `"8080"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RawPort {
+    Number(i64),
+    Text(String),
+}
+
+impl<'de> Deserialize<'de> for RawPort {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PortVisitor;
+        impl de::Visitor<'_> for PortVisitor {
+            type Value = RawPort;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a port number like 443 or a range like "9999-10000""#)
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawPort, E> {
+                Ok(RawPort::Number(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawPort, E> {
+                Ok(RawPort::Number(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawPort, E> {
+                Ok(RawPort::Text(v.to_owned()))
+            }
+        }
+        deserializer.deserialize_any(PortVisitor)
+    }
+}
+
+/// Parses TOML text; the error carries the span toml reports.
+pub fn parse(text: &str) -> Result<RawPolicy, toml::de::Error> {
+    toml::from_str(text)
+}

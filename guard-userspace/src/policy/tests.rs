@@ -1,0 +1,437 @@
+//! Unit tests of the three policy steps on inline texts.
+
+use guard_common::{
+    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, MODE_AUDIT, MODE_ENFORCE, PORT_CLASS_MASK,
+    PORT_FAILSAFE, PROTO_IDX_TCP, PROTO_IDX_UDP, port_index,
+};
+use proptest::prelude::*;
+
+use super::{
+    check,
+    lower::{Lowered, lower},
+    model::{InterfaceSpec, Mode, PortRange, RuleAction},
+};
+
+const MINIMAL: &str = r#"
+mode = "enforce"
+interfaces = ["eth0"]
+default = "deny"
+
+[[ingress]]
+name = "web"
+proto = "tcp"
+ports = [80, "8000-8010"]
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    check("p.toml", text)
+        .expect_err("policy should be rejected")
+        .lines
+}
+
+fn lowered(text: &str) -> Lowered {
+    lower(&check("p.toml", text).expect("valid policy").policy)
+}
+
+fn port_entry(l: &Lowered, proto: u32, port: u16) -> u32 {
+    l.ports
+        .iter()
+        .find(|(i, _)| *i == port_index(proto, port))
+        .map_or(0, |&(_, v)| v)
+}
+
+// ---- step 1+2: parse and validate ----
+
+#[test]
+fn minimal_policy_validates_with_defaults() {
+    let c = check("p.toml", MINIMAL).unwrap();
+    let p = &c.policy;
+    assert_eq!(p.mode, Mode::Enforce);
+    assert_eq!(p.interfaces, vec![InterfaceSpec::Name("eth0".into())]);
+    assert_eq!(
+        p.failsafe_ports,
+        vec![PortRange::single(22)],
+        "failsafe defaults to [22]"
+    );
+    assert_eq!(
+        p.ingress[0].ports,
+        vec![
+            PortRange::single(80),
+            PortRange {
+                first: 8000,
+                last: 8010
+            }
+        ]
+    );
+    assert_eq!(p.ingress[0].from, vec!["any"]);
+    assert_eq!(p.ingress[0].sources.len(), 2, "any = 0.0.0.0/0 and ::/0");
+    assert_eq!(p.ingress[0].action, RuleAction::Allow);
+    assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    assert_eq!(c.hash.len(), 64);
+}
+
+#[test]
+fn shipped_policies_validate() {
+    for (name, text) in [
+        ("default.toml", super::DEFAULT_POLICY),
+        (
+            "example.toml",
+            include_str!("../../../policies/example.toml"),
+        ),
+    ] {
+        check(name, text).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    let default = check("default.toml", super::DEFAULT_POLICY).unwrap().policy;
+    assert_eq!(
+        default.mode,
+        Mode::Audit,
+        "the embedded default must never drop"
+    );
+    assert_eq!(default.interfaces, vec![InterfaceSpec::DefaultRoute]);
+}
+
+#[test]
+fn syntax_error_has_file_line_col() {
+    let e = errors("mode = \"enforce\"\ninterfaces = [\"eth0\"\n");
+    assert_eq!(e.len(), 1);
+    assert!(e[0].starts_with("p.toml:2:"), "{e:?}");
+}
+
+#[test]
+fn unknown_key_is_rejected_with_position() {
+    let e = errors("interfaces = [\"eth0\"]\nmodee = \"audit\"\n");
+    assert!(e[0].starts_with("p.toml:2:1: "), "{e:?}");
+    assert!(e[0].contains("modee"), "{e:?}");
+}
+
+#[test]
+fn every_validation_error_is_reported_at_its_place() {
+    let text = r#"interfaces = ["eth0"]
+mode = "block"
+[zones]
+lan = ["10.0.0.1/8", "not-an-ip/3"]
+[[ingress]]
+name = "a"
+proto = "icmp"
+ports = [0, 70000, "20-10", "x"]
+from = ["nowhere"]
+"#;
+    let e = errors(text);
+    let expect = [
+        ("p.toml:2:8:", "unknown mode `block`"),
+        ("p.toml:4:8:", "host bits set; did you mean 10.0.0.0/8"),
+        ("p.toml:4:22:", "invalid CIDR `not-an-ip/3`"),
+        ("p.toml:7:9:", "unknown proto `icmp`"),
+        ("p.toml:8:10:", "port 0 is out of range"),
+        ("p.toml:8:13:", "port 70000 is out of range"),
+        ("p.toml:8:20:", "reversed port range `20-10`"),
+        ("p.toml:8:29:", "invalid port `x`"),
+        (
+            "p.toml:9:9:",
+            "unknown zone `nowhere` in rule `a` (zones defined: lan)",
+        ),
+    ];
+    for (place, msg) in expect {
+        assert!(
+            e.iter().any(|l| l.starts_with(place) && l.contains(msg)),
+            "missing {place} {msg} in {e:#?}"
+        );
+    }
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+}
+
+#[test]
+fn duplicate_names_and_bad_interfaces_are_rejected() {
+    let e = errors(
+        r#"interfaces = ["eth0", "eth0", "this-name-is-too-long", "a/b"]
+[[ingress]]
+name = "x"
+proto = "tcp"
+ports = [1]
+[[ingress]]
+name = "x"
+proto = "udp"
+ports = [1]
+"#,
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.contains("interface `eth0` is listed twice")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter().any(|l| l.contains("longer than 15 bytes")),
+        "{e:?}"
+    );
+    assert!(e.iter().any(|l| l.contains("`a/b`")), "{e:?}");
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("p.toml:7:") && l.contains("duplicate rule name `x`")),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn missing_or_empty_interfaces_are_errors() {
+    assert!(errors("mode = \"audit\"\n")[0].contains("missing `interfaces`"));
+    assert!(errors("interfaces = []\n")[0].contains("`interfaces` is empty"));
+}
+
+#[test]
+fn warnings_for_disabled_failsafe_and_unenforced_listen() {
+    let c = check(
+        "p.toml",
+        "interfaces = [\"eth0\"]\nfailsafe_ports = []\n[listen]\nallow = [22]\n",
+    )
+    .unwrap();
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.starts_with("p.toml:2:18: warning: failsafe_ports = []")),
+        "{:?}",
+        c.warnings
+    );
+    assert!(
+        c.warnings.iter().any(|w| w.contains("not enforced yet")),
+        "{:?}",
+        c.warnings
+    );
+    assert!(c.policy.failsafe_ports.is_empty());
+}
+
+#[test]
+fn from_accepts_zones_cidrs_addresses_and_any() {
+    let c = check(
+        "p.toml",
+        r#"interfaces = ["eth0"]
+[zones]
+lan = ["10.0.0.0/8", "fd00::/8"]
+[[ingress]]
+name = "r"
+proto = "udp"
+ports = [53]
+from = ["lan", "192.0.2.7", "2001:db8::/32", "lan"]
+"#,
+    )
+    .unwrap();
+    let got: Vec<String> = c.policy.ingress[0]
+        .sources
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
+    assert_eq!(
+        got,
+        ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "fd00::/8"]
+    );
+}
+
+// ---- step 3: lower ----
+
+#[test]
+fn lowering_assigns_classes_and_failsafe_flags() {
+    let l = lowered(MINIMAL);
+    assert_eq!(l.config.mode, MODE_ENFORCE);
+    assert_eq!(l.config.default_action, ACTION_DENY);
+    let names: Vec<&str> = l.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(names, ["default", "failsafe", "web"]);
+    let class80 = port_entry(&l, PROTO_IDX_TCP, 80);
+    assert_ne!(class80, 0);
+    assert_eq!(
+        port_entry(&l, PROTO_IDX_TCP, 8005),
+        class80,
+        "same rule set, same class"
+    );
+    assert_eq!(port_entry(&l, PROTO_IDX_TCP, 8011), 0);
+    assert_eq!(
+        port_entry(&l, PROTO_IDX_UDP, 80),
+        0,
+        "tcp rule does not cover udp"
+    );
+    assert_eq!(
+        port_entry(&l, PROTO_IDX_TCP, 22),
+        PORT_FAILSAFE,
+        "failsafe with no rule"
+    );
+    assert_eq!(l.ports.len(), 1 + 11 + 1);
+    assert_eq!(l.src_v4.len(), 1);
+    assert_eq!(l.src_v4[0].0, CLASS_BITS, "any = /0 after the class bits");
+    assert_eq!(l.src_v6.len(), 1);
+}
+
+#[test]
+fn precedence_deny_beats_audit_beats_allow_at_equal_prefix() {
+    let l = lowered(
+        r#"interfaces = ["eth0"]
+mode = "audit"
+[[ingress]]
+name = "allow"
+proto = "tcp"
+ports = [443]
+from = ["10.0.0.0/8"]
+[[ingress]]
+name = "audit"
+proto = "tcp"
+ports = [443]
+from = ["10.0.0.0/8", "10.1.0.0/16"]
+action = "audit"
+[[ingress]]
+name = "deny"
+proto = "tcp"
+ports = ["400-500"]
+from = ["10.0.0.0/8"]
+action = "deny"
+"#,
+    );
+    assert_eq!(l.config.mode, MODE_AUDIT);
+    let class443 = port_entry(&l, PROTO_IDX_TCP, 443) & PORT_CLASS_MASK;
+    let class400 = port_entry(&l, PROTO_IDX_TCP, 400) & PORT_CLASS_MASK;
+    assert_ne!(class443, class400);
+    let at = |class: u32, prefix: u32| {
+        l.src_v4
+            .iter()
+            .find(|(p, k, _)| *p == prefix && k.class == class.to_be_bytes())
+            .map(|(_, _, v)| (v.rule, v.action))
+    };
+    assert_eq!(at(class443, CLASS_BITS + 8), Some((4, ACTION_DENY)));
+    assert_eq!(at(class443, CLASS_BITS + 16), Some((3, ACTION_AUDIT)));
+    assert_eq!(at(class400, CLASS_BITS + 8), Some((4, ACTION_DENY)));
+    assert_eq!(
+        l.rules[4].action, "audit",
+        "deny is reported as audit in audit mode"
+    );
+    assert_eq!(l.rules[2].action, "allow");
+}
+
+#[test]
+fn equal_actions_keep_the_first_rule() {
+    let l = lowered(
+        "interfaces = [\"eth0\"]\n[[ingress]]\nname = \"a\"\nproto = \"udp\"\nports = [9]\n\
+         [[ingress]]\nname = \"b\"\nproto = \"udp\"\nports = [9]\n",
+    );
+    assert!(
+        l.src_v4
+            .iter()
+            .all(|(_, _, v)| v.rule == 2 && v.action == ACTION_ALLOW)
+    );
+}
+
+// ---- lowering against a direct model ----
+
+/// The decision the kernel should reach, computed straight from the validated policy.
+fn model_decision(
+    policy: &super::Policy,
+    tcp: bool,
+    port: u16,
+    src: std::net::IpAddr,
+) -> (u32, RuleAction) {
+    if tcp && policy.failsafe_ports.iter().any(|r| r.contains(port)) {
+        return (1, RuleAction::Allow);
+    }
+    let proto = if tcp {
+        super::model::Proto::Tcp
+    } else {
+        super::model::Proto::Udp
+    };
+    let mut best: Option<(u8, RuleAction, u32)> = None;
+    for (i, r) in policy.ingress.iter().enumerate() {
+        if r.proto != proto || !r.ports.iter().any(|p| p.contains(port)) {
+            continue;
+        }
+        for net in r.sources.iter().filter(|n| n.contains(&src)) {
+            let cand = (net.prefix_len(), r.action, 2 + i as u32);
+            best = Some(match best {
+                None => cand,
+                Some(b) if cand.0 > b.0 || (cand.0 == b.0 && cand.1 > b.1) => cand,
+                Some(b) => b,
+            });
+        }
+    }
+    match best {
+        Some((_, action, rule)) => (rule, action),
+        None => (
+            0,
+            match policy.default_action {
+                super::model::DefaultAction::Allow => RuleAction::Allow,
+                super::model::DefaultAction::Deny => RuleAction::Deny,
+            },
+        ),
+    }
+}
+
+/// The decision read from lowered map contents, as the kernel reads them.
+fn lowered_decision(l: &Lowered, tcp: bool, port: u16, src: std::net::IpAddr) -> (u32, u32) {
+    let entry = port_entry(l, if tcp { PROTO_IDX_TCP } else { PROTO_IDX_UDP }, port);
+    if entry & PORT_FAILSAFE != 0 {
+        return (1, ACTION_ALLOW);
+    }
+    let class = (entry & PORT_CLASS_MASK).to_be_bytes();
+    let bits = |a: &[u8], b: &[u8], n: u32| {
+        (0..n as usize).all(|i| (a[i / 8] >> (7 - i % 8)) & 1 == (b[i / 8] >> (7 - i % 8)) & 1)
+    };
+    let hit = match src {
+        std::net::IpAddr::V4(a) => l
+            .src_v4
+            .iter()
+            .filter(|(p, k, _)| k.class == class && bits(&k.addr, &a.octets(), p - CLASS_BITS))
+            .max_by_key(|(p, _, _)| *p)
+            .map(|(_, _, v)| *v),
+        std::net::IpAddr::V6(a) => l
+            .src_v6
+            .iter()
+            .filter(|(p, k, _)| k.class == class && bits(&k.addr, &a.octets(), p - CLASS_BITS))
+            .max_by_key(|(p, _, _)| *p)
+            .map(|(_, _, v)| *v),
+    };
+    match (entry & PORT_CLASS_MASK, hit) {
+        (c, Some(v)) if c != 0 => (v.rule, v.action),
+        _ => (0, l.config.default_action),
+    }
+}
+
+fn action_code(a: RuleAction) -> u32 {
+    match a {
+        RuleAction::Allow => ACTION_ALLOW,
+        RuleAction::Audit => ACTION_AUDIT,
+        RuleAction::Deny => ACTION_DENY,
+    }
+}
+
+prop_compose! {
+    fn arb_policy()(rules in prop::collection::vec(
+        (any::<bool>(), 1u16..60, 0u16..8, prop::sample::select(vec!["any", "a", "b", "10.1.0.0/16", "10.0.0.0/8", "fd00::/8"]), 0u8..3),
+        1..8,
+    ), failsafe in prop::option::of(1u16..60), default_allow in any::<bool>()) -> String {
+        let mut s = String::from("interfaces = [\"eth0\"]\n");
+        s += if default_allow { "default = \"allow\"\n" } else { "default = \"deny\"\n" };
+        s += &match failsafe { Some(p) => format!("failsafe_ports = [{p}]\n"), None => "failsafe_ports = []\n".into() };
+        s += "[zones]\na = [\"10.0.0.0/8\", \"fd00::/8\"]\nb = [\"10.0.0.0/24\", \"192.0.2.0/24\"]\n";
+        for (i, (tcp, first, len, from, action)) in rules.into_iter().enumerate() {
+            s += &format!(
+                "[[ingress]]\nname = \"r{i}\"\nproto = \"{}\"\nports = [\"{}-{}\"]\nfrom = [\"{from}\"]\naction = \"{}\"\n",
+                if tcp { "tcp" } else { "udp" }, first, first + len, ["allow", "deny", "audit"][action as usize]
+            );
+        }
+        s
+    }
+}
+
+proptest! {
+    /// For random policies and packets, the lowered maps decide exactly what the policy
+    /// semantics (most specific prefix; deny > audit > allow; first rule) say.
+    #[test]
+    fn lowered_maps_agree_with_policy_semantics(
+        text in arb_policy(),
+        packets in prop::collection::vec((any::<bool>(), 1u16..70, prop::sample::select(vec![
+            "10.0.0.1", "10.1.2.3", "10.2.0.1", "192.0.2.9", "198.51.100.1", "fd00::1", "2001:db8::1",
+        ])), 32),
+    ) {
+        let policy = check("p.toml", &text).unwrap().policy;
+        let l = lower(&policy);
+        for (tcp, port, src) in packets {
+            let src = src.parse().unwrap();
+            let (rule, action) = model_decision(&policy, tcp, port, src);
+            prop_assert_eq!(lowered_decision(&l, tcp, port, src), (rule, action_code(action)),
+                "tcp={} port={} src={}\n{}", tcp, port, src, text);
+        }
+    }
+}

@@ -1,0 +1,433 @@
+//! Step 2 of 3: raw policy to validated [`Policy`], collecting every error with its span.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::IpAddr,
+    ops::Range,
+};
+
+use ipnet::IpNet;
+use toml::Spanned;
+
+use super::{
+    Diagnostic,
+    model::{
+        DefaultAction, IngressRule, InterfaceSpec, Mode, Policy, PortRange, Proto, RuleAction,
+    },
+    raw::{RawIngress, RawPolicy, RawPort},
+};
+
+/// The interface token that resolves to the default-route interfaces at start.
+pub const DEFAULT_ROUTE_INTERFACE: &str = "@default-route";
+/// The source token matching every IPv4 and IPv6 address.
+pub const ANY: &str = "any";
+/// Failsafe ports when the policy does not name any.
+pub const DEFAULT_FAILSAFE_PORTS: [u16; 1] = [22];
+
+#[derive(Default)]
+struct Findings {
+    errors: Vec<Diagnostic>,
+    warnings: Vec<Diagnostic>,
+}
+
+impl Findings {
+    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.errors.push(Diagnostic::new(span, message));
+    }
+    fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.warnings.push(Diagnostic::new(span, message));
+    }
+}
+
+/// The validated policy and its warnings, or every error found.
+pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnostic>> {
+    let mut f = Findings::default();
+
+    if let Some(version) = &raw.version
+        && *version.get_ref() != 1
+    {
+        f.error(
+            version.span(),
+            format!(
+                "unsupported policy version {}; this guard reads version 1",
+                version.get_ref()
+            ),
+        );
+    }
+
+    let mode = match &raw.mode {
+        None => Mode::Enforce,
+        Some(m) => match m.get_ref().as_str() {
+            "enforce" => Mode::Enforce,
+            "audit" => Mode::Audit,
+            other => {
+                f.error(
+                    m.span(),
+                    format!("unknown mode `{other}`; expected \"enforce\" or \"audit\""),
+                );
+                Mode::Enforce
+            }
+        },
+    };
+
+    let default_action = match &raw.default {
+        None => DefaultAction::Deny,
+        Some(d) => match d.get_ref().as_str() {
+            "deny" => DefaultAction::Deny,
+            "allow" => DefaultAction::Allow,
+            other => {
+                f.error(
+                    d.span(),
+                    format!("unknown default `{other}`; expected \"deny\" or \"allow\""),
+                );
+                DefaultAction::Deny
+            }
+        },
+    };
+
+    let interfaces = interfaces(&raw, &mut f);
+
+    let failsafe_ports = match &raw.failsafe_ports {
+        None => DEFAULT_FAILSAFE_PORTS
+            .iter()
+            .map(|&p| PortRange::single(p))
+            .collect(),
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                f.warn(list.span(), "failsafe_ports = [] disables the anti-lockout ports: a wrong policy can cut off remote access");
+            }
+            ports(list.get_ref(), &mut f)
+        }
+    };
+
+    let zones = zones(&raw, &mut f);
+
+    let mut names = HashSet::new();
+    let ingress = raw
+        .ingress
+        .iter()
+        .filter_map(|rule| {
+            let name = rule.get_ref().name.get_ref();
+            if !names.insert(name.clone()) {
+                f.error(
+                    rule.get_ref().name.span(),
+                    format!("duplicate rule name `{name}`"),
+                );
+            }
+            ingress_rule(rule, &zones, &mut f)
+        })
+        .collect();
+
+    let listen = raw.listen.as_ref().map(|l| {
+        let allow = &l.get_ref().allow;
+        if allow.get_ref().is_empty() {
+            f.warn(allow.span(), "[listen] allow = [] would forbid every listening port once the bind hook enforces it");
+        }
+        f.warn(l.span(), "[listen] is validated but not enforced yet: the cgroup bind hook is not part of this build");
+        ports(allow.get_ref(), &mut f)
+    });
+
+    if f.errors.is_empty() {
+        let policy = Policy {
+            mode,
+            interfaces,
+            default_action,
+            failsafe_ports,
+            zones: zones.into_iter().map(|(k, (_, v))| (k, v)).collect(),
+            ingress,
+            listen,
+        };
+        Ok((policy, f.warnings))
+    } else {
+        Err(f.errors)
+    }
+}
+
+fn interfaces(raw: &RawPolicy, f: &mut Findings) -> Vec<InterfaceSpec> {
+    let Some(list) = &raw.interfaces else {
+        f.error(0..0, "missing `interfaces`: name the interfaces to guard, e.g. interfaces = [\"eth0\"] or [\"@default-route\"]");
+        return Vec::new();
+    };
+    if list.get_ref().is_empty() {
+        f.error(
+            list.span(),
+            "`interfaces` is empty: name at least one interface to guard",
+        );
+    }
+    let mut seen = HashSet::new();
+    list.get_ref()
+        .iter()
+        .filter_map(|name| {
+            let text = name.get_ref();
+            if !seen.insert(text.clone()) {
+                f.error(name.span(), format!("interface `{text}` is listed twice"));
+                return None;
+            }
+            if text == DEFAULT_ROUTE_INTERFACE {
+                return Some(InterfaceSpec::DefaultRoute);
+            }
+            match interface_name_problem(text) {
+                Some(problem) => {
+                    f.error(
+                        name.span(),
+                        format!("invalid interface name `{text}`: {problem}"),
+                    );
+                    None
+                }
+                None => Some(InterfaceSpec::Name(text.clone())),
+            }
+        })
+        .collect()
+}
+
+/// Why `name` cannot be a Linux interface name, if it cannot.
+pub fn interface_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("empty")
+    } else if name.len() > 15 {
+        Some("longer than 15 bytes")
+    } else if name == "." || name == ".." {
+        Some("reserved name")
+    } else if name
+        .chars()
+        .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
+    {
+        Some("contains '/', ':', white space or a control character")
+    } else {
+        None
+    }
+}
+
+type ZoneTable = BTreeMap<String, (Range<usize>, Vec<IpNet>)>;
+
+fn zones(raw: &RawPolicy, f: &mut Findings) -> ZoneTable {
+    let mut table = ZoneTable::new();
+    for (name, cidrs) in &raw.zones {
+        let zone = name.get_ref();
+        if zone == ANY {
+            f.error(
+                name.span(),
+                "`any` is built in (every address) and cannot be redefined",
+            );
+            continue;
+        }
+        if zone.is_empty()
+            || !zone
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            f.error(
+                name.span(),
+                format!("invalid zone name `{zone}`: use letters, digits, '_' and '-'"),
+            );
+            continue;
+        }
+        if cidrs.get_ref().is_empty() {
+            f.warn(
+                cidrs.span(),
+                format!("zone `{zone}` is empty: rules from it match nothing"),
+            );
+        }
+        let nets = cidrs.get_ref().iter().filter_map(|c| cidr(c, f)).collect();
+        table.insert(zone.clone(), (name.span(), nets));
+    }
+    table
+}
+
+/// A CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address (`192.0.2.7`, `2001:db8::1`).
+fn cidr(text: &Spanned<String>, f: &mut Findings) -> Option<IpNet> {
+    let s = text.get_ref().trim();
+    let net = if s.contains('/') {
+        match s.parse::<IpNet>() {
+            Ok(net) => net,
+            Err(_) => {
+                f.error(
+                    text.span(),
+                    format!(
+                        "invalid CIDR `{s}`: expected an address/prefix like 10.0.0.0/8 or fd00::/8"
+                    ),
+                );
+                return None;
+            }
+        }
+    } else {
+        match s.parse::<IpAddr>() {
+            Ok(addr) => IpNet::from(addr),
+            Err(_) => {
+                f.error(
+                    text.span(),
+                    format!("invalid address `{s}`: expected an IPv4/IPv6 address or CIDR"),
+                );
+                return None;
+            }
+        }
+    };
+    if net.trunc() != net {
+        f.error(
+            text.span(),
+            format!(
+                "CIDR `{s}` has host bits set; did you mean {}?",
+                net.trunc()
+            ),
+        );
+        return None;
+    }
+    Some(net)
+}
+
+fn ports(list: &[Spanned<RawPort>], f: &mut Findings) -> Vec<PortRange> {
+    list.iter().filter_map(|p| port(p, f)).collect()
+}
+
+/// One port or inclusive range, each end in 1..=65535, first <= last.
+fn port(p: &Spanned<RawPort>, f: &mut Findings) -> Option<PortRange> {
+    let span = p.span();
+    let number = |n: i64, f: &mut Findings| -> Option<u16> {
+        match u16::try_from(n) {
+            Ok(port) if port != 0 => Some(port),
+            _ => {
+                f.error(
+                    span.clone(),
+                    format!("port {n} is out of range: ports are 1-65535"),
+                );
+                None
+            }
+        }
+    };
+    let text_number = |s: &str, f: &mut Findings| -> Option<u16> {
+        match s.trim().parse::<i64>() {
+            Ok(n) => number(n, f),
+            Err(_) => {
+                f.error(
+                    span.clone(),
+                    format!("invalid port `{s}`: expected a number or a range like \"9999-10000\""),
+                );
+                None
+            }
+        }
+    };
+    match p.get_ref() {
+        RawPort::Number(n) => number(*n, f).map(PortRange::single),
+        RawPort::Text(s) => match s.split_once('-') {
+            None => text_number(s, f).map(PortRange::single),
+            Some((a, b)) => {
+                let (first, last) = (text_number(a, f)?, text_number(b, f)?);
+                if first > last {
+                    f.error(
+                        span,
+                        format!("reversed port range `{s}`: write it as \"{last}-{first}\""),
+                    );
+                    return None;
+                }
+                Some(PortRange { first, last })
+            }
+        },
+    }
+}
+
+fn ingress_rule(
+    rule: &Spanned<RawIngress>,
+    zones: &ZoneTable,
+    f: &mut Findings,
+) -> Option<IngressRule> {
+    let r = rule.get_ref();
+    let errors_before = f.errors.len();
+    let name = r.name.get_ref().clone();
+    if name.trim().is_empty() {
+        f.error(r.name.span(), "rule name is empty");
+    }
+    let proto = match r.proto.get_ref().as_str() {
+        "tcp" => Some(Proto::Tcp),
+        "udp" => Some(Proto::Udp),
+        other => {
+            f.error(
+                r.proto.span(),
+                format!("unknown proto `{other}`; expected \"tcp\" or \"udp\""),
+            );
+            None
+        }
+    };
+    let action = match r.action.as_ref().map(|a| (a.span(), a.get_ref().as_str())) {
+        None | Some((_, "allow")) => RuleAction::Allow,
+        Some((_, "deny")) => RuleAction::Deny,
+        Some((_, "audit")) => RuleAction::Audit,
+        Some((span, other)) => {
+            f.error(
+                span,
+                format!("unknown action `{other}`; expected \"allow\", \"deny\" or \"audit\""),
+            );
+            RuleAction::Allow
+        }
+    };
+    if r.ports.get_ref().is_empty() {
+        f.error(r.ports.span(), format!("rule `{name}` has no ports"));
+    }
+    let ports = ports(r.ports.get_ref(), f);
+
+    let (from, sources) = match &r.from {
+        None => (vec![ANY.to_owned()], vec![any_v4(), any_v6()]),
+        Some(list) => {
+            if list.get_ref().is_empty() {
+                f.error(
+                    list.span(),
+                    format!("rule `{name}` has an empty `from`: name zones, CIDRs or \"any\""),
+                );
+            }
+            let mut sources = Vec::new();
+            for entry in list.get_ref() {
+                let text = entry.get_ref();
+                if text == ANY {
+                    sources.extend([any_v4(), any_v6()]);
+                } else if let Some((_, nets)) = zones.get(text.as_str()) {
+                    sources.extend(nets.iter().copied());
+                } else if text
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_hexdigit() || c == ':')
+                    && (text.contains('.') || text.contains(':'))
+                {
+                    sources.extend(cidr(entry, f));
+                } else {
+                    let known: Vec<&str> = zones.keys().map(String::as_str).collect();
+                    f.error(
+                        entry.span(),
+                        format!(
+                            "unknown zone `{text}` in rule `{name}` (zones defined: {})",
+                            if known.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                }
+            }
+            sources.sort();
+            sources.dedup();
+            (
+                list.get_ref().iter().map(|s| s.get_ref().clone()).collect(),
+                sources,
+            )
+        }
+    };
+
+    if f.errors.len() != errors_before {
+        return None;
+    }
+    Some(IngressRule {
+        name,
+        proto: proto?,
+        ports,
+        from,
+        sources,
+        action,
+    })
+}
+
+fn any_v4() -> IpNet {
+    "0.0.0.0/0".parse().expect("valid CIDR")
+}
+
+fn any_v6() -> IpNet {
+    "::/0".parse().expect("valid CIDR")
+}

@@ -1,0 +1,70 @@
+//! The daemon's state file (`RUN_DIR/state.json`, root-only): what is running, for `guard
+//! status` and `guard stats`. Written atomically after attaching, removed on shutdown.
+
+use std::{
+    fs,
+    io::{self, Write as _},
+    os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::RuleInfo;
+
+pub const STATE_FILE: &str = "state.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub version: String,
+    pub pid: u32,
+    /// Seconds since the Unix epoch.
+    pub started_at: u64,
+    pub policy: String,
+    pub policy_hash: String,
+    pub mode: String,
+    pub interfaces: Vec<String>,
+    pub pin_dir: PathBuf,
+    pub rules: Vec<RuleInfo>,
+}
+
+/// Creates `dir` (mode 0700) if needed.
+pub fn create_run_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+pub fn write(dir: &Path, state: &State) -> io::Result<()> {
+    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&serde_json::to_vec_pretty(state).map_err(io::Error::other)?)?;
+    f.sync_all()?;
+    fs::rename(tmp, dir.join(STATE_FILE))
+}
+
+/// The state of the daemon using `dir`, or an error saying it is not running.
+pub fn read(dir: &Path) -> io::Result<State> {
+    let path = dir.join(STATE_FILE);
+    let text = fs::read_to_string(&path).map_err(|e| {
+        if e.kind() == io::ErrorKind::NotFound {
+            io::Error::new(
+                e.kind(),
+                format!("guard is not running (no {})", path.display()),
+            )
+        } else {
+            io::Error::new(e.kind(), format!("{}: {e}", path.display()))
+        }
+    })?;
+    serde_json::from_str(&text).map_err(|e| io::Error::other(format!("{}: {e}", path.display())))
+}
+
+pub fn remove(dir: &Path) {
+    let _ = fs::remove_file(dir.join(STATE_FILE));
+}

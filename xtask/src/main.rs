@@ -1,0 +1,174 @@
+//! Developer entry points: `cargo xtask setup|build|run|test|bench`.
+//!
+//! Every command that builds first runs [`setup::ensure`], which installs whatever the eBPF
+//! build needs and is missing (Debian packages, bpf-linker, the rustup link to Debian's
+//! compiler) and is a quick no-op when everything is present.
+
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+};
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, run and test guard")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the eBPF build and the tests need (idempotent).
+    Setup,
+    /// Build guard with its real eBPF object embedded.
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Build, then run the daemon: `guard run [ARGS...]` (as root).
+    ///
+    /// With no ARGS the daemon reads /etc/guard/policy.toml, or runs its embedded default
+    /// policy (audit mode) when that file does not exist.
+    Run {
+        #[arg(long)]
+        release: bool,
+        /// Arguments for `guard run`, e.g. `-- --policy policies/example.toml`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build and run every test: unit tests, then the privileged BPF_PROG_TEST_RUN and
+    /// network-namespace tests (root, one at a time).
+    Test {
+        /// Only run tests whose name contains this filter.
+        filter: Option<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cmd: Cmd) -> Result<()> {
+    let root = workspace_root();
+    match cmd {
+        Cmd::Setup => setup::ensure(setup::Needs::Test),
+        Cmd::Build { release } => {
+            setup::ensure(setup::Needs::Build)?;
+            build(&root, release)
+        }
+        Cmd::Run { release, args } => {
+            setup::ensure(setup::Needs::Build)?;
+            build(&root, release)?;
+            let bin = root
+                .join("target")
+                .join(if release { "release" } else { "debug" })
+                .join("guard");
+            step(&format!("running {} run {}", bin.display(), args.join(" ")));
+            let status = Command::new(&bin)
+                .arg("run")
+                .args(&args)
+                .status()
+                .with_context(|| format!("failed to start {}", bin.display()))?;
+            check(status, "guard run")
+        }
+        Cmd::Test { filter } => {
+            setup::ensure(setup::Needs::Test)?;
+            test(&root, filter.as_deref())
+        }
+    }
+}
+
+/// Environment variable read by guard-userspace's build script: `build` compiles and embeds
+/// the real eBPF object (and fails if it cannot); anything else embeds an empty stub.
+const EBPF_ENV: (&str, &str) = ("GUARD_EBPF", "build");
+
+fn cargo(root: &Path) -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.current_dir(root).env(EBPF_ENV.0, EBPF_ENV.1);
+    cmd
+}
+
+fn build(root: &Path, release: bool) -> Result<()> {
+    step(
+        "building guard (the eBPF object is compiled and embedded; the first build takes a few minutes)",
+    );
+    let mut cmd = cargo(root);
+    cmd.args(["build", "--package", "guard-userspace", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    check(cmd.status()?, "cargo build")
+}
+
+fn test(root: &Path, filter: Option<&str>) -> Result<()> {
+    step("checking formatting and lints (cargo fmt --check, cargo clippy -D warnings)");
+    check(cargo(root).args(["fmt", "--all", "--check"]).status()?, "cargo fmt --check")?;
+    check(
+        cargo(root)
+            .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+            .status()?,
+        "cargo clippy",
+    )?;
+    build(root, false)?;
+
+    step("tier 1: unit tests (no root needed)");
+    let mut cmd = cargo(root);
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "guard-tests",
+        "--exclude",
+        "guard-ebpf",
+    ]);
+    if let Some(f) = filter {
+        cmd.args(["--", f]);
+    }
+    check(cmd.status()?, "unit tests")?;
+
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "tiers 2 and 3 (BPF_PROG_TEST_RUN and network-namespace tests) need root: \
+             run `sudo -E cargo xtask test` (they are never skipped)"
+        );
+    }
+    step("tiers 2 and 3: BPF_PROG_TEST_RUN and network-namespace tests (root, one at a time)");
+    let mut cmd = cargo(root);
+    cmd.args(["test", "--package", "guard-tests", "--", "--test-threads=1"]);
+    if let Some(f) = filter {
+        cmd.arg(f);
+    }
+    check(cmd.status()?, "privileged tests")
+}
+
+fn check(status: std::process::ExitStatus, what: &str) -> Result<()> {
+    if status.success() {
+        Ok(())
+    } else {
+        bail!("{what} failed ({status})")
+    }
+}
+
+pub(crate) fn step(msg: &str) {
+    eprintln!("==> {msg}");
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
