@@ -86,13 +86,35 @@ impl KernelLog {
     }
 }
 
+/// How XDP ended up attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachMode {
+    /// The kernel's choice: native (driver) XDP where the driver supports it.
+    Default,
+    /// Generic (skb) XDP, after the kernel's choice failed.
+    Generic,
+}
+
+/// An error and its sources, joined with ": ".
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        out.push_str(": ");
+        out.push_str(&e.to_string());
+        source = e.source();
+    }
+    out
+}
+
 pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 
 /// A loaded, configured (not yet attached) guard.
 pub struct Guard {
     ebpf: Ebpf,
     logger: Option<KernelLogger>,
-    links: Vec<(String, XdpLinkId)>,
+    links: Vec<(String, XdpLinkId, AttachMode)>,
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map, LoadError> {
@@ -164,32 +186,47 @@ impl Guard {
             .expect("loaded in Guard::load")
     }
 
-    /// Attaches the XDP program to `iface` (the kernel picks native or generic mode).
-    /// Links are owned by `self`: dropping it detaches them.
-    pub fn attach(&mut self, iface: &str) -> Result<(), LoadError> {
+    /// Attaches the XDP program to `iface`: the kernel's choice (native when the driver
+    /// supports it) first, generic (skb) XDP when that fails, e.g. virtio_net without spare
+    /// TX queues. Returns the mode used. Links are owned by `self`: dropping it detaches them.
+    pub fn attach(&mut self, iface: &str) -> Result<AttachMode, LoadError> {
         if crate::host::if_index(iface).is_none() {
             return Err(LoadError::NoSuchInterface(iface.to_owned()));
         }
-        let id = self
-            .xdp_mut()
-            .attach(iface, XdpMode::Default)
-            .map_err(|source| LoadError::Attach {
-                iface: iface.to_owned(),
-                source,
-            })?;
-        self.links.push((iface.to_owned(), id));
-        Ok(())
+        let (id, mode) = match self.xdp_mut().attach(iface, XdpMode::Default) {
+            Ok(id) => (id, AttachMode::Default),
+            Err(native) => match self.xdp_mut().attach(iface, XdpMode::Skb) {
+                Ok(id) => {
+                    tracing::warn!(
+                        iface,
+                        error = error_chain(&native),
+                        "native XDP unavailable; attached in generic (skb) mode, which costs more per packet"
+                    );
+                    (id, AttachMode::Generic)
+                }
+                Err(source) => {
+                    return Err(LoadError::Attach {
+                        iface: iface.to_owned(),
+                        source,
+                    });
+                }
+            },
+        };
+        self.links.push((iface.to_owned(), id, mode));
+        Ok(mode)
     }
 
-    /// Interfaces the XDP program is attached to.
-    pub fn attached(&self) -> impl Iterator<Item = &str> {
-        self.links.iter().map(|(name, _)| name.as_str())
+    /// Interfaces the XDP program is attached to, with the mode.
+    pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
+        self.links
+            .iter()
+            .map(|(name, _, mode)| (name.as_str(), *mode))
     }
 
     /// Detaches from every interface.
     pub fn detach_all(&mut self) {
         let links = std::mem::take(&mut self.links);
-        for (iface, id) in links {
+        for (iface, id, _) in links {
             if let Err(err) = self.xdp_mut().detach(id) {
                 tracing::warn!(iface, %err, "detaching XDP failed");
             }

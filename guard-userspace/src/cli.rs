@@ -70,9 +70,16 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Policy file (default: /etc/guard/policy.toml, else the embedded default).
+    /// Policy file (default: the --system-policy file, else the embedded default).
     #[arg(long)]
     pub policy: Option<PathBuf>,
+    /// Where to look for a policy when --policy is not given.
+    #[arg(long, env = "GUARD_SYSTEM_POLICY", default_value = crate::policy::SYSTEM_POLICY_PATH)]
+    pub system_policy: PathBuf,
+    /// Attach to this interface instead of the policy's `interfaces` (repeatable), e.g. to
+    /// try a policy on one interface first.
+    #[arg(long = "interface", value_name = "IFACE")]
+    pub interfaces: Vec<String>,
     /// Kernel log records to emit; `debug` logs every dropped packet (costly).
     #[arg(long, value_enum, default_value_t)]
     pub kernel_log: KernelLog,

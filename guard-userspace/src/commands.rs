@@ -7,7 +7,12 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{bpf, cli::Failure, counters::Counters, policy, state};
+use crate::{
+    bpf::{self, AttachMode},
+    cli::Failure,
+    counters::Counters,
+    policy, state,
+};
 
 pub fn check(file: &Path) -> Result<(), Failure> {
     let text = std::fs::read_to_string(file)
@@ -44,7 +49,7 @@ struct StatsOut<'a> {
 pub fn stats(run_dir: &Path, json: bool) -> Result<(), Failure> {
     let st = state::read(run_dir).map_err(|e| Failure::Runtime(e.to_string()))?;
     let counters = bpf::pinned_counters(&st.pin_dir, &st.rules)
-        .map_err(|e| Failure::Runtime(e.to_string()))?;
+        .map_err(|e| Failure::Runtime(bpf::error_chain(&e)))?;
     if json {
         let out = StatsOut {
             policy: &st.policy,
@@ -114,7 +119,18 @@ pub fn status(run_dir: &Path, json: bool) -> Result<(), Failure> {
         );
         println!("mode       {}", st.mode);
         println!("policy     {} (sha256 {})", st.policy, st.policy_hash);
-        println!("interfaces {} (XDP)", st.interfaces.join(", "));
+        let ifaces: Vec<String> = st
+            .interfaces
+            .iter()
+            .map(|i| {
+                let mode = match i.xdp_mode {
+                    AttachMode::Default => "XDP",
+                    AttachMode::Generic => "XDP generic",
+                };
+                format!("{} ({mode})", i.name)
+            })
+            .collect();
+        println!("interfaces {}", ifaces.join(", "));
         println!("uptime     {}s", now.saturating_sub(st.started_at));
         println!("rules      {}", st.rules.len());
     }

@@ -14,22 +14,20 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    bpf::{Guard, KernelLogger},
+    bpf::{Guard, KernelLogger, error_chain},
     cli::{Failure, RunArgs},
     host, logging,
     policy::{self, PolicySource, model::InterfaceSpec},
-    state::{self, State},
+    state::{self, Attached, State},
 };
 
 pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure> {
     logging::init(args.log_format);
-    let (source, text) = policy::resolve(args.policy.as_deref()).map_err(|e| {
-        let path = args
-            .policy
-            .as_deref()
-            .unwrap_or(Path::new(policy::SYSTEM_POLICY_PATH));
-        Failure::Runtime(format!("cannot read policy {}: {e}", path.display()))
-    })?;
+    let (source, text) =
+        policy::resolve(args.policy.as_deref(), &args.system_policy).map_err(|e| {
+            let path = args.policy.as_deref().unwrap_or(&args.system_policy);
+            Failure::Runtime(format!("cannot read policy {}: {e}", path.display()))
+        })?;
     let checked =
         policy::check(&source.label(), &text).map_err(|e| Failure::Invalid(e.to_string()))?;
     for warning in &checked.warnings {
@@ -38,22 +36,40 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
     if source == PolicySource::Embedded {
         info!(
             "no {} found: running the embedded default policy in audit mode (nothing is dropped)",
-            policy::SYSTEM_POLICY_PATH
+            args.system_policy.display()
         );
     }
-    let interfaces = resolve_interfaces(&checked.policy.interfaces)?;
+    let interfaces = if args.interfaces.is_empty() {
+        resolve_interfaces(&checked.policy.interfaces)?
+    } else {
+        let mut specs = Vec::new();
+        for name in &args.interfaces {
+            if let Some(problem) = policy::validate::interface_name_problem(name) {
+                return Err(Failure::Runtime(format!(
+                    "invalid --interface `{name}`: {problem}"
+                )));
+            }
+            specs.push(InterfaceSpec::Name(name.clone()));
+        }
+        resolve_interfaces(&specs)?
+    };
     let lowered = policy::lower(&checked.policy);
 
     state::create_run_dir(run_dir).map_err(|e| runtime("creating", run_dir, e))?;
     let _lock = lock(run_dir)?;
 
     let mut guard =
-        Guard::load(&lowered, args.kernel_log).map_err(|e| Failure::Runtime(e.to_string()))?;
+        Guard::load(&lowered, args.kernel_log).map_err(|e| Failure::Runtime(error_chain(&e)))?;
+    let mut attached = Vec::new();
     for iface in &interfaces {
         // On error `guard` is dropped, which detaches what was attached.
-        guard
+        let mode = guard
             .attach(iface)
-            .map_err(|e| Failure::Runtime(e.to_string()))?;
+            .map_err(|e| Failure::Runtime(error_chain(&e)))?;
+        attached.push(Attached {
+            name: iface.clone(),
+            xdp_mode: mode,
+        });
     }
     if pin_dir.exists() {
         // We hold the lock, so these are a dead daemon's pins.
@@ -62,7 +78,7 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
     host::prepare_pin_dir(pin_dir).map_err(|e| runtime("preparing", pin_dir, e))?;
     guard
         .pin_maps(pin_dir)
-        .map_err(|e| Failure::Runtime(e.to_string()))?;
+        .map_err(|e| Failure::Runtime(error_chain(&e)))?;
 
     let mode = checked.policy.mode.to_string();
     let started_at = SystemTime::now()
@@ -75,7 +91,7 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
         policy: source.label(),
         policy_hash: checked.hash.clone(),
         mode: mode.clone(),
-        interfaces: interfaces.clone(),
+        interfaces: attached,
         pin_dir: pin_dir.to_path_buf(),
         rules: lowered.rules.clone(),
     };

@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::RuleInfo;
+use crate::{bpf::AttachMode, policy::RuleInfo};
 
 pub const STATE_FILE: &str = "state.json";
 
@@ -23,9 +23,16 @@ pub struct State {
     pub policy: String,
     pub policy_hash: String,
     pub mode: String,
-    pub interfaces: Vec<String>,
+    pub interfaces: Vec<Attached>,
     pub pin_dir: PathBuf,
     pub rules: Vec<RuleInfo>,
+}
+
+/// An interface the XDP program is attached to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attached {
+    pub name: String,
+    pub xdp_mode: AttachMode,
 }
 
 /// Creates `dir` (mode 0700) if needed.

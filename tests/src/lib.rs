@@ -1,1 +1,381 @@
+//! Helpers for guard's privileged tests (run as root, one at a time, by `cargo xtask test`).
+//!
+//! Safety of the host: every namespace, veth pair, pin directory and run directory is created
+//! here with a unique name and removed by an RAII guard, also when a test panics. XDP is only
+//! attached to veth devices these guards created; test traffic only flows between the host
+//! end of such a pair and its namespace, addressed from 198.18.0.0/15, with no default route.
+//! A missing prerequisite (not root, no `ip`) fails the test with a message; nothing skips.
 
+pub mod packets;
+
+use std::{
+    fs::File,
+    net::Ipv4Addr,
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    process::{Child, Command, ExitStatus, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    thread,
+    time::{Duration, Instant},
+};
+
+/// Panics unless the tests run as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "guard's privileged tests need root (BPF, namespaces): run `sudo -E cargo xtask test`"
+    );
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// A short name unique to this process and call, e.g. `g1234a3`.
+pub fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{}x{n}", std::process::id() % 100_000)
+}
+
+/// Runs a command, panicking with its output when it fails.
+pub fn sh(args: &[&str]) -> Output {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e} (is iproute2 installed?)"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A network namespace, deleted on drop.
+pub struct NetNs {
+    pub name: String,
+}
+
+impl NetNs {
+    pub fn new() -> Self {
+        require_root();
+        let name = unique("gt-ns-");
+        sh(&["ip", "netns", "add", &name]);
+        sh(&["ip", "-n", &name, "link", "set", "lo", "up"]);
+        Self { name }
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets it opens live there.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        thread::scope(|s| {
+            s.spawn(|| {
+                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+                // SAFETY: setns on a valid namespace fd; it only affects this thread.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("thread inside the namespace panicked")
+        })
+    }
+}
+
+impl Default for NetNs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A client host: a namespace joined to the host by a veth pair. The host end
+/// (`host_if`, address `host_ip`) is where tests attach XDP; the namespace end has
+/// `peer_ip`. Both in one /24 of 198.18.0.0/15; no default route anywhere.
+pub struct TestNet {
+    pub host_if: String,
+    pub host_ip: Ipv4Addr,
+    pub peer_ip: Ipv4Addr,
+    // Dropped after the veth (declared last): deleting the namespace removes the peer end.
+    pub ns: NetNs,
+}
+
+impl TestNet {
+    /// A client host whose address is `198.18.<subnet>.<peer_host>`; the host end is `.1`.
+    pub fn new() -> Self {
+        Self::with_peer(2)
+    }
+
+    pub fn with_peer(peer_host: u8) -> Self {
+        let ns = NetNs::new();
+        let subnet = next_subnet();
+        let host_if = unique("gh");
+        let peer_if = "eth0";
+        let host_ip = Ipv4Addr::new(198, 18, subnet, 1);
+        let peer_ip = Ipv4Addr::new(198, 18, subnet, peer_host);
+        sh(&[
+            "ip", "link", "add", &host_if, "type", "veth", "peer", "name", peer_if, "netns",
+            &ns.name,
+        ]);
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{host_ip}/24"),
+            "dev",
+            &host_if,
+        ]);
+        sh(&["ip", "link", "set", &host_if, "up"]);
+        sh(&[
+            "ip",
+            "-n",
+            &ns.name,
+            "addr",
+            "add",
+            &format!("{peer_ip}/24"),
+            "dev",
+            peer_if,
+        ]);
+        sh(&["ip", "-n", &ns.name, "link", "set", peer_if, "up"]);
+        Self {
+            host_if,
+            host_ip,
+            peer_ip,
+            ns,
+        }
+    }
+
+    /// True when an XDP program is attached to the host end.
+    pub fn has_xdp(&self) -> bool {
+        let out = sh(&["ip", "-d", "link", "show", "dev", &self.host_if]);
+        String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+    }
+}
+
+impl Default for TestNet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
+    }
+}
+
+fn next_subnet() -> u8 {
+    // 198.18.<1..=250>.0/24, spread by pid so two test processes rarely collide.
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed) + std::process::id();
+    (n % 250 + 1) as u8
+}
+
+/// The `guard` binary next to this test executable (`cargo xtask test` builds it first).
+pub fn guard_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps/..");
+    let bin = dir.join("guard");
+    assert!(
+        bin.exists(),
+        "{} not found: build it first (`cargo xtask test` does)",
+        bin.display()
+    );
+    bin
+}
+
+/// A `guard` command with this test's own pin and run directories.
+pub struct Dirs {
+    pub pin_dir: PathBuf,
+    pub run_dir: PathBuf,
+}
+
+impl Dirs {
+    pub fn new() -> Self {
+        let name = unique("guard-test-");
+        Self {
+            pin_dir: PathBuf::from("/sys/fs/bpf").join(&name),
+            run_dir: std::env::temp_dir().join(&name),
+        }
+    }
+
+    pub fn guard(&self) -> Command {
+        let mut cmd = Command::new(guard_bin());
+        cmd.arg("--pin-dir")
+            .arg(&self.pin_dir)
+            .arg("--run-dir")
+            .arg(&self.run_dir);
+        cmd.env_remove("GUARD_LOG");
+        cmd
+    }
+
+    /// `guard stats --json`, parsed.
+    pub fn stats(&self) -> serde_json::Value {
+        let out = self
+            .guard()
+            .args(["stats", "--json"])
+            .output()
+            .expect("run guard stats");
+        assert!(
+            out.status.success(),
+            "guard stats: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("guard stats --json prints JSON")
+    }
+}
+
+impl Default for Dirs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Dirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.pin_dir);
+        let _ = std::fs::remove_dir_all(&self.run_dir);
+    }
+}
+
+/// Packets of rule `name` in `guard stats --json` output.
+pub fn rule_packets(stats: &serde_json::Value, name: &str) -> u64 {
+    stats["rules"]
+        .as_array()
+        .expect("rules array")
+        .iter()
+        .find(|r| r["rule"] == name)
+        .unwrap_or_else(|| panic!("no rule {name} in {stats}"))["packets"]
+        .as_u64()
+        .expect("packets")
+}
+
+/// A running `guard run`, stopped (SIGTERM) and reaped on drop.
+pub struct Daemon {
+    child: Option<Child>,
+    pub log: PathBuf,
+    pub dirs: Dirs,
+}
+
+impl Daemon {
+    /// Starts `guard run ARGS` and waits until it has attached (its state file exists).
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// As [`Daemon::start`], with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        require_root();
+        let dirs = Dirs::new();
+        std::fs::create_dir_all(&dirs.run_dir).expect("create run dir");
+        let log = dirs.run_dir.with_extension("log");
+        let out = File::create(&log).expect("create daemon log");
+        let child = dirs
+            .guard()
+            .arg("run")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("spawn guard run");
+        let mut daemon = Self {
+            child: Some(child),
+            log,
+            dirs,
+        };
+        let state = daemon.dirs.run_dir.join("state.json");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !state.exists() {
+            if let Some(status) = daemon
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("guard run exited early ({status}):\n{}", daemon.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "guard run not ready in 20 s:\n{}",
+                daemon.log_text()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+        daemon
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.stop_with(libc::SIGTERM)
+    }
+
+    /// Sends `signal` and waits for the exit status.
+    pub fn stop_with(&mut self, signal: i32) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "guard did not exit within 10 s of SIGTERM:\n{}",
+                    self.log_text()
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            let _ = self.stop();
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Writes `text` to a unique policy file, removed on drop.
+pub struct PolicyFile {
+    pub path: PathBuf,
+}
+
+impl PolicyFile {
+    pub fn new(text: &str) -> Self {
+        let path = std::env::temp_dir().join(format!("{}.toml", unique("guard-policy-")));
+        std::fs::write(&path, text).expect("write policy");
+        Self { path }
+    }
+
+    pub fn arg(&self) -> &str {
+        self.path.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for PolicyFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -8,8 +8,10 @@ mod setup;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, ExitCode},
+    process::{Command, ExitCode, Stdio},
 };
+
+use std::os::unix::process::CommandExt as _;
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
@@ -76,12 +78,9 @@ fn run(cmd: Cmd) -> Result<()> {
                 .join(if release { "release" } else { "debug" })
                 .join("guard");
             step(&format!("running {} run {}", bin.display(), args.join(" ")));
-            let status = Command::new(&bin)
-                .arg("run")
-                .args(&args)
-                .status()
-                .with_context(|| format!("failed to start {}", bin.display()))?;
-            check(status, "guard run")
+            // Become the daemon: Ctrl-C and its exit status are guard's own.
+            let err = Command::new(&bin).arg("run").args(&args).exec();
+            Err(err).with_context(|| format!("failed to start {}", bin.display()))
         }
         Cmd::Test { filter } => {
             setup::ensure(setup::Needs::Test)?;
@@ -114,15 +113,26 @@ fn build(root: &Path, release: bool) -> Result<()> {
 
 fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     step("checking formatting and lints (cargo fmt --check, cargo clippy -D warnings)");
-    check(cargo(root).args(["fmt", "--all", "--check"]).status()?, "cargo fmt --check")?;
+    check(
+        cargo(root).args(["fmt", "--all", "--check"]).status()?,
+        "cargo fmt --check",
+    )?;
     check(
         cargo(root)
-            .args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"])
+            .args([
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])
             .status()?,
         "cargo clippy",
     )?;
     build(root, false)?;
 
+    let mut totals = Totals::default();
     step("tier 1: unit tests (no root needed)");
     let mut cmd = cargo(root);
     cmd.args([
@@ -136,22 +146,73 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
     if let Some(f) = filter {
         cmd.args(["--", f]);
     }
-    check(cmd.status()?, "unit tests")?;
-
+    let unit = run_tests(cmd, &mut totals);
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!(
+    let privileged = if unsafe { libc::geteuid() } != 0 {
+        Err(anyhow::anyhow!(
             "tiers 2 and 3 (BPF_PROG_TEST_RUN and network-namespace tests) need root: \
              run `sudo -E cargo xtask test` (they are never skipped)"
-        );
+        ))
+    } else {
+        step("tiers 2 and 3: BPF_PROG_TEST_RUN and network-namespace tests (root, one at a time)");
+        let mut cmd = cargo(root);
+        cmd.args([
+            "test",
+            "--package",
+            "guard-tests",
+            "--tests",
+            "--",
+            "--test-threads=1",
+        ]);
+        if let Some(f) = filter {
+            cmd.arg(f);
+        }
+        run_tests(cmd, &mut totals)
+    };
+    // One closing line for all tiers.
+    println!(
+        "summary: {} passed, {} failed",
+        totals.passed, totals.failed
+    );
+    unit.and(privileged)
+}
+
+#[derive(Default)]
+struct Totals {
+    passed: u64,
+    failed: u64,
+}
+
+/// Runs `cargo test`, echoing its output while adding up its `test result:` lines.
+fn run_tests(mut cmd: Command, totals: &mut Totals) -> Result<()> {
+    use std::io::{BufRead as _, BufReader};
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("failed to run cargo test")?;
+    let stdout = child.stdout.take().expect("piped stdout");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.context("reading cargo test output")?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            let count = |word: &str| {
+                rest.split(';')
+                    .find_map(|part| {
+                        part.trim()
+                            .strip_suffix(word)?
+                            .trim()
+                            .rsplit(' ')
+                            .next()?
+                            .parse::<u64>()
+                            .ok()
+                    })
+                    .unwrap_or(0)
+            };
+            totals.passed += count("passed");
+            totals.failed += count("failed");
+        }
     }
-    step("tiers 2 and 3: BPF_PROG_TEST_RUN and network-namespace tests (root, one at a time)");
-    let mut cmd = cargo(root);
-    cmd.args(["test", "--package", "guard-tests", "--", "--test-threads=1"]);
-    if let Some(f) = filter {
-        cmd.arg(f);
-    }
-    check(cmd.status()?, "privileged tests")
+    check(child.wait()?, "cargo test")
 }
 
 fn check(status: std::process::ExitStatus, what: &str) -> Result<()> {

@@ -126,13 +126,12 @@ impl PolicySource {
     }
 }
 
-/// Resolves `guard run`'s policy: the given file, else the system file, else the embedded
-/// default. Returns the source and its text.
-pub fn resolve(given: Option<&Path>) -> std::io::Result<(PolicySource, String)> {
+/// Resolves `guard run`'s policy: the given file, else the system file (normally
+/// [`SYSTEM_POLICY_PATH`]), else the embedded default. Returns the source and its text.
+pub fn resolve(given: Option<&Path>, system: &Path) -> std::io::Result<(PolicySource, String)> {
     let path = match given {
         Some(p) => p.to_path_buf(),
         None => {
-            let system = Path::new(SYSTEM_POLICY_PATH);
             if !system.exists() {
                 return Ok((PolicySource::Embedded, DEFAULT_POLICY.to_owned()));
             }
