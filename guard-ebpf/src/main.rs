@@ -4,18 +4,40 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
 mod packet;
+#[cfg(target_arch = "bpf")]
+mod tc_egress;
 #[cfg(target_arch = "bpf")]
 mod xdp_ingress;
 
 #[cfg(target_arch = "bpf")]
 mod entry {
-    use aya_ebpf::{macros::xdp, programs::XdpContext};
+    use aya_ebpf::{
+        bindings::xdp_action::XDP_PASS,
+        macros::{classifier, xdp},
+        programs::{TcContext, XdpContext},
+    };
 
     /// XDP ingress filter on every interface the policy names.
     #[xdp]
     pub fn guard_xdp_ingress(ctx: XdpContext) -> u32 {
         crate::xdp_ingress::run(&ctx)
+    }
+
+    /// TC egress flow recorder on the same interfaces.
+    #[classifier]
+    pub fn guard_tc_egress(ctx: TcContext) -> i32 {
+        crate::tc_egress::run(&ctx)
+    }
+
+    /// Returns XDP_PASS and nothing else: the floor `cargo xtask bench` measures against.
+    #[xdp]
+    pub fn guard_xdp_floor(_ctx: XdpContext) -> u32 {
+        XDP_PASS
     }
 
     #[panic_handler]

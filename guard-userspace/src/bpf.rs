@@ -7,15 +7,22 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, Map, MapData, MapError, PerCpuArray, lpm_trie::Key},
-    programs::{ProgramError, Xdp, XdpMode, xdp::XdpLinkId},
+    maps::{Array, LpmTrie, Map, MapData, MapError, RingBuf, lpm_trie::Key},
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        tc::{self, SchedClassifierLinkId},
+        xdp::XdpLinkId,
+    },
+    util::KernelVersion,
 };
 use guard_common::{
-    IngressConfig, MAX_RULES, MAX_SRC_ENTRIES, RuleRef, RuleStats, SrcKeyV4, SrcKeyV6, maps,
-    programs,
+    IngressConfig, MAX_RULES, MAX_SRC_ENTRIES, RuleRef, SrcKeyV4, SrcKeyV6, maps, programs,
 };
 
-use crate::{counters::Counters, policy::Lowered};
+use crate::{
+    counters::{CounterMaps, Counters},
+    policy::{Lowered, RuleInfo},
+};
 
 /// The eBPF object built by `guard-userspace/build.rs`: empty in a build made without
 /// `GUARD_EBPF=build` (plain `cargo build`), which then refuses to load.
@@ -114,7 +121,15 @@ pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
 pub struct Guard {
     ebpf: Ebpf,
     logger: Option<KernelLogger>,
-    links: Vec<(String, XdpLinkId, AttachMode)>,
+    links: Vec<Link>,
+}
+
+/// What guard attached to one interface.
+struct Link {
+    iface: String,
+    xdp: XdpLinkId,
+    mode: AttachMode,
+    tc: Option<SchedClassifierLinkId>,
 }
 
 fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Map, LoadError> {
@@ -125,9 +140,13 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> LoadError {
     move |source| LoadError::Map { map, source }
 }
 
+fn program_err(name: &'static str) -> impl FnOnce(ProgramError) -> LoadError {
+    move |source| LoadError::Program { name, source }
+}
+
 impl Guard {
     /// Loads the object, fills every map from `lowered` (the config entry last) and loads the
-    /// XDP program. Nothing is attached yet.
+    /// XDP and TC programs. Nothing is attached yet.
     pub fn load(lowered: &Lowered, kernel_log: KernelLog) -> Result<Self, LoadError> {
         if EBPF_OBJECT.is_empty() {
             return Err(LoadError::NoObject);
@@ -152,18 +171,10 @@ impl Guard {
             map_mut(&mut ebpf, name)?;
         }
         write_maps(&mut ebpf, lowered)?;
-        let program: &mut Xdp = ebpf
-            .program_mut(programs::XDP_INGRESS)
-            .ok_or(LoadError::MissingProgram(programs::XDP_INGRESS))?
-            .try_into()
-            .map_err(|source| LoadError::Program {
-                name: programs::XDP_INGRESS,
-                source,
-            })?;
-        program.load().map_err(|source| LoadError::Program {
-            name: programs::XDP_INGRESS,
-            source,
-        })?;
+        let xdp: &mut Xdp = program_mut(&mut ebpf, programs::XDP_INGRESS)?;
+        xdp.load().map_err(program_err(programs::XDP_INGRESS))?;
+        let tc: &mut SchedClassifier = program_mut(&mut ebpf, programs::TC_EGRESS)?;
+        tc.load().map_err(program_err(programs::TC_EGRESS))?;
         Ok(Self {
             ebpf,
             logger,
@@ -171,71 +182,104 @@ impl Guard {
         })
     }
 
-    /// The XDP program (for BPF_PROG_TEST_RUN).
+    /// The XDP ingress program (for BPF_PROG_TEST_RUN).
     pub fn xdp(&self) -> &Xdp {
-        self.ebpf
-            .program(programs::XDP_INGRESS)
-            .and_then(|p| p.try_into().ok())
-            .expect("loaded in Guard::load")
+        program(&self.ebpf, programs::XDP_INGRESS).expect("loaded in Guard::load")
     }
 
-    fn xdp_mut(&mut self) -> &mut Xdp {
-        self.ebpf
-            .program_mut(programs::XDP_INGRESS)
-            .and_then(|p| p.try_into().ok())
-            .expect("loaded in Guard::load")
+    /// The TC egress program (for BPF_PROG_TEST_RUN).
+    pub fn tc_egress(&self) -> &SchedClassifier {
+        program(&self.ebpf, programs::TC_EGRESS).expect("loaded in Guard::load")
     }
 
-    /// Attaches the XDP program to `iface`: the kernel's choice (native when the driver
-    /// supports it) first, generic (skb) XDP when that fails, e.g. virtio_net without spare
-    /// TX queues. Returns the mode used. Links are owned by `self`: dropping it detaches them.
+    /// Loads and returns the XDP program that only passes: the benchmark floor.
+    pub fn floor(&mut self) -> Result<&Xdp, LoadError> {
+        let floor: &mut Xdp = program_mut(&mut self.ebpf, programs::XDP_FLOOR)?;
+        if floor.fd().is_err() {
+            floor.load().map_err(program_err(programs::XDP_FLOOR))?;
+        }
+        program(&self.ebpf, programs::XDP_FLOOR)
+    }
+
+    /// Attaches to `iface`: the XDP filter on ingress (native when the driver supports it,
+    /// else generic (skb) XDP, e.g. virtio_net without spare TX queues) and the flow recorder
+    /// on TC egress. Returns the XDP mode used. Links are owned by `self`: dropping it
+    /// detaches them.
     pub fn attach(&mut self, iface: &str) -> Result<AttachMode, LoadError> {
         if crate::host::if_index(iface).is_none() {
             return Err(LoadError::NoSuchInterface(iface.to_owned()));
         }
-        let (id, mode) = match self.xdp_mut().attach(iface, XdpMode::Default) {
-            Ok(id) => (id, AttachMode::Default),
-            Err(native) => match self.xdp_mut().attach(iface, XdpMode::Skb) {
-                Ok(id) => {
-                    tracing::warn!(
-                        iface,
-                        error = error_chain(&native),
-                        "native XDP unavailable; attached in generic (skb) mode, which costs more per packet"
-                    );
-                    (id, AttachMode::Generic)
-                }
-                Err(source) => {
-                    return Err(LoadError::Attach {
-                        iface: iface.to_owned(),
-                        source,
-                    });
-                }
-            },
+        let attach_err = |source| LoadError::Attach {
+            iface: iface.to_owned(),
+            source,
         };
-        self.links.push((iface.to_owned(), id, mode));
+        let xdp: &mut Xdp = program_mut(&mut self.ebpf, programs::XDP_INGRESS)?;
+        let (xdp_link, mode) = match xdp.attach(iface, XdpMode::Default) {
+            Ok(id) => (id, AttachMode::Default),
+            Err(native) => {
+                let id = xdp.attach(iface, XdpMode::Skb).map_err(attach_err)?;
+                tracing::warn!(
+                    iface,
+                    error = error_chain(&native),
+                    "native XDP unavailable; attached in generic (skb) mode, which costs more per packet"
+                );
+                (id, AttachMode::Generic)
+            }
+        };
+        // Recorded now, so the XDP link is detached even if the TC attach fails.
+        self.links.push(Link {
+            iface: iface.to_owned(),
+            xdp: xdp_link,
+            mode,
+            tc: None,
+        });
+        // Kernels before 6.6 have no TCX and need a clsact qdisc for TC programs.
+        let has_tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
+        if !has_tcx && let Err(err) = tc::qdisc_add_clsact(iface) {
+            tracing::debug!(iface, error = %err, "adding clsact (it may exist already)");
+        }
+        let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, programs::TC_EGRESS)?;
+        let tc_link = tc.attach(iface, TcAttachType::Egress).map_err(attach_err)?;
+        if let Some(link) = self.links.last_mut() {
+            link.tc = Some(tc_link);
+        }
         Ok(mode)
     }
 
-    /// Interfaces the XDP program is attached to, with the mode.
+    /// Interfaces guard is attached to, with the XDP mode.
     pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
-        self.links
-            .iter()
-            .map(|(name, _, mode)| (name.as_str(), *mode))
+        self.links.iter().map(|l| (l.iface.as_str(), l.mode))
     }
 
     /// Detaches from every interface.
     pub fn detach_all(&mut self) {
-        let links = std::mem::take(&mut self.links);
-        for (iface, id, _) in links {
-            if let Err(err) = self.xdp_mut().detach(id) {
-                tracing::warn!(iface, %err, "detaching XDP failed");
+        for link in std::mem::take(&mut self.links) {
+            if let Ok(xdp) = program_mut::<Xdp>(&mut self.ebpf, programs::XDP_INGRESS)
+                && let Err(err) = xdp.detach(link.xdp)
+            {
+                tracing::warn!(
+                    iface = link.iface,
+                    error = error_chain(&err),
+                    "detaching XDP failed"
+                );
+            }
+            if let Some(id) = link.tc
+                && let Ok(tc) = program_mut::<SchedClassifier>(&mut self.ebpf, programs::TC_EGRESS)
+                && let Err(err) = tc.detach(id)
+            {
+                tracing::warn!(
+                    iface = link.iface,
+                    error = error_chain(&err),
+                    "detaching TC failed"
+                );
             }
         }
     }
 
-    /// Pins every map under `dir` (which must be on a bpffs), so `guard stats` can read them.
+    /// Pins the counter and flow maps under `dir` (which must be on a bpffs), so
+    /// `guard stats` can read them.
     pub fn pin_maps(&self, dir: &Path) -> Result<(), LoadError> {
-        for name in maps::ALL {
+        for name in maps::PINNED {
             let path = dir.join(name);
             let map = self.ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
             map.pin(&path).map_err(|source| LoadError::Pin {
@@ -252,19 +296,54 @@ impl Guard {
         self.logger.take()
     }
 
-    /// Current counters, summed over CPUs.
-    pub fn counters(&mut self, rules: &[crate::policy::RuleInfo]) -> Result<Counters, LoadError> {
-        let stats =
-            PerCpuArray::<_, RuleStats>::try_from(map_mut(&mut self.ebpf, maps::RULE_STATS)?)
-                .map_err(map_err(maps::RULE_STATS))?;
-        let rule_totals =
-            crate::counters::sum_rules(&stats, rules.len()).map_err(map_err(maps::RULE_STATS))?;
-        let reasons = PerCpuArray::<_, u64>::try_from(map_mut(&mut self.ebpf, maps::REASONS)?)
-            .map_err(map_err(maps::REASONS))?;
-        let reason_totals =
-            crate::counters::sum_reasons(&reasons).map_err(map_err(maps::REASONS))?;
-        Ok(Counters::new(rules, &rule_totals, &reason_totals))
+    /// The deny-event ring buffer, for the daemon to read (once).
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, LoadError> {
+        let map = self
+            .ebpf
+            .take_map(maps::EVENTS)
+            .ok_or(LoadError::MissingMap(maps::EVENTS))?;
+        RingBuf::try_from(map).map_err(map_err(maps::EVENTS))
     }
+
+    /// Current counters, summed over CPUs.
+    pub fn counters(&self, rules: &[RuleInfo]) -> Result<Counters, LoadError> {
+        let get = |name: &'static str| self.ebpf.map(name).ok_or(LoadError::MissingMap(name));
+        let maps = CounterMaps {
+            rules: get(maps::RULE_STATS)?
+                .try_into()
+                .map_err(map_err(maps::RULE_STATS))?,
+            reasons: get(maps::REASONS)?
+                .try_into()
+                .map_err(map_err(maps::REASONS))?,
+            ports: get(maps::PORT_STATS)?
+                .try_into()
+                .map_err(map_err(maps::PORT_STATS))?,
+            events: get(maps::EVENT_STATS)?
+                .try_into()
+                .map_err(map_err(maps::EVENT_STATS))?,
+        };
+        maps.read(rules).map_err(map_err(maps::RULE_STATS))
+    }
+}
+
+fn program<'a, P>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a P, LoadError>
+where
+    &'a P: TryFrom<&'a aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(program_err(name))
+}
+
+fn program_mut<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, LoadError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(LoadError::MissingProgram(name))?
+        .try_into()
+        .map_err(program_err(name))
 }
 
 fn write_maps(ebpf: &mut Ebpf, lowered: &Lowered) -> Result<(), LoadError> {
@@ -296,20 +375,24 @@ fn fill_trie<K: aya::Pod>(
 }
 
 /// Counters read from maps pinned by a running (or crashed) daemon.
-pub fn pinned_counters(
-    dir: &Path,
-    rules: &[crate::policy::RuleInfo],
-) -> Result<Counters, LoadError> {
+pub fn pinned_counters(dir: &Path, rules: &[RuleInfo]) -> Result<Counters, LoadError> {
     let open = |name: &'static str| -> Result<Map, LoadError> {
         let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
         Map::from_map_data(data).map_err(map_err(name))
     };
-    let stats = PerCpuArray::<_, RuleStats>::try_from(open(maps::RULE_STATS)?)
-        .map_err(map_err(maps::RULE_STATS))?;
-    let reasons =
-        PerCpuArray::<_, u64>::try_from(open(maps::REASONS)?).map_err(map_err(maps::REASONS))?;
-    let rule_totals =
-        crate::counters::sum_rules(&stats, rules.len()).map_err(map_err(maps::RULE_STATS))?;
-    let reason_totals = crate::counters::sum_reasons(&reasons).map_err(map_err(maps::REASONS))?;
-    Ok(Counters::new(rules, &rule_totals, &reason_totals))
+    let maps = CounterMaps {
+        rules: open(maps::RULE_STATS)?
+            .try_into()
+            .map_err(map_err(maps::RULE_STATS))?,
+        reasons: open(maps::REASONS)?
+            .try_into()
+            .map_err(map_err(maps::REASONS))?,
+        ports: open(maps::PORT_STATS)?
+            .try_into()
+            .map_err(map_err(maps::PORT_STATS))?,
+        events: open(maps::EVENT_STATS)?
+            .try_into()
+            .map_err(map_err(maps::EVENT_STATS))?,
+    };
+    maps.read(rules).map_err(map_err(maps::RULE_STATS))
 }

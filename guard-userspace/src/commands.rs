@@ -92,6 +92,24 @@ pub fn stats(run_dir: &Path, json: bool) -> Result<(), Failure> {
         .map(|r| format!("{}={}", r.reason, r.packets))
         .collect();
     println!("reasons: {}", reasons.join(" "));
+    if !counters.ports.is_empty() {
+        println!();
+        println!(
+            "{:<5}  {:>5}  {:>14}  {:>14}",
+            "PROTO", "PORT", "ATTEMPTED", "REJECTED"
+        );
+        for p in &counters.ports {
+            println!(
+                "{:<5}  {:>5}  {:>14}  {:>14}",
+                p.proto, p.port, p.attempted, p.rejected
+            );
+        }
+    }
+    let ev = counters.events;
+    println!(
+        "events: sent={} suppressed={} lost={}",
+        ev.sent, ev.suppressed, ev.lost
+    );
     Ok(())
 }
 

@@ -1,11 +1,12 @@
-//! Counter snapshots: per-rule packets/bytes and per-reason totals, summed over CPUs.
+//! Counter snapshots, summed over CPUs: per rule, per reason, per port, and events.
 
 use std::borrow::Borrow;
 
-use aya::maps::{MapData, MapError, PerCpuArray};
+use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
 use guard_common::{
+    EVENT_STATS_LEN, EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED, PROTO_IDX_TCP, PortStats,
     REASON_FRAGMENT_PASSED, REASON_MALFORMED, REASON_NOT_TCP_UDP, REASON_POLICY,
-    REASON_UNSUPPORTED, REASONS_LEN, RuleStats,
+    REASON_REPLY_PASSED, REASON_UNSUPPORTED, REASONS_LEN, RuleStats,
 };
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,7 @@ pub const REASON_NAMES: [(u32, &str); REASONS_LEN as usize] = [
     (REASON_UNSUPPORTED, "unsupported"),
     (REASON_FRAGMENT_PASSED, "fragment_passed"),
     (REASON_NOT_TCP_UDP, "not_tcp_udp"),
+    (REASON_REPLY_PASSED, "reply_passed"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,72 +36,133 @@ pub struct ReasonCounter {
     pub packets: u64,
 }
 
+/// Inbound connection attempts to one port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortCounter {
+    pub proto: String,
+    pub port: u16,
+    /// TCP: SYN without ACK; UDP: every datagram judged by the policy.
+    pub attempted: u64,
+    /// Attempts dropped (enforce mode).
+    pub rejected: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventCounters {
+    pub sent: u64,
+    /// Held back by the per-source rate limit.
+    pub suppressed: u64,
+    /// Lost because the ring buffer was full.
+    pub lost: u64,
+}
+
 /// One snapshot of the kernel counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub rules: Vec<RuleCounter>,
     /// Packets dropped (or, in audit mode, that would be) by reason, and passed unjudged.
     pub reasons: Vec<ReasonCounter>,
+    /// Ports that saw inbound attempts, by protocol then port.
+    pub ports: Vec<PortCounter>,
+    pub events: EventCounters,
 }
 
 impl Counters {
-    pub fn new(rules: &[RuleInfo], rule_totals: &[RuleStats], reason_totals: &[u64]) -> Self {
-        Self {
-            rules: rules
-                .iter()
-                .zip(rule_totals)
-                .map(|(info, s)| RuleCounter {
-                    rule: info.name.clone(),
-                    action: info.action.clone(),
-                    packets: s.packets,
-                    bytes: s.bytes,
-                })
-                .collect(),
-            reasons: REASON_NAMES
-                .iter()
-                .map(|&(i, name)| ReasonCounter {
-                    reason: name.to_owned(),
-                    packets: reason_totals.get(i as usize).copied().unwrap_or(0),
-                })
-                .collect(),
-        }
-    }
-
     /// The counter of the rule called `name`.
     pub fn rule(&self, name: &str) -> Option<&RuleCounter> {
         self.rules.iter().find(|r| r.rule == name)
     }
 
-    /// The counter of the drop reason called `name` (see [`REASON_NAMES`]).
+    /// The counter of the reason called `name` (see [`REASON_NAMES`]).
     pub fn reason(&self, name: &str) -> u64 {
         self.reasons
             .iter()
             .find(|r| r.reason == name)
             .map_or(0, |r| r.packets)
     }
+
+    /// The attempts counter of a port, if it saw any.
+    pub fn port(&self, proto: &str, port: u16) -> Option<&PortCounter> {
+        self.ports
+            .iter()
+            .find(|p| p.proto == proto && p.port == port)
+    }
 }
 
-/// Sums the first `n` rules' per-CPU counters.
-pub fn sum_rules<T: Borrow<MapData>>(
-    map: &PerCpuArray<T, RuleStats>,
-    n: usize,
-) -> Result<Vec<RuleStats>, MapError> {
-    (0..n as u32)
-        .map(|i| {
-            let per_cpu = map.get(&i, 0)?;
-            Ok(per_cpu
+/// The maps a snapshot is read from, live or pinned.
+pub struct CounterMaps<T> {
+    pub rules: PerCpuArray<T, RuleStats>,
+    pub reasons: PerCpuArray<T, u64>,
+    pub ports: PerCpuHashMap<T, u32, PortStats>,
+    pub events: PerCpuArray<T, u64>,
+}
+
+impl<T: Borrow<MapData>> CounterMaps<T> {
+    /// Reads every counter, summing per-CPU values; `rules` names the rule slots.
+    pub fn read(&self, rules: &[RuleInfo]) -> Result<Counters, MapError> {
+        let rule_counters = rules
+            .iter()
+            .enumerate()
+            .map(|(i, info)| {
+                let total =
+                    self.rules
+                        .get(&(i as u32), 0)?
+                        .iter()
+                        .fold(RuleStats::default(), |a, s| RuleStats {
+                            packets: a.packets + s.packets,
+                            bytes: a.bytes + s.bytes,
+                        });
+                Ok(RuleCounter {
+                    rule: info.name.clone(),
+                    action: info.action.clone(),
+                    packets: total.packets,
+                    bytes: total.bytes,
+                })
+            })
+            .collect::<Result<_, MapError>>()?;
+        let reasons = REASON_NAMES
+            .iter()
+            .map(|&(i, name)| {
+                Ok(ReasonCounter {
+                    reason: name.to_owned(),
+                    packets: sum(&self.reasons, i)?,
+                })
+            })
+            .collect::<Result<_, MapError>>()?;
+        let mut ports = Vec::new();
+        for entry in self.ports.iter() {
+            let (key, per_cpu) = entry?;
+            let (attempted, rejected) = per_cpu
                 .iter()
-                .fold(RuleStats::default(), |acc, s| RuleStats {
-                    packets: acc.packets + s.packets,
-                    bytes: acc.bytes + s.bytes,
-                }))
+                .fold((0, 0), |(a, r), s| (a + s.attempted, r + s.rejected));
+            ports.push(PortCounter {
+                proto: if key >> 16 == PROTO_IDX_TCP {
+                    "tcp"
+                } else {
+                    "udp"
+                }
+                .to_owned(),
+                port: key as u16,
+                attempted,
+                rejected,
+            });
+        }
+        ports.sort_by(|a, b| (&a.proto, a.port).cmp(&(&b.proto, b.port)));
+        debug_assert_eq!(EVENT_STATS_LEN, 3);
+        let events = EventCounters {
+            sent: sum(&self.events, EVENTS_SENT)?,
+            suppressed: sum(&self.events, EVENTS_SUPPRESSED)?,
+            lost: sum(&self.events, EVENTS_LOST)?,
+        };
+        Ok(Counters {
+            rules: rule_counters,
+            reasons,
+            ports,
+            events,
         })
-        .collect()
+    }
 }
 
-/// Sums every reason counter over CPUs.
-pub fn sum_reasons<T: Borrow<MapData>>(map: &PerCpuArray<T, u64>) -> Result<Vec<u64>, MapError> {
-    (0..REASONS_LEN)
-        .map(|i| Ok(map.get(&i, 0)?.iter().sum()))
-        .collect()
+fn sum<T: Borrow<MapData>>(map: &PerCpuArray<T, u64>, index: u32) -> Result<u64, MapError> {
+    Ok(map.get(&index, 0)?.iter().sum())
 }

@@ -7,6 +7,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use aya::maps::{MapData, RingBuf};
 use tokio::{
     io::{Interest, unix::AsyncFd},
     signal::unix::{SignalKind, signal},
@@ -16,6 +17,7 @@ use tracing::{info, warn};
 use crate::{
     bpf::{Guard, KernelLogger, error_chain},
     cli::{Failure, RunArgs},
+    events::{self, Decoder},
     host, logging,
     policy::{self, PolicySource, model::InterfaceSpec},
     state::{self, Attached, State},
@@ -112,7 +114,10 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
     );
 
     let logger = guard.take_logger();
-    let result = serve(logger);
+    let events = guard
+        .take_events()
+        .map_err(|e| Failure::Runtime(error_chain(&e)))?;
+    let result = serve(logger, events, Decoder::new(lowered.rules.clone()));
     guard.detach_all();
     drop(guard);
     let _ = fs::remove_dir_all(pin_dir);
@@ -175,7 +180,11 @@ fn lock(run_dir: &Path) -> Result<fs::File, Failure> {
     Ok(file)
 }
 
-fn serve(logger: Option<KernelLogger>) -> Result<(), Failure> {
+fn serve(
+    logger: Option<KernelLogger>,
+    events: RingBuf<MapData>,
+    decoder: Decoder,
+) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -192,6 +201,10 @@ fn serve(logger: Option<KernelLogger>) -> Result<(), Failure> {
                 .map_err(|e| Failure::Runtime(format!("polling the kernel log: {e}")))?;
             tokio::spawn(pump_kernel_log(fd));
         }
+        // SAFETY: the ring buffer owns its fd for as long as it lives; the AsyncFd owns it.
+        let events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
+            .map_err(|e| Failure::Runtime(format!("polling the event ring buffer: {e}")))?;
+        tokio::spawn(pump_events(events, decoder));
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
@@ -199,6 +212,24 @@ fn serve(logger: Option<KernelLogger>) -> Result<(), Failure> {
         info!(signal = name, "shutting down");
         Ok(())
     })
+}
+
+/// Logs every deny event the kernel sends.
+async fn pump_events(mut fd: AsyncFd<RingBuf<MapData>>, decoder: Decoder) {
+    loop {
+        let Ok(mut ready) = fd.readable_mut().await else {
+            warn!("event reader stopped");
+            return;
+        };
+        let ring = ready.get_inner_mut();
+        while let Some(record) = ring.next() {
+            match decoder.decode(&record) {
+                Some(ev) => events::log(&ev),
+                None => warn!(bytes = record.len(), "undecodable event record"),
+            }
+        }
+        ready.clear_ready();
+    }
 }
 
 /// Forwards kernel log records (aya-log) into `log`, which tracing picks up.

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod counters;
 pub mod daemon;
+pub mod events;
 pub mod host;
 pub mod logging;
 pub mod policy;

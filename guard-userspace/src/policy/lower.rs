@@ -10,8 +10,9 @@ use std::collections::{BTreeMap, HashMap};
 
 use guard_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, IngressConfig, MODE_AUDIT, MODE_ENFORCE,
-    PORT_FAILSAFE, PROTO_IDX_TCP, PROTO_IDX_UDP, RULE_DEFAULT, RULE_FAILSAFE, RULE_FIRST_POLICY,
-    RuleRef, SrcKeyV4, SrcKeyV6, port_index,
+    PORT_ACTION_SHIFT, PORT_DIRECT, PORT_FAILSAFE, PORT_VALUE_MASK, PROTO_IDX_TCP, PROTO_IDX_UDP,
+    RULE_DEFAULT, RULE_FAILSAFE, RULE_FIRST_POLICY, RULE_REPLY, RuleRef, SrcKeyV4, SrcKeyV6,
+    port_index,
 };
 use ipnet::IpNet;
 use serde::Serialize;
@@ -31,7 +32,8 @@ pub struct RuleInfo {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lowered {
     pub config: IngressConfig,
-    /// Indexed by rule index: [`RULE_DEFAULT`], [`RULE_FAILSAFE`], then the ingress rules.
+    /// Indexed by rule index: [`RULE_DEFAULT`], [`RULE_FAILSAFE`], [`RULE_REPLY`], then the
+    /// ingress rules.
     pub rules: Vec<RuleInfo>,
     /// Non-zero entries of the ports array: (index, class | flags).
     pub ports: Vec<(u32, u32)>,
@@ -40,6 +42,8 @@ pub struct Lowered {
     pub src_v6: Vec<(u32, SrcKeyV6, RuleRef)>,
     /// Number of port classes (class ids are 1..=classes).
     pub classes: u32,
+    /// Classes resolved to one rule for every source (no trie entries).
+    pub direct_classes: u32,
 }
 
 const fn action_code(action: RuleAction) -> u32 {
@@ -62,26 +66,31 @@ pub fn lower(policy: &Policy) -> Lowered {
         DefaultAction::Allow => RuleAction::Allow,
         DefaultAction::Deny => RuleAction::Deny,
     };
-    let mut rules = vec![
-        RuleInfo {
-            name: "default".into(),
-            action: label(default_rule, policy.mode),
-        },
-        RuleInfo {
-            name: "failsafe".into(),
-            action: "allow".into(),
-        },
+    let synthetic = [
+        (RULE_DEFAULT, "default", label(default_rule, policy.mode)),
+        (RULE_FAILSAFE, "failsafe", "allow".to_owned()),
+        (RULE_REPLY, "reply", "allow".to_owned()),
     ];
+    let mut rules: Vec<RuleInfo> = synthetic
+        .into_iter()
+        .enumerate()
+        .map(|(i, (index, name, action))| {
+            debug_assert_eq!(i as u32, index);
+            RuleInfo {
+                name: name.into(),
+                action,
+            }
+        })
+        .collect();
     debug_assert_eq!(rules.len() as u32, RULE_FIRST_POLICY);
-    debug_assert_eq!(RULE_DEFAULT, 0);
-    debug_assert_eq!(RULE_FAILSAFE, 1);
     rules.extend(policy.ingress.iter().map(|r| RuleInfo {
         name: r.name.clone(),
         action: label(r.action, policy.mode),
     }));
 
+    // Port segments and their classes.
     let mut class_of_set: HashMap<Vec<u32>, u32> = HashMap::new();
-    let mut ports: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut segment_classes: Vec<(u32, PortRange, u32)> = Vec::new();
     for (proto, proto_idx) in [(Proto::Tcp, PROTO_IDX_TCP), (Proto::Udp, PROTO_IDX_UDP)] {
         let ranges: Vec<(PortRange, u32)> = policy
             .ingress
@@ -97,14 +106,7 @@ pub fn lower(policy: &Policy) -> Lowered {
         for (segment, set) in segments(&ranges) {
             let next = class_of_set.len() as u32 + 1;
             let class = *class_of_set.entry(set).or_insert(next);
-            for port in segment.first..=segment.last {
-                ports.insert(port_index(proto_idx, port), class);
-            }
-        }
-    }
-    for range in &policy.failsafe_ports {
-        for port in range.first..=range.last {
-            *ports.entry(port_index(PROTO_IDX_TCP, port)).or_insert(0) |= PORT_FAILSAFE;
+            segment_classes.push((proto_idx, segment, class));
         }
     }
 
@@ -125,9 +127,53 @@ pub fn lower(policy: &Policy) -> Lowered {
             }
         }
     }
+
+    // Classes where every source resolves to one rule: encoded in the ports array directly.
+    let mut direct: HashMap<u32, u32> = HashMap::new();
+    for &class in class_of_set.values() {
+        let entries: Vec<(&IpNet, &(RuleAction, u32))> = best
+            .range((class, IpNet::V4(Default::default()))..)
+            .take_while(|((c, _), _)| *c == class)
+            .map(|((_, n), v)| (n, v))
+            .collect();
+        let covers_all = entries
+            .iter()
+            .any(|(n, _)| matches!(n, IpNet::V4(_)) && n.prefix_len() == 0)
+            && entries
+                .iter()
+                .any(|(n, _)| matches!(n, IpNet::V6(_)) && n.prefix_len() == 0);
+        let first = entries.first().map(|(_, v)| **v);
+        if let Some((action, rule)) = first
+            && covers_all
+            && entries.iter().all(|(_, v)| **v == (action, rule))
+        {
+            debug_assert!(rule <= PORT_VALUE_MASK);
+            direct.insert(
+                class,
+                PORT_DIRECT | (action_code(action) << PORT_ACTION_SHIFT) | rule,
+            );
+        }
+    }
+
+    let mut ports: BTreeMap<u32, u32> = BTreeMap::new();
+    for &(proto_idx, segment, class) in &segment_classes {
+        let value = direct.get(&class).copied().unwrap_or(class);
+        for port in segment.first..=segment.last {
+            ports.insert(port_index(proto_idx, port), value);
+        }
+    }
+    for range in &policy.failsafe_ports {
+        for port in range.first..=range.last {
+            *ports.entry(port_index(PROTO_IDX_TCP, port)).or_insert(0) |= PORT_FAILSAFE;
+        }
+    }
+
     let mut src_v4 = Vec::new();
     let mut src_v6 = Vec::new();
     for ((class, net), (action, rule)) in best {
+        if direct.contains_key(&class) {
+            continue;
+        }
         let value = RuleRef {
             rule,
             action: action_code(action),
@@ -154,6 +200,12 @@ pub fn lower(policy: &Policy) -> Lowered {
         }
     }
 
+    let events = &policy.events;
+    let interval_ns = if events.rate_per_second == 0 {
+        0
+    } else {
+        1_000_000_000 / u64::from(events.rate_per_second)
+    };
     Lowered {
         config: IngressConfig {
             mode: match policy.mode {
@@ -164,12 +216,17 @@ pub fn lower(policy: &Policy) -> Lowered {
                 DefaultAction::Allow => ACTION_ALLOW,
                 DefaultAction::Deny => ACTION_DENY,
             },
+            event_interval_ns: interval_ns,
+            event_tolerance_ns: interval_ns * u64::from(events.burst.saturating_sub(1)),
+            tcp_flow_timeout_ns: u64::from(policy.flows.tcp_timeout_seconds) * 1_000_000_000,
+            udp_flow_timeout_ns: u64::from(policy.flows.udp_timeout_seconds) * 1_000_000_000,
         },
         rules,
         ports: ports.into_iter().collect(),
         src_v4,
         src_v6,
         classes: class_of_set.len() as u32,
+        direct_classes: direct.len() as u32,
     }
 }
 

@@ -84,6 +84,42 @@ pub struct Policy {
     pub ingress: Vec<IngressRule>,
     /// `[listen] allow`: validated now, enforced by the cgroup bind hook (not yet built).
     pub listen: Option<Vec<PortRange>>,
+    pub events: EventLimits,
+    pub flows: FlowTimeouts,
+}
+
+/// `[events]`: the kernel's per-source limit on deny events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventLimits {
+    /// Events per second per source address; 0 turns events off.
+    pub rate_per_second: u32,
+    /// Events a source may cause at once before the rate applies (>= 1).
+    pub burst: u32,
+}
+
+impl Default for EventLimits {
+    fn default() -> Self {
+        Self {
+            rate_per_second: 5,
+            burst: 10,
+        }
+    }
+}
+
+/// `[flows]`: how long replies to the host's own flows pass after it last sent on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowTimeouts {
+    pub tcp_timeout_seconds: u32,
+    pub udp_timeout_seconds: u32,
+}
+
+impl Default for FlowTimeouts {
+    fn default() -> Self {
+        Self {
+            tcp_timeout_seconds: 3600,
+            udp_timeout_seconds: 120,
+        }
+    }
 }
 
 impl fmt::Display for Mode {

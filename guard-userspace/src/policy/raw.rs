@@ -19,6 +19,22 @@ pub struct RawPolicy {
     #[serde(default)]
     pub ingress: Vec<Spanned<RawIngress>>,
     pub listen: Option<Spanned<RawListen>>,
+    pub events: Option<Spanned<RawEvents>>,
+    pub flows: Option<Spanned<RawFlows>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEvents {
+    pub rate_per_second: Option<Spanned<i64>>,
+    pub burst: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFlows {
+    pub tcp_timeout_seconds: Option<Spanned<i64>>,
+    pub udp_timeout_seconds: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

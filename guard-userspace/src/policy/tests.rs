@@ -1,8 +1,9 @@
 //! Unit tests of the three policy steps on inline texts.
 
 use guard_common::{
-    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, MODE_AUDIT, MODE_ENFORCE, PORT_CLASS_MASK,
-    PORT_FAILSAFE, PROTO_IDX_TCP, PROTO_IDX_UDP, port_index,
+    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, MODE_AUDIT, MODE_ENFORCE,
+    PORT_ACTION_MASK, PORT_ACTION_SHIFT, PORT_CLASS_MASK, PORT_DIRECT, PORT_FAILSAFE,
+    PORT_VALUE_MASK, PROTO_IDX_TCP, PROTO_IDX_UDP, RULE_FIRST_POLICY, port_index,
 };
 use proptest::prelude::*;
 
@@ -233,12 +234,13 @@ fn lowering_assigns_classes_and_failsafe_flags() {
     assert_eq!(l.config.mode, MODE_ENFORCE);
     assert_eq!(l.config.default_action, ACTION_DENY);
     let names: Vec<&str> = l.rules.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["default", "failsafe", "web"]);
-    let class80 = port_entry(&l, PROTO_IDX_TCP, 80);
-    assert_ne!(class80, 0);
+    assert_eq!(names, ["default", "failsafe", "reply", "web"]);
+    // `web` is from any: every source resolves to it, so the port entry holds the rule.
+    let direct_web = PORT_DIRECT | (ACTION_ALLOW << PORT_ACTION_SHIFT) | RULE_FIRST_POLICY;
+    assert_eq!(port_entry(&l, PROTO_IDX_TCP, 80), direct_web);
     assert_eq!(
         port_entry(&l, PROTO_IDX_TCP, 8005),
-        class80,
+        direct_web,
         "same rule set, same class"
     );
     assert_eq!(port_entry(&l, PROTO_IDX_TCP, 8011), 0);
@@ -253,9 +255,17 @@ fn lowering_assigns_classes_and_failsafe_flags() {
         "failsafe with no rule"
     );
     assert_eq!(l.ports.len(), 1 + 11 + 1);
-    assert_eq!(l.src_v4.len(), 1);
-    assert_eq!(l.src_v4[0].0, CLASS_BITS, "any = /0 after the class bits");
-    assert_eq!(l.src_v6.len(), 1);
+    assert!(
+        l.src_v4.is_empty() && l.src_v6.is_empty(),
+        "direct classes need no trie entries"
+    );
+    assert_eq!((l.classes, l.direct_classes), (1, 1));
+    assert_eq!(
+        l.config.event_interval_ns, 200_000_000,
+        "5 events/s by default"
+    );
+    assert_eq!(l.config.event_tolerance_ns, 9 * 200_000_000, "burst 10");
+    assert_eq!(l.config.udp_flow_timeout_ns, 120_000_000_000);
 }
 
 #[test]
@@ -292,14 +302,14 @@ action = "deny"
             .find(|(p, k, _)| *p == prefix && k.class == class.to_be_bytes())
             .map(|(_, _, v)| (v.rule, v.action))
     };
-    assert_eq!(at(class443, CLASS_BITS + 8), Some((4, ACTION_DENY)));
-    assert_eq!(at(class443, CLASS_BITS + 16), Some((3, ACTION_AUDIT)));
-    assert_eq!(at(class400, CLASS_BITS + 8), Some((4, ACTION_DENY)));
+    assert_eq!(at(class443, CLASS_BITS + 8), Some((5, ACTION_DENY)));
+    assert_eq!(at(class443, CLASS_BITS + 16), Some((4, ACTION_AUDIT)));
+    assert_eq!(at(class400, CLASS_BITS + 8), Some((5, ACTION_DENY)));
     assert_eq!(
-        l.rules[4].action, "audit",
+        l.rules[5].action, "audit",
         "deny is reported as audit in audit mode"
     );
-    assert_eq!(l.rules[2].action, "allow");
+    assert_eq!(l.rules[3].action, "allow");
 }
 
 #[test]
@@ -338,7 +348,7 @@ fn model_decision(
             continue;
         }
         for net in r.sources.iter().filter(|n| n.contains(&src)) {
-            let cand = (net.prefix_len(), r.action, 2 + i as u32);
+            let cand = (net.prefix_len(), r.action, RULE_FIRST_POLICY + i as u32);
             best = Some(match best {
                 None => cand,
                 Some(b) if cand.0 > b.0 || (cand.0 == b.0 && cand.1 > b.1) => cand,
@@ -363,6 +373,12 @@ fn lowered_decision(l: &Lowered, tcp: bool, port: u16, src: std::net::IpAddr) ->
     let entry = port_entry(l, if tcp { PROTO_IDX_TCP } else { PROTO_IDX_UDP }, port);
     if entry & PORT_FAILSAFE != 0 {
         return (1, ACTION_ALLOW);
+    }
+    if entry & PORT_DIRECT != 0 {
+        return (
+            entry & PORT_VALUE_MASK,
+            (entry & PORT_ACTION_MASK) >> PORT_ACTION_SHIFT,
+        );
     }
     let class = (entry & PORT_CLASS_MASK).to_be_bytes();
     let bits = |a: &[u8], b: &[u8], n: u32| {

@@ -12,7 +12,8 @@ use toml::Spanned;
 use super::{
     Diagnostic,
     model::{
-        DefaultAction, IngressRule, InterfaceSpec, Mode, Policy, PortRange, Proto, RuleAction,
+        DefaultAction, EventLimits, FlowTimeouts, IngressRule, InterfaceSpec, Mode, Policy,
+        PortRange, Proto, RuleAction,
     },
     raw::{RawIngress, RawPolicy, RawPort},
 };
@@ -127,6 +128,9 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
         ports(allow.get_ref(), &mut f)
     });
 
+    let events = events(&raw, &mut f);
+    let flows = flows(&raw, &mut f);
+
     if f.errors.is_empty() {
         let policy = Policy {
             mode,
@@ -136,10 +140,93 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
             zones: zones.into_iter().map(|(k, (_, v))| (k, v)).collect(),
             ingress,
             listen,
+            events,
+            flows,
         };
         Ok((policy, f.warnings))
     } else {
         Err(f.errors)
+    }
+}
+
+/// An integer setting within `min..=max`, or `default` when absent.
+fn bounded(
+    value: Option<&Spanned<i64>>,
+    what: &str,
+    min: i64,
+    max: i64,
+    default: u32,
+    f: &mut Findings,
+) -> u32 {
+    match value {
+        None => default,
+        Some(v) if (min..=max).contains(v.get_ref()) => *v.get_ref() as u32,
+        Some(v) => {
+            f.error(
+                v.span(),
+                format!(
+                    "{what} must be between {min} and {max}, not {}",
+                    v.get_ref()
+                ),
+            );
+            default
+        }
+    }
+}
+
+fn events(raw: &RawPolicy, f: &mut Findings) -> EventLimits {
+    let defaults = EventLimits::default();
+    let Some(e) = &raw.events else {
+        return defaults;
+    };
+    let e = e.get_ref();
+    let rate_per_second = bounded(
+        e.rate_per_second.as_ref(),
+        "events.rate_per_second",
+        0,
+        1_000_000,
+        defaults.rate_per_second,
+        f,
+    );
+    let burst = bounded(
+        e.burst.as_ref(),
+        "events.burst",
+        1,
+        1_000_000,
+        defaults.burst,
+        f,
+    );
+    EventLimits {
+        rate_per_second,
+        burst,
+    }
+}
+
+fn flows(raw: &RawPolicy, f: &mut Findings) -> FlowTimeouts {
+    let defaults = FlowTimeouts::default();
+    let Some(fl) = &raw.flows else {
+        return defaults;
+    };
+    let fl = fl.get_ref();
+    // Replies must be allowed long enough for a slow answer, and not forever.
+    let week = 7 * 24 * 3600;
+    FlowTimeouts {
+        tcp_timeout_seconds: bounded(
+            fl.tcp_timeout_seconds.as_ref(),
+            "flows.tcp_timeout_seconds",
+            1,
+            week,
+            defaults.tcp_timeout_seconds,
+            f,
+        ),
+        udp_timeout_seconds: bounded(
+            fl.udp_timeout_seconds.as_ref(),
+            "flows.udp_timeout_seconds",
+            1,
+            week,
+            defaults.udp_timeout_seconds,
+            f,
+        ),
     }
 }
 

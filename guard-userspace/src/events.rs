@@ -1,0 +1,183 @@
+//! Deny events from the kernel ring buffer, as structured `tracing` records
+//! (target `guard::event`; with `--log-format json` one JSON object per line).
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use guard_common::{EVENT_AUDIT_DROP, EVENT_DROP, Event};
+use serde::Serialize;
+
+use crate::policy::RuleInfo;
+
+/// An event with names resolved, ready to log or print.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DenyEvent {
+    /// Unix time in seconds.
+    pub ts: f64,
+    /// `drop` or `audit_drop`.
+    pub kind: &'static str,
+    pub rule: String,
+    pub proto: &'static str,
+    pub src: IpAddr,
+    pub sport: u16,
+    pub dst: IpAddr,
+    pub dport: u16,
+    pub ifindex: u32,
+    /// Events from this source held back by the rate limit since its previous event.
+    pub suppressed: u32,
+}
+
+/// Turns kernel records into [`DenyEvent`]s.
+pub struct Decoder {
+    rules: Vec<RuleInfo>,
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC, in ns, taken at start.
+    realtime_offset_ns: i128,
+}
+
+fn clock_ns(clock: libc::clockid_t) -> i128 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+fn addr(bytes: [u8; 16], family: u8) -> IpAddr {
+    if family == 4 {
+        IpAddr::V4(Ipv4Addr::new(bytes[12], bytes[13], bytes[14], bytes[15]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(bytes))
+    }
+}
+
+impl Decoder {
+    pub fn new(rules: Vec<RuleInfo>) -> Self {
+        Self {
+            rules,
+            realtime_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+        }
+    }
+
+    /// Decodes one ring-buffer record; `None` for a record of the wrong size or kind.
+    pub fn decode(&self, bytes: &[u8]) -> Option<DenyEvent> {
+        if bytes.len() < size_of::<Event>() {
+            return None;
+        }
+        // SAFETY: the length is checked; Event is plain old data; the read is unaligned-safe.
+        let ev: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+        let kind = match ev.kind {
+            EVENT_DROP => "drop",
+            EVENT_AUDIT_DROP => "audit_drop",
+            _ => return None,
+        };
+        let rule = self
+            .rules
+            .get(ev.rule as usize)
+            .map_or_else(|| format!("#{}", ev.rule), |r| r.name.clone());
+        Some(DenyEvent {
+            ts: (i128::from(ev.ts_ns) + self.realtime_offset_ns) as f64 / 1e9,
+            kind,
+            rule,
+            proto: if ev.proto == 6 { "tcp" } else { "udp" },
+            src: addr(ev.src, ev.family),
+            sport: ev.sport,
+            dst: addr(ev.dst, ev.family),
+            dport: ev.dport,
+            ifindex: ev.ifindex,
+            suppressed: ev.suppressed,
+        })
+    }
+}
+
+/// Logs one event.
+pub fn log(ev: &DenyEvent) {
+    tracing::info!(
+        target: "guard::event",
+        ts = ev.ts,
+        kind = ev.kind,
+        rule = ev.rule,
+        proto = ev.proto,
+        src = %ev.src,
+        sport = ev.sport,
+        dst = %ev.dst,
+        dport = ev.dport,
+        ifindex = ev.ifindex,
+        suppressed = ev.suppressed,
+        "{}", ev.kind
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(ev: &Event) -> Vec<u8> {
+        // SAFETY: Event is plain old data.
+        unsafe { std::slice::from_raw_parts((ev as *const Event).cast::<u8>(), size_of::<Event>()) }
+            .to_vec()
+    }
+
+    #[test]
+    fn decodes_ipv4_and_ipv6_events_with_rule_names() {
+        let d = Decoder::new(vec![
+            RuleInfo {
+                name: "default".into(),
+                action: "deny".into(),
+            },
+            RuleInfo {
+                name: "failsafe".into(),
+                action: "allow".into(),
+            },
+        ]);
+        let mut ev = Event {
+            ts_ns: 1,
+            kind: EVENT_DROP,
+            rule: 0,
+            sport: 40000,
+            dport: 81,
+            family: 4,
+            proto: 6,
+            ifindex: 7,
+            suppressed: 3,
+            ..Default::default()
+        };
+        ev.src[10..].copy_from_slice(&[0xff, 0xff, 198, 18, 0, 2]);
+        ev.dst[10..].copy_from_slice(&[0xff, 0xff, 198, 18, 0, 1]);
+        let got = d.decode(&raw(&ev)).unwrap();
+        assert_eq!(
+            (got.kind, got.rule.as_str(), got.proto),
+            ("drop", "default", "tcp")
+        );
+        assert_eq!(got.src, "198.18.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!(got.dst, "198.18.0.1".parse::<IpAddr>().unwrap());
+        assert_eq!(
+            (got.sport, got.dport, got.ifindex, got.suppressed),
+            (40000, 81, 7, 3)
+        );
+        assert!(got.ts > 1.0e9, "wall-clock seconds");
+
+        ev.family = 6;
+        ev.kind = EVENT_AUDIT_DROP;
+        ev.proto = 17;
+        ev.rule = 9;
+        ev.src = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
+        let got = d.decode(&raw(&ev)).unwrap();
+        assert_eq!(
+            (got.kind, got.rule.as_str(), got.proto),
+            ("audit_drop", "#9", "udp")
+        );
+        assert_eq!(got.src, "2001:db8::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn rejects_short_or_unknown_records() {
+        let d = Decoder::new(Vec::new());
+        assert_eq!(d.decode(&[0u8; 10]), None);
+        let ev = Event {
+            kind: 99,
+            ..Default::default()
+        };
+        assert_eq!(d.decode(&raw(&ev)), None);
+    }
+}
