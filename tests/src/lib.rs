@@ -6,6 +6,7 @@
 //! end of such a pair and its namespace, addressed from 198.18.0.0/15, with no default route.
 //! A missing prerequisite (not root, no `ip`) fails the test with a message; nothing skips.
 
+pub mod kernel;
 pub mod packets;
 
 use std::{

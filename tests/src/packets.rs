@@ -78,3 +78,168 @@ pub fn arp() -> Vec<u8> {
 
 /// Byte offset of the IPv4 header in the untagged packets above.
 pub const IP_OFFSET: usize = 14;
+
+// ---- raw construction, for headers etherparse will not write ----
+
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// A transport header (and payload) to put inside an IP packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum L4 {
+    Tcp { sport: u16, dport: u16, flags: u8 },
+    Udp { sport: u16, dport: u16, payload: Vec<u8> },
+    /// Another IP protocol (e.g. ICMPv6 = 58) with these bytes.
+    Other { proto: u8, bytes: Vec<u8> },
+}
+
+impl L4 {
+    pub fn proto(&self) -> u8 {
+        match self {
+            L4::Tcp { .. } => 6,
+            L4::Udp { .. } => 17,
+            L4::Other { proto, .. } => *proto,
+        }
+    }
+
+    /// Length of the transport header (the bytes a parser must see to judge the ports).
+    pub fn header_len(&self) -> usize {
+        match self {
+            L4::Tcp { .. } => 20,
+            L4::Udp { .. } => 8,
+            L4::Other { .. } => 0,
+        }
+    }
+
+    pub fn bytes(&self) -> Vec<u8> {
+        match self {
+            L4::Tcp { sport, dport, flags } => {
+                let mut t = vec![0u8; 20];
+                t[0..2].copy_from_slice(&sport.to_be_bytes());
+                t[2..4].copy_from_slice(&dport.to_be_bytes());
+                t[12] = 5 << 4;
+                t[13] = *flags;
+                t[14..16].copy_from_slice(&1024u16.to_be_bytes());
+                t
+            }
+            L4::Udp { sport, dport, payload } => {
+                let mut u = vec![0u8; 8];
+                u[0..2].copy_from_slice(&sport.to_be_bytes());
+                u[2..4].copy_from_slice(&dport.to_be_bytes());
+                u[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+                u.extend_from_slice(payload);
+                u
+            }
+            L4::Other { bytes, .. } => bytes.clone(),
+        }
+    }
+}
+
+/// An Ethernet frame with `ethertype` and `payload`.
+pub fn eth(ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(14 + payload.len());
+    f.extend_from_slice(&DST_MAC);
+    f.extend_from_slice(&SRC_MAC);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// `frame` with VLAN tags inserted after the MAC addresses, outermost first (each a TPID:
+/// 0x8100 for 802.1Q, 0x88a8 for 802.1ad).
+pub fn with_vlans(frame: &[u8], tpids: &[u16]) -> Vec<u8> {
+    let mut f = frame[..12].to_vec();
+    for (i, tpid) in tpids.iter().enumerate() {
+        f.extend_from_slice(&tpid.to_be_bytes());
+        f.extend_from_slice(&(100 + i as u16).to_be_bytes());
+    }
+    f.extend_from_slice(&frame[12..]);
+    f
+}
+
+/// An IPv4 packet in an Ethernet frame: `option_words` 32-bit words of options (IHL 5 +
+/// option_words), the fragment field `(offset in 8-byte units, more fragments)`.
+pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, option_words: u8, fragment: (u16, bool), l4: &L4) -> Vec<u8> {
+    let body = l4.bytes();
+    let header_len = 20 + 4 * usize::from(option_words);
+    let mut ip = vec![0u8; header_len];
+    ip[0] = 0x40 | (5 + option_words);
+    ip[2..4].copy_from_slice(&((header_len + body.len()) as u16).to_be_bytes());
+    let frag = fragment.0 & 0x1fff | if fragment.1 { 0x2000 } else { 0 };
+    ip[6..8].copy_from_slice(&frag.to_be_bytes());
+    ip[8] = 64;
+    ip[9] = l4.proto();
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.octets());
+    for b in &mut ip[20..] {
+        *b = 1; // NOP options
+    }
+    ip.extend_from_slice(&body);
+    eth(0x0800, &ip)
+}
+
+/// An IPv6 extension header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ext {
+    /// Hop-by-hop options with `n` extra 8-byte units.
+    HopByHop(u8),
+    Routing(u8),
+    DestOpts(u8),
+    /// Fragment header: offset in 8-byte units, more fragments.
+    Fragment(u16, bool),
+    /// Authentication header with payload-length field `n` ((n + 2) * 4 bytes).
+    Ah(u8),
+}
+
+impl Ext {
+    pub fn kind(self) -> u8 {
+        match self {
+            Ext::HopByHop(_) => 0,
+            Ext::Routing(_) => 43,
+            Ext::DestOpts(_) => 60,
+            Ext::Fragment(..) => 44,
+            Ext::Ah(_) => 51,
+        }
+    }
+
+    /// Bytes the header takes.
+    pub fn size(self) -> usize {
+        match self {
+            Ext::HopByHop(n) | Ext::Routing(n) | Ext::DestOpts(n) => (usize::from(n) + 1) * 8,
+            Ext::Fragment(..) => 8,
+            Ext::Ah(n) => (usize::from(n) + 2) * 4,
+        }
+    }
+
+    fn bytes(self, next: u8) -> Vec<u8> {
+        let mut b = vec![0u8; self.size()];
+        b[0] = next;
+        match self {
+            Ext::HopByHop(n) | Ext::Routing(n) | Ext::DestOpts(n) | Ext::Ah(n) => b[1] = n,
+            Ext::Fragment(offset, more) => {
+                b[2..4].copy_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+            }
+        }
+        b
+    }
+}
+
+/// An IPv6 packet in an Ethernet frame with extension headers `exts` before `l4`.
+pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, exts: &[Ext], l4: &L4) -> Vec<u8> {
+    let mut payload = Vec::new();
+    for (i, ext) in exts.iter().enumerate() {
+        let next = exts.get(i + 1).map_or(l4.proto(), |e| e.kind());
+        payload.extend(ext.bytes(next));
+    }
+    payload.extend(l4.bytes());
+    let mut ip = vec![0u8; 40];
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&(payload.len() as u16).to_be_bytes());
+    ip[6] = exts.first().map_or(l4.proto(), |e| e.kind());
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src.octets());
+    ip[24..40].copy_from_slice(&dst.octets());
+    ip.extend(payload);
+    eth(0x86dd, &ip)
+}

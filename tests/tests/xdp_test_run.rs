@@ -3,56 +3,10 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use aya::programs::{TestRun as _, TestRunOptions};
-use guard::{
-    bpf::{Guard, KernelLog},
-    policy::{self, RuleInfo},
+use guard_tests::{
+    kernel::{XDP_DROP, XDP_PASS, load},
+    packets::*,
 };
-use guard_tests::{packets::*, require_root};
-
-const XDP_DROP: u32 = 1;
-const XDP_PASS: u32 = 2;
-
-struct Loaded {
-    guard: Guard,
-    rules: Vec<RuleInfo>,
-}
-
-fn load(text: &str) -> Loaded {
-    require_root();
-    let checked = policy::check("test.toml", text).unwrap_or_else(|e| panic!("{e}"));
-    let lowered = policy::lower(&checked.policy);
-    let guard = Guard::load(&lowered, KernelLog::Off).unwrap_or_else(|e| panic!("load: {e}"));
-    Loaded {
-        guard,
-        rules: lowered.rules,
-    }
-}
-
-impl Loaded {
-    fn verdict(&self, packet: &[u8]) -> u32 {
-        let opts = TestRunOptions {
-            data_in: Some(packet),
-            ..Default::default()
-        };
-        self.guard
-            .xdp()
-            .test_run(opts)
-            .expect("BPF_PROG_TEST_RUN")
-            .return_value
-    }
-
-    fn counters(&mut self) -> guard::counters::Counters {
-        self.guard.counters(&self.rules).expect("read counters")
-    }
-
-    fn packets(&mut self, rule: &str) -> u64 {
-        self.counters()
-            .rule(rule)
-            .unwrap_or_else(|| panic!("no rule {rule}"))
-            .packets
-    }
-}
 
 fn ip4(s: &str) -> Ipv4Addr {
     s.parse().unwrap()
@@ -77,7 +31,7 @@ ports = [53]
 
 #[test]
 fn allowed_tcp_passes_and_others_drop_with_exact_counters() {
-    let mut g = load(WEB);
+    let g = load(WEB);
     let allowed = tcp4(ip4("192.0.2.1"), 80);
     let denied = tcp4(ip4("192.0.2.1"), 81);
     assert_eq!(g.verdict(&allowed), XDP_PASS);
@@ -115,7 +69,7 @@ fn port_range_bounds_are_exact() {
 
 #[test]
 fn udp_and_ipv6_are_judged_by_the_same_rules() {
-    let mut g = load(WEB);
+    let g = load(WEB);
     assert_eq!(g.verdict(&udp4(ip4("192.0.2.1"), 53, b"q")), XDP_PASS);
     assert_eq!(
         g.verdict(&udp4(ip4("192.0.2.1"), 80, b"q")),
@@ -193,7 +147,7 @@ ports = [22]
 from = ["any"]
 action = "deny"
 "#;
-    let mut g = load(deny_ssh);
+    let g = load(deny_ssh);
     assert_eq!(
         g.verdict(&tcp4(ip4("192.0.2.1"), 22)),
         XDP_PASS,
@@ -211,7 +165,7 @@ action = "deny"
 
 #[test]
 fn audit_mode_never_drops_but_counts_what_it_would() {
-    let mut g = load(&WEB.replace("mode = \"enforce\"", "mode = \"audit\""));
+    let g = load(&WEB.replace("mode = \"enforce\"", "mode = \"audit\""));
     assert_eq!(g.verdict(&tcp4(ip4("192.0.2.1"), 81)), XDP_PASS);
     assert_eq!(g.verdict(&udp4(ip4("192.0.2.1"), 9, b"x")), XDP_PASS);
     let c = g.counters();
@@ -226,7 +180,7 @@ fn audit_mode_never_drops_but_counts_what_it_would() {
 
 #[test]
 fn per_rule_audit_action_passes_and_counts() {
-    let mut g = load(
+    let g = load(
         r#"
 interfaces = ["unused0"]
 default = "allow"
@@ -249,7 +203,7 @@ action = "audit"
 
 #[test]
 fn non_ip_and_vlan_and_later_fragments() {
-    let mut g = load(WEB);
+    let g = load(WEB);
     assert_eq!(g.verdict(&arp()), XDP_PASS);
     assert_eq!(g.verdict(&tcp4_vlan(ip4("192.0.2.1"), 80)), XDP_PASS);
     assert_eq!(g.verdict(&tcp4_vlan(ip4("192.0.2.1"), 81)), XDP_DROP);
@@ -267,7 +221,7 @@ fn non_ip_and_vlan_and_later_fragments() {
 fn truncated_headers_drop_in_enforce_and_pass_in_audit() {
     let full = tcp4(ip4("192.0.2.1"), 80);
     let cut = &full[..IP_OFFSET + 20 + 10]; // TCP header cut at 10 of 20 bytes
-    let mut g = load(WEB);
+    let g = load(WEB);
     assert_eq!(g.verdict(cut), XDP_DROP);
     let mut bad_ihl = full.clone();
     bad_ihl[IP_OFFSET] = 0x44; // IHL 4 < 5

@@ -1,0 +1,78 @@
+//! Loading guard's programs for BPF_PROG_TEST_RUN: nothing is attached anywhere.
+
+use aya::programs::{TestRun as _, TestRunOptions};
+use guard::{
+    bpf::{Guard, KernelLog},
+    counters::Counters,
+    events::{Decoder, DenyEvent},
+    policy::{self, RuleInfo},
+};
+
+use crate::require_root;
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const TC_ACT_OK: u32 = 0;
+
+/// guard's programs loaded with a policy.
+pub struct Loaded {
+    pub guard: Guard,
+    pub rules: Vec<RuleInfo>,
+}
+
+/// Validates, lowers and loads `text` (panicking with the errors if it is invalid).
+pub fn load(text: &str) -> Loaded {
+    require_root();
+    let checked = policy::check("test.toml", text).unwrap_or_else(|e| panic!("{e}"));
+    let lowered = policy::lower(&checked.policy);
+    let guard = Guard::load(&lowered, KernelLog::Off).unwrap_or_else(|e| panic!("load: {e}"));
+    Loaded {
+        guard,
+        rules: lowered.rules,
+    }
+}
+
+impl Loaded {
+    /// The XDP verdict for one packet.
+    pub fn verdict(&self, packet: &[u8]) -> u32 {
+        self.verdict_repeat(packet, 1)
+    }
+
+    /// The XDP verdict for `packet` run `repeat` times in the kernel.
+    pub fn verdict_repeat(&self, packet: &[u8], repeat: u32) -> u32 {
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            repeat,
+            ..Default::default()
+        };
+        self.guard.xdp().test_run(opts).expect("BPF_PROG_TEST_RUN (xdp)").return_value
+    }
+
+    /// Runs the TC egress program on an outbound packet; returns its verdict.
+    pub fn egress(&self, packet: &[u8]) -> u32 {
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            ..Default::default()
+        };
+        self.guard.tc_egress().test_run(opts).expect("BPF_PROG_TEST_RUN (tc)").return_value
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.guard.counters(&self.rules).expect("read counters")
+    }
+
+    pub fn packets(&self, rule: &str) -> u64 {
+        self.counters().rule(rule).unwrap_or_else(|| panic!("no rule {rule}")).packets
+    }
+
+    /// Drains the event ring buffer (it can be taken once per load).
+    pub fn take_events(&mut self) -> Vec<DenyEvent> {
+        let mut ring = self.guard.take_events().expect("events ring buffer");
+        let decoder = Decoder::new(self.rules.clone());
+        let mut out = Vec::new();
+        while let Some(record) = ring.next() {
+            out.push(decoder.decode(&record).expect("decodable event"));
+        }
+        out
+    }
+}
