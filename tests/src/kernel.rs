@@ -45,7 +45,11 @@ impl Loaded {
             repeat,
             ..Default::default()
         };
-        self.guard.xdp().test_run(opts).expect("BPF_PROG_TEST_RUN (xdp)").return_value
+        self.guard
+            .xdp()
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN (xdp)")
+            .return_value
     }
 
     /// Runs the TC egress program on an outbound packet; returns its verdict.
@@ -54,7 +58,11 @@ impl Loaded {
             data_in: Some(packet),
             ..Default::default()
         };
-        self.guard.tc_egress().test_run(opts).expect("BPF_PROG_TEST_RUN (tc)").return_value
+        self.guard
+            .tc_egress()
+            .test_run(opts)
+            .expect("BPF_PROG_TEST_RUN (tc)")
+            .return_value
     }
 
     pub fn counters(&self) -> Counters {
@@ -62,7 +70,10 @@ impl Loaded {
     }
 
     pub fn packets(&self, rule: &str) -> u64 {
-        self.counters().rule(rule).unwrap_or_else(|| panic!("no rule {rule}")).packets
+        self.counters()
+            .rule(rule)
+            .unwrap_or_else(|| panic!("no rule {rule}"))
+            .packets
     }
 
     /// Drains the event ring buffer (it can be taken once per load).

@@ -88,10 +88,21 @@ pub const TCP_ACK: u8 = 0x10;
 /// A transport header (and payload) to put inside an IP packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum L4 {
-    Tcp { sport: u16, dport: u16, flags: u8 },
-    Udp { sport: u16, dport: u16, payload: Vec<u8> },
+    Tcp {
+        sport: u16,
+        dport: u16,
+        flags: u8,
+    },
+    Udp {
+        sport: u16,
+        dport: u16,
+        payload: Vec<u8>,
+    },
     /// Another IP protocol (e.g. ICMPv6 = 58) with these bytes.
-    Other { proto: u8, bytes: Vec<u8> },
+    Other {
+        proto: u8,
+        bytes: Vec<u8>,
+    },
 }
 
 impl L4 {
@@ -114,7 +125,11 @@ impl L4 {
 
     pub fn bytes(&self) -> Vec<u8> {
         match self {
-            L4::Tcp { sport, dport, flags } => {
+            L4::Tcp {
+                sport,
+                dport,
+                flags,
+            } => {
                 let mut t = vec![0u8; 20];
                 t[0..2].copy_from_slice(&sport.to_be_bytes());
                 t[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -123,7 +138,11 @@ impl L4 {
                 t[14..16].copy_from_slice(&1024u16.to_be_bytes());
                 t
             }
-            L4::Udp { sport, dport, payload } => {
+            L4::Udp {
+                sport,
+                dport,
+                payload,
+            } => {
                 let mut u = vec![0u8; 8];
                 u[0..2].copy_from_slice(&sport.to_be_bytes());
                 u[2..4].copy_from_slice(&dport.to_be_bytes());
@@ -160,7 +179,13 @@ pub fn with_vlans(frame: &[u8], tpids: &[u16]) -> Vec<u8> {
 
 /// An IPv4 packet in an Ethernet frame: `option_words` 32-bit words of options (IHL 5 +
 /// option_words), the fragment field `(offset in 8-byte units, more fragments)`.
-pub fn ipv4(src: Ipv4Addr, dst: Ipv4Addr, option_words: u8, fragment: (u16, bool), l4: &L4) -> Vec<u8> {
+pub fn ipv4(
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    option_words: u8,
+    fragment: (u16, bool),
+    l4: &L4,
+) -> Vec<u8> {
     let body = l4.bytes();
     let header_len = 20 + 4 * usize::from(option_words);
     let mut ip = vec![0u8; header_len];

@@ -28,10 +28,18 @@ ports = [80]
 "#;
 
 fn tcp(sport: u16, dport: u16, flags: u8) -> L4 {
-    L4::Tcp { sport, dport, flags }
+    L4::Tcp {
+        sport,
+        dport,
+        flags,
+    }
 }
 fn udp(sport: u16, dport: u16) -> L4 {
-    L4::Udp { sport, dport, payload: b"x".to_vec() }
+    L4::Udp {
+        sport,
+        dport,
+        payload: b"x".to_vec(),
+    }
 }
 
 #[test]
@@ -41,20 +49,73 @@ fn replies_to_flows_the_host_started_pass_under_default_deny() {
     let dns_reply = ipv4(DNS, HOST, 0, (0, false), &udp(53, 40000));
     assert_eq!(g.verdict(&dns_reply), XDP_DROP);
     // The host sends a DNS query and opens a TCP connection (recorded on egress).
-    assert_eq!(g.egress(&ipv4(HOST, DNS, 0, (0, false), &udp(40000, 53))), TC_ACT_OK);
-    assert_eq!(g.egress(&ipv4(HOST, WEB, 0, (0, false), &tcp(40001, 443, TCP_SYN))), TC_ACT_OK);
+    assert_eq!(
+        g.egress(&ipv4(HOST, DNS, 0, (0, false), &udp(40000, 53))),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        g.egress(&ipv4(HOST, WEB, 0, (0, false), &tcp(40001, 443, TCP_SYN))),
+        TC_ACT_OK
+    );
     // An outbound reset opens nothing.
-    assert_eq!(g.egress(&ipv4(HOST, WEB, 0, (0, false), &tcp(40002, 443, TCP_RST | TCP_ACK))), TC_ACT_OK);
+    assert_eq!(
+        g.egress(&ipv4(
+            HOST,
+            WEB,
+            0,
+            (0, false),
+            &tcp(40002, 443, TCP_RST | TCP_ACK)
+        )),
+        TC_ACT_OK
+    );
 
     let cases = [
-        ("dns reply", ipv4(DNS, HOST, 0, (0, false), &udp(53, 40000)), XDP_PASS),
-        ("reply from another host", ipv4(WEB, HOST, 0, (0, false), &udp(53, 40000)), XDP_DROP),
-        ("reply from another port", ipv4(DNS, HOST, 0, (0, false), &udp(54, 40000)), XDP_DROP),
-        ("tcp to the dns flow's port", ipv4(DNS, HOST, 0, (0, false), &tcp(53, 40000, TCP_ACK)), XDP_DROP),
-        ("syn-ack", ipv4(WEB, HOST, 0, (0, false), &tcp(443, 40001, TCP_SYN | TCP_ACK)), XDP_PASS),
-        ("ack", ipv4(WEB, HOST, 0, (0, false), &tcp(443, 40001, TCP_ACK)), XDP_PASS),
-        ("syn is never a reply", ipv4(WEB, HOST, 0, (0, false), &tcp(443, 40001, TCP_SYN)), XDP_DROP),
-        ("after an outbound reset", ipv4(WEB, HOST, 0, (0, false), &tcp(443, 40002, TCP_ACK)), XDP_DROP),
+        (
+            "dns reply",
+            ipv4(DNS, HOST, 0, (0, false), &udp(53, 40000)),
+            XDP_PASS,
+        ),
+        (
+            "reply from another host",
+            ipv4(WEB, HOST, 0, (0, false), &udp(53, 40000)),
+            XDP_DROP,
+        ),
+        (
+            "reply from another port",
+            ipv4(DNS, HOST, 0, (0, false), &udp(54, 40000)),
+            XDP_DROP,
+        ),
+        (
+            "tcp to the dns flow's port",
+            ipv4(DNS, HOST, 0, (0, false), &tcp(53, 40000, TCP_ACK)),
+            XDP_DROP,
+        ),
+        (
+            "syn-ack",
+            ipv4(
+                WEB,
+                HOST,
+                0,
+                (0, false),
+                &tcp(443, 40001, TCP_SYN | TCP_ACK),
+            ),
+            XDP_PASS,
+        ),
+        (
+            "ack",
+            ipv4(WEB, HOST, 0, (0, false), &tcp(443, 40001, TCP_ACK)),
+            XDP_PASS,
+        ),
+        (
+            "syn is never a reply",
+            ipv4(WEB, HOST, 0, (0, false), &tcp(443, 40001, TCP_SYN)),
+            XDP_DROP,
+        ),
+        (
+            "after an outbound reset",
+            ipv4(WEB, HOST, 0, (0, false), &tcp(443, 40002, TCP_ACK)),
+            XDP_DROP,
+        ),
     ];
     for (name, packet, want) in &cases {
         assert_eq!(g.verdict(packet), *want, "{name}");
@@ -67,15 +128,27 @@ fn replies_to_flows_the_host_started_pass_under_default_deny() {
     // IPv6 too.
     let host6: Ipv6Addr = "fd00::1".parse().unwrap();
     let peer6: Ipv6Addr = "2001:db8::53".parse().unwrap();
-    assert_eq!(g.egress(&ipv6(host6, peer6, &[], &udp(40100, 53))), TC_ACT_OK);
-    assert_eq!(g.verdict(&ipv6(peer6, host6, &[], &udp(53, 40100))), XDP_PASS);
-    assert_eq!(g.verdict(&ipv6(peer6, host6, &[], &udp(53, 40101))), XDP_DROP);
+    assert_eq!(
+        g.egress(&ipv6(host6, peer6, &[], &udp(40100, 53))),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        g.verdict(&ipv6(peer6, host6, &[], &udp(53, 40100))),
+        XDP_PASS
+    );
+    assert_eq!(
+        g.verdict(&ipv6(peer6, host6, &[], &udp(53, 40101))),
+        XDP_DROP
+    );
 }
 
 #[test]
 fn replies_expire_after_the_flow_timeout() {
     let g = load(&format!("{DENY_ALL}\n[flows]\nudp_timeout_seconds = 1\n"));
-    assert_eq!(g.egress(&ipv4(HOST, DNS, 0, (0, false), &udp(40000, 53))), TC_ACT_OK);
+    assert_eq!(
+        g.egress(&ipv4(HOST, DNS, 0, (0, false), &udp(40000, 53))),
+        TC_ACT_OK
+    );
     let reply = ipv4(DNS, HOST, 0, (0, false), &udp(53, 40000));
     assert_eq!(g.verdict(&reply), XDP_PASS);
     sleep(Duration::from_millis(1300));
@@ -84,38 +157,79 @@ fn replies_expire_after_the_flow_timeout() {
 
 #[test]
 fn port_counters_count_syns_datagrams_and_rejections() {
-    let g = load(&format!("{DENY_ALL}\n[[ingress]]\nname = \"dns\"\nproto = \"udp\"\nports = [53]\n"));
+    let g = load(&format!(
+        "{DENY_ALL}\n[[ingress]]\nname = \"dns\"\nproto = \"udp\"\nports = [53]\n"
+    ));
     for _ in 0..3 {
-        assert_eq!(g.verdict(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN))), XDP_DROP);
+        assert_eq!(
+            g.verdict(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN))),
+            XDP_DROP
+        );
     }
-    assert_eq!(g.verdict(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 80, TCP_SYN))), XDP_PASS);
-    assert_eq!(g.verdict(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 80, TCP_ACK))), XDP_PASS);
-    assert_eq!(g.verdict(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 81, TCP_ACK))), XDP_DROP);
-    assert_eq!(g.verdict(&ipv4(WEB, HOST, 0, (0, false), &udp(40000, 53))), XDP_PASS);
-    assert_eq!(g.verdict(&ipv4(WEB, HOST, 0, (0, false), &udp(40000, 54))), XDP_DROP);
+    assert_eq!(
+        g.verdict(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 80, TCP_SYN))),
+        XDP_PASS
+    );
+    assert_eq!(
+        g.verdict(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 80, TCP_ACK))),
+        XDP_PASS
+    );
+    assert_eq!(
+        g.verdict(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 81, TCP_ACK))),
+        XDP_DROP
+    );
+    assert_eq!(
+        g.verdict(&ipv4(WEB, HOST, 0, (0, false), &udp(40000, 53))),
+        XDP_PASS
+    );
+    assert_eq!(
+        g.verdict(&ipv4(WEB, HOST, 0, (0, false), &udp(40000, 54))),
+        XDP_DROP
+    );
     let c = g.counters();
     let port = |proto, port| c.port(proto, port).map(|p| (p.attempted, p.rejected));
-    assert_eq!(port("tcp", 81), Some((3, 3)), "SYNs only; the ACK is no attempt");
+    assert_eq!(
+        port("tcp", 81),
+        Some((3, 3)),
+        "SYNs only; the ACK is no attempt"
+    );
     assert_eq!(port("tcp", 80), Some((1, 0)));
     assert_eq!(port("udp", 53), Some((1, 0)));
     assert_eq!(port("udp", 54), Some((1, 1)));
     assert_eq!(c.ports.len(), 4);
 
     let audit = load(&DENY_ALL.replace("\"enforce\"", "\"audit\""));
-    assert_eq!(audit.verdict(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN))), XDP_PASS);
-    assert_eq!(audit.counters().port("tcp", 81).map(|p| (p.attempted, p.rejected)), Some((1, 0)));
+    assert_eq!(
+        audit.verdict(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN))),
+        XDP_PASS
+    );
+    assert_eq!(
+        audit
+            .counters()
+            .port("tcp", 81)
+            .map(|p| (p.attempted, p.rejected)),
+        Some((1, 0))
+    );
 }
 
 #[test]
 fn events_are_rate_limited_per_source_and_carry_the_suppressed_count() {
-    let mut g = load(&format!("{DENY_ALL}\n[events]\nrate_per_second = 1\nburst = 5\n"));
+    let mut g = load(&format!(
+        "{DENY_ALL}\n[events]\nrate_per_second = 1\nburst = 5\n"
+    ));
     let a = Ipv4Addr::new(203, 0, 113, 1);
     let b = Ipv4Addr::new(203, 0, 113, 2);
     for _ in 0..50 {
-        assert_eq!(g.verdict(&ipv4(a, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN))), XDP_DROP);
+        assert_eq!(
+            g.verdict(&ipv4(a, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN))),
+            XDP_DROP
+        );
     }
     for _ in 0..3 {
-        assert_eq!(g.verdict(&ipv4(b, HOST, 0, (0, false), &udp(40000, 9))), XDP_DROP);
+        assert_eq!(
+            g.verdict(&ipv4(b, HOST, 0, (0, false), &udp(40000, 9))),
+            XDP_DROP
+        );
     }
     let c = g.counters();
     // 5 (burst) from a, 3 from b; one more for a only if a whole second passed.
@@ -123,38 +237,70 @@ fn events_are_rate_limited_per_source_and_carry_the_suppressed_count() {
     assert_eq!(c.events.sent + c.events.suppressed, 53, "{:?}", c.events);
     assert_eq!(c.events.lost, 0);
     sleep(Duration::from_millis(1100));
-    assert_eq!(g.verdict(&ipv4(a, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN))), XDP_DROP);
+    assert_eq!(
+        g.verdict(&ipv4(a, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN))),
+        XDP_DROP
+    );
 
     let events = g.take_events();
     assert_eq!(events.len() as u64, g.counters().events.sent);
     let from_a: Vec<_> = events.iter().filter(|e| e.src == IpAddr::V4(a)).collect();
     let first = from_a[0];
-    assert_eq!((first.kind, first.rule.as_str(), first.proto), ("drop", "default", "tcp"));
-    assert_eq!((first.sport, first.dport, first.dst), (40000, 81, IpAddr::V4(HOST)));
+    assert_eq!(
+        (first.kind, first.rule.as_str(), first.proto),
+        ("drop", "default", "tcp")
+    );
+    assert_eq!(
+        (first.sport, first.dport, first.dst),
+        (40000, 81, IpAddr::V4(HOST))
+    );
     let last = from_a.last().unwrap();
-    assert_eq!(u64::from(last.suppressed) + from_a.len() as u64, 51, "the next event reports what was held back");
-    assert!(events.iter().filter(|e| e.src == IpAddr::V4(b)).all(|e| e.proto == "udp" && e.dport == 9));
+    assert_eq!(
+        u64::from(last.suppressed) + from_a.len() as u64,
+        51,
+        "the next event reports what was held back"
+    );
+    assert!(
+        events
+            .iter()
+            .filter(|e| e.src == IpAddr::V4(b))
+            .all(|e| e.proto == "udp" && e.dport == 9)
+    );
 }
 
 #[test]
 fn audit_events_and_events_off() {
     let mut audit = load(&DENY_ALL.replace("\"enforce\"", "\"audit\""));
-    assert_eq!(audit.verdict(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN))), XDP_PASS);
+    assert_eq!(
+        audit.verdict(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN))),
+        XDP_PASS
+    );
     let events = audit.take_events();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, "audit_drop");
 
     let mut off = load(&format!("{DENY_ALL}\n[events]\nrate_per_second = 0\n"));
-    assert_eq!(off.verdict(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN))), XDP_DROP);
+    assert_eq!(
+        off.verdict(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN))),
+        XDP_DROP
+    );
     assert!(off.take_events().is_empty());
     assert_eq!(off.counters().events.sent, 0);
 }
 
 #[test]
 fn a_full_ring_buffer_loses_events_and_counts_them() {
-    let mut g = load(&format!("{DENY_ALL}\n[events]\nrate_per_second = 1000000\nburst = 1000000\n"));
+    let mut g = load(&format!(
+        "{DENY_ALL}\n[events]\nrate_per_second = 1000000\nburst = 1000000\n"
+    ));
     let flood = 20_000;
-    assert_eq!(g.verdict_repeat(&ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN)), flood), XDP_DROP);
+    assert_eq!(
+        g.verdict_repeat(
+            &ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN)),
+            flood
+        ),
+        XDP_DROP
+    );
     let c = g.counters().events;
     assert!(c.lost > 0, "{c:?}");
     assert_eq!(c.sent + c.lost + c.suppressed, u64::from(flood), "{c:?}");

@@ -84,7 +84,9 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 /// Parses as documented in the README: Ethernet, up to 2 VLAN tags, IPv4 (IHL, total
 /// length, fragments), IPv6 with up to 8 extension headers, TCP/UDP.
 fn model_parse(p: &[u8]) -> Judged {
-    let Some(mut ethertype) = be16(p, 12) else { return Judged::Malformed };
+    let Some(mut ethertype) = be16(p, 12) else {
+        return Judged::Malformed;
+    };
     let mut at = 14;
     for _ in 0..2 {
         if ethertype != 0x8100 && ethertype != 0x88a8 {
@@ -99,9 +101,12 @@ fn model_parse(p: &[u8]) -> Judged {
     match ethertype {
         0x8100 | 0x88a8 => Judged::Unsupported,
         0x0800 => {
-            let Some(ip) = p.get(at..at + 20) else { return Judged::Malformed };
+            let Some(ip) = p.get(at..at + 20) else {
+                return Judged::Malformed;
+            };
             let ihl = usize::from(ip[0] & 0xf) * 4;
-            if ip[0] >> 4 != 4 || ihl < 20 || usize::from(u16::from_be_bytes([ip[2], ip[3]])) < ihl {
+            if ip[0] >> 4 != 4 || ihl < 20 || usize::from(u16::from_be_bytes([ip[2], ip[3]])) < ihl
+            {
                 return Judged::Malformed;
             }
             let tcp = match ip[9] {
@@ -116,7 +121,9 @@ fn model_parse(p: &[u8]) -> Judged {
             transport(p, at + ihl, tcp, src)
         }
         0x86dd => {
-            let Some(ip) = p.get(at..at + 40) else { return Judged::Malformed };
+            let Some(ip) = p.get(at..at + 40) else {
+                return Judged::Malformed;
+            };
             if ip[0] >> 4 != 6 {
                 return Judged::Malformed;
             }
@@ -132,9 +139,13 @@ fn model_parse(p: &[u8]) -> Judged {
                         if walked == 8 {
                             return Judged::Unsupported;
                         }
-                        let Some(ext) = p.get(at..at + 4) else { return Judged::Malformed };
+                        let Some(ext) = p.get(at..at + 4) else {
+                            return Judged::Malformed;
+                        };
                         let len = match next {
-                            44 if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 => return Judged::LaterFragment,
+                            44 if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 => {
+                                return Judged::LaterFragment;
+                            }
                             44 => 8,
                             51 => (usize::from(ext[1]) + 2) * 4,
                             _ => (usize::from(ext[1]) + 1) * 8,
@@ -153,11 +164,17 @@ fn model_parse(p: &[u8]) -> Judged {
 
 fn transport(p: &[u8], at: usize, tcp: bool, src: IpAddr) -> Judged {
     let need = if tcp { 20 } else { 8 };
-    let Some(h) = p.get(at..at + need) else { return Judged::Malformed };
+    let Some(h) = p.get(at..at + need) else {
+        return Judged::Malformed;
+    };
     if tcp && h[12] >> 4 < 5 {
         return Judged::Malformed;
     }
-    Judged::Flow { tcp, src, dport: u16::from_be_bytes([h[2], h[3]]) }
+    Judged::Flow {
+        tcp,
+        src,
+        dport: u16::from_be_bytes([h[2], h[3]]),
+    }
 }
 
 /// The rule (by name) and action the policy gives a flow.
@@ -173,7 +190,12 @@ fn model_decide(policy: &Policy, tcp: bool, src: IpAddr, dport: u16) -> (String,
             continue;
         }
         for net in rule.sources.iter().filter(|n| n.contains(&src)) {
-            let cand = (net.prefix_len(), rule.action, -(i as i64), rule.name.as_str());
+            let cand = (
+                net.prefix_len(),
+                rule.action,
+                -(i as i64),
+                rule.name.as_str(),
+            );
             if best.is_none_or(|b| (cand.0, cand.1, cand.2) > (b.0, b.1, b.2)) {
                 best = Some(cand);
             }
@@ -195,7 +217,9 @@ fn model_decide(policy: &Policy, tcp: bool, src: IpAddr, dport: u16) -> (String,
 fn model(policy: &Policy, p: &[u8]) -> (u32, Option<String>) {
     let enforce = policy.mode == Mode::Enforce;
     match model_parse(p) {
-        Judged::Malformed | Judged::Unsupported => (if enforce { XDP_DROP } else { XDP_PASS }, None),
+        Judged::Malformed | Judged::Unsupported => {
+            (if enforce { XDP_DROP } else { XDP_PASS }, None)
+        }
         Judged::Other | Judged::LaterFragment => (XDP_PASS, None),
         Judged::Flow { tcp, src, dport } => {
             let (rule, action) = model_decide(policy, tcp, src, dport);
@@ -208,12 +232,22 @@ fn model(policy: &Policy, p: &[u8]) -> (u32, Option<String>) {
 // ---- packets ----
 
 const SOURCES: [&str; 12] = [
-    "10.0.0.1", "10.1.0.9", "10.1.2.3", "10.200.0.1", "203.0.113.7", "192.0.2.1", "fd00::1", "fd00:1::5",
-    "fd00:2::1", "2001:db8:d::9", "2001:db8:e::1", "::1",
+    "10.0.0.1",
+    "10.1.0.9",
+    "10.1.2.3",
+    "10.200.0.1",
+    "203.0.113.7",
+    "192.0.2.1",
+    "fd00::1",
+    "fd00:1::5",
+    "fd00:2::1",
+    "2001:db8:d::9",
+    "2001:db8:e::1",
+    "::1",
 ];
 const PORTS: [u16; 22] = [
-    22, 23, 53, 54, 442, 443, 444, 9443, 9762, 9763, 9764, 9998, 9999, 10000, 10001, 10002, 10005, 10006, 4999,
-    5000, 5010, 5011,
+    22, 23, 53, 54, 442, 443, 444, 9443, 9762, 9763, 9764, 9998, 9999, 10000, 10001, 10002, 10005,
+    10006, 4999, 5000, 5010, 5011,
 ];
 
 fn arb_ext() -> impl Strategy<Value = Ext> {
@@ -255,8 +289,14 @@ fn arb_packet() -> impl Strategy<Value = Vec<u8>> {
             };
             with_vlans(&frame, &vlans)
         });
-    (base, 0u8..10, any::<prop::sample::Index>(), any::<prop::sample::Index>(), any::<u8>()).prop_map(
-        |(mut p, mutate, at, cut, byte)| {
+    (
+        base,
+        0u8..10,
+        any::<prop::sample::Index>(),
+        any::<prop::sample::Index>(),
+        any::<u8>(),
+    )
+        .prop_map(|(mut p, mutate, at, cut, byte)| {
             match mutate {
                 0..=1 => {
                     let at = at.index(p.len().min(90));
@@ -266,8 +306,7 @@ fn arb_packet() -> impl Strategy<Value = Vec<u8>> {
                 _ => {}
             }
             p
-        },
-    )
+        })
 }
 
 thread_local! {
@@ -280,8 +319,15 @@ fn with_program<T>(audit: bool, f: impl FnOnce(&Loaded, &Policy) -> T) -> T {
     cell.with(|c| {
         let mut c = c.borrow_mut();
         let (loaded, policy) = c.get_or_insert_with(|| {
-            let text = if audit { POLICY.replace("\"enforce\"", "\"audit\"") } else { POLICY.to_owned() };
-            (load(&text), policy::check("model.toml", &text).unwrap().policy)
+            let text = if audit {
+                POLICY.replace("\"enforce\"", "\"audit\"")
+            } else {
+                POLICY.to_owned()
+            };
+            (
+                load(&text),
+                policy::check("model.toml", &text).unwrap().policy,
+            )
         });
         f(loaded, policy)
     })
@@ -331,5 +377,8 @@ fn rule_counters_match_the_model_tally() {
         let want = tally.get(&r.rule).copied().unwrap_or_default();
         assert_eq!((r.packets, r.bytes), want, "rule {}", r.rule);
     }
-    assert!(tally.len() >= 8, "the batch should exercise most rules: {tally:?}");
+    assert!(
+        tally.len() >= 8,
+        "the batch should exercise most rules: {tally:?}"
+    );
 }
