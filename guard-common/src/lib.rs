@@ -13,9 +13,16 @@ pub mod maps {
     /// `Array<u32>`, `2 * 65536` entries indexed by [`super::port_index`]: the port class of
     /// each (protocol, destination port), or'd with [`super::PORT_FAILSAFE`].
     pub const PORTS: &str = "GUARD_PORTS";
-    /// `LpmTrie<SrcKeyV4, RuleRef>`: (port class, IPv4 source prefix) to rule.
+    /// `Array<ClassLens>` indexed by port class: the source prefix lengths the class uses.
+    pub const CLASS_LENS: &str = "GUARD_CLASSLEN";
+    /// `HashMap<SrcHashKeyV4, RuleRef>`: (class, prefix length, masked IPv4 source) to rule.
+    pub const SRC_HASH_V4: &str = "GUARD_SRCH_V4";
+    /// `HashMap<SrcHashKeyV6, RuleRef>`: (class, prefix length, masked IPv6 source) to rule.
+    pub const SRC_HASH_V6: &str = "GUARD_SRCH_V6";
+    /// `LpmTrie<SrcKeyV4, RuleRef>`: (port class, IPv4 source prefix) to rule, for classes
+    /// with more prefix lengths than [`super::MAX_CLASS_PREFIX_LENS`].
     pub const SRC_V4: &str = "GUARD_SRC_V4";
-    /// `LpmTrie<SrcKeyV6, RuleRef>`: (port class, IPv6 source prefix) to rule.
+    /// `LpmTrie<SrcKeyV6, RuleRef>`: as [`SRC_V4`] for IPv6.
     pub const SRC_V6: &str = "GUARD_SRC_V6";
     /// `PerCpuArray<RuleStats>` indexed by rule index.
     pub const RULE_STATS: &str = "GUARD_RULES";
@@ -24,8 +31,10 @@ pub mod maps {
     /// `LruHashMap<FlowKey, FlowState>`: flows the host started (recorded on egress), whose
     /// replies pass inbound whatever the policy says.
     pub const FLOWS: &str = "GUARD_FLOWS";
-    /// `PerCpuHashMap<u32, PortStats>` keyed by [`super::port_index`]: inbound connection
-    /// attempts and rejections per (protocol, destination port).
+    /// `Array<u32>`, [`super::PORTS_LEN`] entries indexed by [`super::port_index`]: the
+    /// counter slot of each (protocol, destination port); 0 means the protocol's "other".
+    pub const PORT_SLOTS: &str = "GUARD_PORTSLOT";
+    /// `PerCpuArray<PortStats>` indexed by slot: inbound connection attempts and rejections.
     pub const PORT_STATS: &str = "GUARD_PORTSTAT";
     /// `RingBuf` of [`super::Event`]s.
     pub const EVENTS: &str = "GUARD_EVENTS";
@@ -35,9 +44,13 @@ pub mod maps {
     pub const EVENT_STATS: &str = "GUARD_EVSTATS";
 
     /// Every map the loader must find in the object.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 15] = [
         CONFIG,
         PORTS,
+        PORT_SLOTS,
+        CLASS_LENS,
+        SRC_HASH_V4,
+        SRC_HASH_V6,
         SRC_V4,
         SRC_V6,
         RULE_STATS,
@@ -137,8 +150,13 @@ pub const EVENT_STATS_LEN: u32 = 3;
 
 /// Capacity of [`maps::FLOWS`] (the loader may change it).
 pub const MAX_FLOWS: u32 = 65536;
-/// Capacity of [`maps::PORT_STATS`]: every (protocol, port) pair, allocated on first use.
-pub const MAX_PORT_STATS: u32 = PORTS_LEN;
+/// Slots of [`maps::PORT_STATS`]. Slot [`PORT_SLOT_OTHER_TCP`] and [`PORT_SLOT_OTHER_UDP`]
+/// count the ports the policy does not name (bounded memory and metric cardinality, whatever
+/// a port scan does); the ports the policy names get slots from [`PORT_SLOT_FIRST_NAMED`].
+pub const MAX_PORT_SLOTS: u32 = 4096;
+pub const PORT_SLOT_OTHER_TCP: u32 = PROTO_IDX_TCP;
+pub const PORT_SLOT_OTHER_UDP: u32 = PROTO_IDX_UDP;
+pub const PORT_SLOT_FIRST_NAMED: u32 = 2;
 /// Capacity of [`maps::EVENT_BUCKETS`].
 pub const MAX_EVENT_SOURCES: u32 = 16384;
 /// Size of [`maps::EVENTS`] in bytes (a power of two, a multiple of the page size).
@@ -196,6 +214,45 @@ pub struct SrcKeyV6 {
     pub addr: [u8; 16],
 }
 
+/// Prefix lengths a class may use and still be judged by hash lookups (one per length,
+/// longest first); a class with more uses the LPM tries.
+pub const MAX_CLASS_PREFIX_LENS: usize = 8;
+/// [`ClassLens`] count meaning "use the LPM trie for this family".
+pub const CLASS_LENS_USE_TRIE: u8 = 0xff;
+/// Default capacity of the class-lengths array and of each source hash (the loader may
+/// change them).
+pub const MAX_CLASSES: u32 = 4096;
+
+/// Value of [`maps::CLASS_LENS`]: the distinct source prefix lengths of a class, longest
+/// first, per family; or [`CLASS_LENS_USE_TRIE`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClassLens {
+    pub v4_count: u8,
+    pub v6_count: u8,
+    pub v4: [u8; MAX_CLASS_PREFIX_LENS],
+    pub v6: [u8; MAX_CLASS_PREFIX_LENS],
+    pub _pad: [u8; 6],
+}
+
+/// Key of [`maps::SRC_HASH_V4`]; `addr` is masked to `prefix_len` bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SrcHashKeyV4 {
+    pub class: u32,
+    pub prefix_len: u32,
+    pub addr: [u8; 4],
+}
+
+/// Key of [`maps::SRC_HASH_V6`]; `addr` is masked to `prefix_len` bits.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SrcHashKeyV6 {
+    pub class: u32,
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+}
+
 /// Bits of a source key taken by the port class.
 pub const CLASS_BITS: u32 = 32;
 
@@ -216,12 +273,12 @@ pub struct FlowKey {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FlowState {
-    /// `bpf_ktime_get_ns` when the host last sent on the flow (refreshed at most every
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE) when the host last sent on the flow (refreshed at most every
     /// [`FLOW_REFRESH_NS`]).
     pub last_egress_ns: u64,
 }
 
-/// Value of [`maps::PORT_STATS`] (per CPU).
+/// Value of [`maps::PORT_STATS`] (per CPU, per slot).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct PortStats {
@@ -235,7 +292,7 @@ pub struct PortStats {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct EventBucket {
-    /// Theoretical arrival time of the next allowed event (ns, `bpf_ktime_get_ns`).
+    /// Theoretical arrival time of the next allowed event (ns, `bpf_ktime_get_coarse_ns`).
     pub tat_ns: u64,
     /// Events suppressed since the last one sent for this source.
     pub suppressed: u32,
@@ -246,7 +303,7 @@ pub struct EventBucket {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Event {
-    /// `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
+    /// `bpf_ktime_get_coarse_ns` (CLOCK_MONOTONIC_COARSE: cheap, jiffy resolution).
     pub ts_ns: u64,
     /// `EVENT_*`.
     pub kind: u32,
@@ -276,6 +333,9 @@ pub struct RuleStats {
 
 const _: () = assert!(core::mem::size_of::<IngressConfig>() == 40);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
+const _: () = assert!(core::mem::size_of::<ClassLens>() == 24);
+const _: () = assert!(core::mem::size_of::<SrcHashKeyV4>() == 12);
+const _: () = assert!(core::mem::size_of::<SrcHashKeyV6>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
 const _: () = assert!(core::mem::size_of::<PortStats>() == 16);
 const _: () = assert!(core::mem::size_of::<EventBucket>() == 16);
@@ -295,6 +355,9 @@ mod pod {
     unsafe impl aya::Pod for super::SrcKeyV6 {}
     unsafe impl aya::Pod for super::RuleStats {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::ClassLens {}
+    unsafe impl aya::Pod for super::SrcHashKeyV4 {}
+    unsafe impl aya::Pod for super::SrcHashKeyV6 {}
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::PortStats {}
     unsafe impl aya::Pod for super::EventBucket {}

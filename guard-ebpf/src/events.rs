@@ -6,7 +6,7 @@
 //! buffer loses the event and counts it. Updates from several CPUs to one source's bucket
 //! may race; the limit is then approximate, never a reason to drop or pass a packet.
 
-use aya_ebpf::{helpers::bpf_ktime_get_ns, programs::XdpContext};
+use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use guard_common::{
     EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED, Event, EventBucket, IngressConfig,
 };
@@ -24,7 +24,7 @@ pub fn report(ctx: &XdpContext, flow: &Flow, kind: u32, rule: u32, config: &Ingr
         return;
     }
     // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let suppressed = match GUARD_EVBUCKET.get_ptr_mut(&flow.src) {
         Some(bucket) => {
             // SAFETY: a live map value; concurrent updates only make the limit approximate.

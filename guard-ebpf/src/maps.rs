@@ -2,20 +2,28 @@
 //! constants, which is how the loader finds them.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use guard_common::{
-    EVENT_STATS_LEN, EVENTS_BYTES, EventBucket, FlowKey, FlowState, IngressConfig,
-    MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_STATS, MAX_RULES, MAX_SRC_ENTRIES, PORTS_LEN, PortStats,
-    REASONS_LEN, RuleRef, RuleStats, SrcKeyV4, SrcKeyV6,
+    ClassLens, EVENT_STATS_LEN, EVENTS_BYTES, EventBucket, FlowKey, FlowState, IngressConfig,
+    MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS, MAX_RULES, MAX_SRC_ENTRIES,
+    PORTS_LEN, PortStats, REASONS_LEN, RuleRef, RuleStats, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4,
+    SrcKeyV6,
 };
 
 #[map]
 pub static GUARD_CONFIG: Array<IngressConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static GUARD_PORTS: Array<u32> = Array::with_max_entries(PORTS_LEN, 0);
+#[map]
+pub static GUARD_CLASSLEN: Array<ClassLens> = Array::with_max_entries(MAX_CLASSES, 0);
+#[map]
+pub static GUARD_SRCH_V4: HashMap<SrcHashKeyV4, RuleRef> =
+    HashMap::with_max_entries(MAX_SRC_ENTRIES, 0);
+#[map]
+pub static GUARD_SRCH_V6: HashMap<SrcHashKeyV6, RuleRef> =
+    HashMap::with_max_entries(MAX_SRC_ENTRIES, 0);
 #[map]
 pub static GUARD_SRC_V4: LpmTrie<SrcKeyV4, RuleRef> = LpmTrie::with_max_entries(MAX_SRC_ENTRIES, 0);
 #[map]
@@ -26,10 +34,11 @@ pub static GUARD_RULES: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(M
 pub static GUARD_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASONS_LEN, 0);
 #[map]
 pub static GUARD_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
-/// Allocated on first use: only ports that see traffic take memory.
 #[map]
-pub static GUARD_PORTSTAT: PerCpuHashMap<u32, PortStats> =
-    PerCpuHashMap::with_max_entries(MAX_PORT_STATS, BPF_F_NO_PREALLOC);
+pub static GUARD_PORTSLOT: Array<u32> = Array::with_max_entries(PORTS_LEN, 0);
+#[map]
+pub static GUARD_PORTSTAT: PerCpuArray<PortStats> =
+    PerCpuArray::with_max_entries(MAX_PORT_SLOTS, 0);
 /// Holds `guard_common::Event`s.
 #[map]
 pub static GUARD_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);

@@ -7,7 +7,7 @@
 //! Cost: one hash lookup per outbound TCP/UDP packet; a write only for a new flow or when
 //! the flow's timestamp is older than `FLOW_REFRESH_NS`.
 
-use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_ktime_get_ns, programs::TcContext};
+use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use guard_common::{FLOW_REFRESH_NS, FlowKey, FlowState, PROTO_IDX_TCP};
 
 use crate::{
@@ -37,7 +37,7 @@ fn record(flow: &Flow) {
         _pad: [0; 3],
     };
     // SAFETY: a helper without preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     match GUARD_FLOWS.get_ptr_mut(&key) {
         Some(state) => {
             // SAFETY: a live map value; racing writers store similar timestamps.

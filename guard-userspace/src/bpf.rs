@@ -7,7 +7,7 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, LpmTrie, Map, MapData, MapError, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, RingBuf, lpm_trie::Key},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::{self, SchedClassifierLinkId},
@@ -16,12 +16,13 @@ use aya::{
     util::KernelVersion,
 };
 use guard_common::{
-    IngressConfig, MAX_RULES, MAX_SRC_ENTRIES, RuleRef, SrcKeyV4, SrcKeyV6, maps, programs,
+    ClassLens, IngressConfig, MAX_CLASSES, MAX_RULES, MAX_SRC_ENTRIES, RuleRef, SrcKeyV4, SrcKeyV6,
+    maps, programs,
 };
 
 use crate::{
     counters::{CounterMaps, Counters},
-    policy::{Lowered, RuleInfo},
+    policy::{Lowered, PortSlot, RuleInfo},
 };
 
 /// The eBPF object built by `guard-userspace/build.rs`: empty in a build made without
@@ -155,11 +156,19 @@ impl Guard {
         let rule_capacity = MAX_RULES.max((lowered.rules.len() as u32).next_power_of_two());
         let v4_capacity = MAX_SRC_ENTRIES.max((lowered.src_v4.len() as u32).next_power_of_two());
         let v6_capacity = MAX_SRC_ENTRIES.max((lowered.src_v6.len() as u32).next_power_of_two());
+        let class_capacity = MAX_CLASSES.max((lowered.classes + 1).next_power_of_two());
+        let hash_v4_capacity =
+            MAX_SRC_ENTRIES.max((lowered.src_hash_v4.len() as u32).next_power_of_two());
+        let hash_v6_capacity =
+            MAX_SRC_ENTRIES.max((lowered.src_hash_v6.len() as u32).next_power_of_two());
         let mut ebpf = EbpfLoader::new()
             .override_global(aya_log::LEVEL, &level, true)
             .map_max_entries(maps::RULE_STATS, rule_capacity)
             .map_max_entries(maps::SRC_V4, v4_capacity)
             .map_max_entries(maps::SRC_V6, v6_capacity)
+            .map_max_entries(maps::CLASS_LENS, class_capacity)
+            .map_max_entries(maps::SRC_HASH_V4, hash_v4_capacity)
+            .map_max_entries(maps::SRC_HASH_V6, hash_v6_capacity)
             .load(EBPF_OBJECT)?;
         // The logger owns the log map's fd: it must live as long as the programs.
         let logger = if kernel_log == KernelLog::Off {
@@ -192,12 +201,17 @@ impl Guard {
         program(&self.ebpf, programs::TC_EGRESS).expect("loaded in Guard::load")
     }
 
-    /// Loads and returns the XDP program that only passes: the benchmark floor.
-    pub fn floor(&mut self) -> Result<&Xdp, LoadError> {
+    /// Loads the XDP program that only passes (the benchmark floor); see [`Guard::floor`].
+    pub fn load_floor(&mut self) -> Result<(), LoadError> {
         let floor: &mut Xdp = program_mut(&mut self.ebpf, programs::XDP_FLOOR)?;
         if floor.fd().is_err() {
             floor.load().map_err(program_err(programs::XDP_FLOOR))?;
         }
+        Ok(())
+    }
+
+    /// The benchmark floor program, once [`Guard::load_floor`] has loaded it.
+    pub fn floor(&self) -> Result<&Xdp, LoadError> {
         program(&self.ebpf, programs::XDP_FLOOR)
     }
 
@@ -306,7 +320,7 @@ impl Guard {
     }
 
     /// Current counters, summed over CPUs.
-    pub fn counters(&self, rules: &[RuleInfo]) -> Result<Counters, LoadError> {
+    pub fn counters(&self, rules: &[RuleInfo], slots: &[PortSlot]) -> Result<Counters, LoadError> {
         let get = |name: &'static str| self.ebpf.map(name).ok_or(LoadError::MissingMap(name));
         let maps = CounterMaps {
             rules: get(maps::RULE_STATS)?
@@ -322,7 +336,7 @@ impl Guard {
                 .try_into()
                 .map_err(map_err(maps::EVENT_STATS))?,
         };
-        maps.read(rules).map_err(map_err(maps::RULE_STATS))
+        maps.read(rules, slots).map_err(map_err(maps::RULE_STATS))
     }
 }
 
@@ -352,6 +366,29 @@ fn write_maps(ebpf: &mut Ebpf, lowered: &Lowered) -> Result<(), LoadError> {
     for &(index, value) in &lowered.ports {
         ports.set(index, value, 0).map_err(map_err(maps::PORTS))?;
     }
+    let mut slots = Array::<_, u32>::try_from(map_mut(ebpf, maps::PORT_SLOTS)?)
+        .map_err(map_err(maps::PORT_SLOTS))?;
+    for &(index, slot) in &lowered.port_slots {
+        slots
+            .set(index, slot, 0)
+            .map_err(map_err(maps::PORT_SLOTS))?;
+    }
+    let mut lens = Array::<_, ClassLens>::try_from(map_mut(ebpf, maps::CLASS_LENS)?)
+        .map_err(map_err(maps::CLASS_LENS))?;
+    for &(class, value) in &lowered.class_lens {
+        lens.set(class, value, 0)
+            .map_err(map_err(maps::CLASS_LENS))?;
+    }
+    fill_hash(
+        map_mut(ebpf, maps::SRC_HASH_V4)?,
+        maps::SRC_HASH_V4,
+        &lowered.src_hash_v4,
+    )?;
+    fill_hash(
+        map_mut(ebpf, maps::SRC_HASH_V6)?,
+        maps::SRC_HASH_V6,
+        &lowered.src_hash_v6,
+    )?;
     fill_trie::<SrcKeyV4>(map_mut(ebpf, maps::SRC_V4)?, maps::SRC_V4, &lowered.src_v4)?;
     fill_trie::<SrcKeyV6>(map_mut(ebpf, maps::SRC_V6)?, maps::SRC_V6, &lowered.src_v6)?;
     let mut config = Array::<_, IngressConfig>::try_from(map_mut(ebpf, maps::CONFIG)?)
@@ -359,6 +396,18 @@ fn write_maps(ebpf: &mut Ebpf, lowered: &Lowered) -> Result<(), LoadError> {
     config
         .set(0, lowered.config, 0)
         .map_err(map_err(maps::CONFIG))
+}
+
+fn fill_hash<K: aya::Pod>(
+    map: &mut Map,
+    name: &'static str,
+    entries: &[(K, RuleRef)],
+) -> Result<(), LoadError> {
+    let mut hash = HashMap::<_, K, RuleRef>::try_from(map).map_err(map_err(name))?;
+    for (key, value) in entries {
+        hash.insert(key, value, 0).map_err(map_err(name))?;
+    }
+    Ok(())
 }
 
 fn fill_trie<K: aya::Pod>(
@@ -375,7 +424,11 @@ fn fill_trie<K: aya::Pod>(
 }
 
 /// Counters read from maps pinned by a running (or crashed) daemon.
-pub fn pinned_counters(dir: &Path, rules: &[RuleInfo]) -> Result<Counters, LoadError> {
+pub fn pinned_counters(
+    dir: &Path,
+    rules: &[RuleInfo],
+    slots: &[PortSlot],
+) -> Result<Counters, LoadError> {
     let open = |name: &'static str| -> Result<Map, LoadError> {
         let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
         Map::from_map_data(data).map_err(map_err(name))
@@ -394,5 +447,5 @@ pub fn pinned_counters(dir: &Path, rules: &[RuleInfo]) -> Result<Counters, LoadE
             .try_into()
             .map_err(map_err(maps::EVENT_STATS))?,
     };
-    maps.read(rules).map_err(map_err(maps::RULE_STATS))
+    maps.read(rules, slots).map_err(map_err(maps::RULE_STATS))
 }

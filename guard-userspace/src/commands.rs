@@ -48,7 +48,7 @@ struct StatsOut<'a> {
 
 pub fn stats(run_dir: &Path, json: bool) -> Result<(), Failure> {
     let st = state::read(run_dir).map_err(|e| Failure::Runtime(e.to_string()))?;
-    let counters = bpf::pinned_counters(&st.pin_dir, &st.rules)
+    let counters = bpf::pinned_counters(&st.pin_dir, &st.rules, &st.port_slots)
         .map_err(|e| Failure::Runtime(bpf::error_chain(&e)))?;
     if json {
         let out = StatsOut {

@@ -2,15 +2,15 @@
 
 use std::borrow::Borrow;
 
-use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
+use aya::maps::{MapData, MapError, PerCpuArray};
 use guard_common::{
-    EVENT_STATS_LEN, EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED, PROTO_IDX_TCP, PortStats,
+    EVENT_STATS_LEN, EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED, PortStats,
     REASON_FRAGMENT_PASSED, REASON_MALFORMED, REASON_NOT_TCP_UDP, REASON_POLICY,
     REASON_REPLY_PASSED, REASON_UNSUPPORTED, REASONS_LEN, RuleStats,
 };
 use serde::{Deserialize, Serialize};
 
-use crate::policy::RuleInfo;
+use crate::policy::{PortSlot, RuleInfo};
 
 /// Names of the `REASON_*` counters, by index.
 pub const REASON_NAMES: [(u32, &str); REASONS_LEN as usize] = [
@@ -40,7 +40,8 @@ pub struct ReasonCounter {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortCounter {
     pub proto: String,
-    pub port: u16,
+    /// The port number, or `other` for every port the policy does not name.
+    pub port: String,
     /// TCP: SYN without ACK; UDP: every datagram judged by the policy.
     pub attempted: u64,
     /// Attempts dropped (enforce mode).
@@ -62,7 +63,7 @@ pub struct Counters {
     pub rules: Vec<RuleCounter>,
     /// Packets dropped (or, in audit mode, that would be) by reason, and passed unjudged.
     pub reasons: Vec<ReasonCounter>,
-    /// Ports that saw inbound attempts, by protocol then port.
+    /// The ports the policy names, and `other` per protocol.
     pub ports: Vec<PortCounter>,
     pub events: EventCounters,
 }
@@ -81,8 +82,8 @@ impl Counters {
             .map_or(0, |r| r.packets)
     }
 
-    /// The attempts counter of a port, if it saw any.
-    pub fn port(&self, proto: &str, port: u16) -> Option<&PortCounter> {
+    /// The attempts counter of a port (a number, or `other`).
+    pub fn port(&self, proto: &str, port: &str) -> Option<&PortCounter> {
         self.ports
             .iter()
             .find(|p| p.proto == proto && p.port == port)
@@ -93,13 +94,13 @@ impl Counters {
 pub struct CounterMaps<T> {
     pub rules: PerCpuArray<T, RuleStats>,
     pub reasons: PerCpuArray<T, u64>,
-    pub ports: PerCpuHashMap<T, u32, PortStats>,
+    pub ports: PerCpuArray<T, PortStats>,
     pub events: PerCpuArray<T, u64>,
 }
 
 impl<T: Borrow<MapData>> CounterMaps<T> {
-    /// Reads every counter, summing per-CPU values; `rules` names the rule slots.
-    pub fn read(&self, rules: &[RuleInfo]) -> Result<Counters, MapError> {
+    /// Reads every counter, summing per-CPU values; `rules` and `slots` name the slots.
+    pub fn read(&self, rules: &[RuleInfo], slots: &[PortSlot]) -> Result<Counters, MapError> {
         let rule_counters = rules
             .iter()
             .enumerate()
@@ -129,25 +130,22 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
                 })
             })
             .collect::<Result<_, MapError>>()?;
-        let mut ports = Vec::new();
-        for entry in self.ports.iter() {
-            let (key, per_cpu) = entry?;
-            let (attempted, rejected) = per_cpu
-                .iter()
-                .fold((0, 0), |(a, r), s| (a + s.attempted, r + s.rejected));
-            ports.push(PortCounter {
-                proto: if key >> 16 == PROTO_IDX_TCP {
-                    "tcp"
-                } else {
-                    "udp"
-                }
-                .to_owned(),
-                port: key as u16,
-                attempted,
-                rejected,
-            });
-        }
-        ports.sort_by(|a, b| (&a.proto, a.port).cmp(&(&b.proto, b.port)));
+        let ports = slots
+            .iter()
+            .enumerate()
+            .map(|(i, slot)| {
+                let per_cpu = self.ports.get(&(i as u32), 0)?;
+                let (attempted, rejected) = per_cpu
+                    .iter()
+                    .fold((0, 0), |(a, r), s| (a + s.attempted, r + s.rejected));
+                Ok(PortCounter {
+                    proto: slot.proto.clone(),
+                    port: slot.port.clone(),
+                    attempted,
+                    rejected,
+                })
+            })
+            .collect::<Result<_, MapError>>()?;
         debug_assert_eq!(EVENT_STATS_LEN, 3);
         let events = EventCounters {
             sent: sum(&self.events, EVENTS_SENT)?,

@@ -96,6 +96,7 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
         interfaces: attached,
         pin_dir: pin_dir.to_path_buf(),
         rules: lowered.rules.clone(),
+        port_slots: lowered.slots.clone(),
     };
     state::write(run_dir, &state).map_err(|e| runtime("writing state in", run_dir, e))?;
     info!(

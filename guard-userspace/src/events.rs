@@ -29,7 +29,7 @@ pub struct DenyEvent {
 /// Turns kernel records into [`DenyEvent`]s.
 pub struct Decoder {
     rules: Vec<RuleInfo>,
-    /// CLOCK_REALTIME - CLOCK_MONOTONIC, in ns, taken at start.
+    /// CLOCK_REALTIME - CLOCK_MONOTONIC_COARSE (the kernel's event clock), in ns, at start.
     realtime_offset_ns: i128,
 }
 
@@ -55,7 +55,8 @@ impl Decoder {
     pub fn new(rules: Vec<RuleInfo>) -> Self {
         Self {
             rules,
-            realtime_offset_ns: clock_ns(libc::CLOCK_REALTIME) - clock_ns(libc::CLOCK_MONOTONIC),
+            realtime_offset_ns: clock_ns(libc::CLOCK_REALTIME)
+                - clock_ns(libc::CLOCK_MONOTONIC_COARSE),
         }
     }
 

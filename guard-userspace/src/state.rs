@@ -10,7 +10,10 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{bpf::AttachMode, policy::RuleInfo};
+use crate::{
+    bpf::AttachMode,
+    policy::{PortSlot, RuleInfo},
+};
 
 pub const STATE_FILE: &str = "state.json";
 
@@ -26,6 +29,8 @@ pub struct State {
     pub interfaces: Vec<Attached>,
     pub pin_dir: PathBuf,
     pub rules: Vec<RuleInfo>,
+    /// What each per-port counter slot counts.
+    pub port_slots: Vec<PortSlot>,
 }
 
 /// An interface the XDP program is attached to.

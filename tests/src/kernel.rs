@@ -5,7 +5,7 @@ use guard::{
     bpf::{Guard, KernelLog},
     counters::Counters,
     events::{Decoder, DenyEvent},
-    policy::{self, RuleInfo},
+    policy::{self, PortSlot, RuleInfo},
 };
 
 use crate::require_root;
@@ -18,6 +18,7 @@ pub const TC_ACT_OK: u32 = 0;
 pub struct Loaded {
     pub guard: Guard,
     pub rules: Vec<RuleInfo>,
+    pub slots: Vec<PortSlot>,
 }
 
 /// Validates, lowers and loads `text` (panicking with the errors if it is invalid).
@@ -29,6 +30,7 @@ pub fn load(text: &str) -> Loaded {
     Loaded {
         guard,
         rules: lowered.rules,
+        slots: lowered.slots,
     }
 }
 
@@ -66,7 +68,9 @@ impl Loaded {
     }
 
     pub fn counters(&self) -> Counters {
-        self.guard.counters(&self.rules).expect("read counters")
+        self.guard
+            .counters(&self.rules, &self.slots)
+            .expect("read counters")
     }
 
     pub fn packets(&self, rule: &str) -> u64 {

@@ -189,14 +189,19 @@ fn port_counters_count_syns_datagrams_and_rejections() {
     let c = g.counters();
     let port = |proto, port| c.port(proto, port).map(|p| (p.attempted, p.rejected));
     assert_eq!(
-        port("tcp", 81),
+        port("tcp", "other"),
         Some((3, 3)),
-        "SYNs only; the ACK is no attempt"
+        "81 is unnamed; SYNs only, the ACK is no attempt"
     );
-    assert_eq!(port("tcp", 80), Some((1, 0)));
-    assert_eq!(port("udp", 53), Some((1, 0)));
-    assert_eq!(port("udp", 54), Some((1, 1)));
-    assert_eq!(c.ports.len(), 4);
+    assert_eq!(port("tcp", "80"), Some((1, 0)));
+    assert_eq!(port("udp", "53"), Some((1, 0)));
+    assert_eq!(port("udp", "other"), Some((1, 1)));
+    let names: Vec<String> = c
+        .ports
+        .iter()
+        .map(|p| format!("{}/{}", p.proto, p.port))
+        .collect();
+    assert_eq!(names, ["tcp/other", "udp/other", "tcp/80", "udp/53"]);
 
     let audit = load(&DENY_ALL.replace("\"enforce\"", "\"audit\""));
     assert_eq!(
@@ -206,7 +211,7 @@ fn port_counters_count_syns_datagrams_and_rejections() {
     assert_eq!(
         audit
             .counters()
-            .port("tcp", 81)
+            .port("tcp", "other")
             .map(|p| (p.attempted, p.rejected)),
         Some((1, 0))
     );

@@ -66,6 +66,18 @@ from = ["dmz"]
 action = "deny"
 "#;
 
+/// Nine prefix lengths on one port (more than the hash path takes): the LPM-trie path.
+fn policy_text() -> String {
+    let mut s = POLICY.to_owned();
+    for len in 8..=16u8 {
+        let action = if len % 2 == 0 { "allow" } else { "deny" };
+        s += &format!(
+            "[[ingress]]\nname = \"deep{len}\"\nproto = \"tcp\"\nports = [7000]\nfrom = [\"10.0.0.0/{len}\", \"fd00::/{len}\"]\naction = \"{action}\"\n"
+        );
+    }
+    s
+}
+
 // ---- the model ----
 
 #[derive(Debug, PartialEq, Eq)]
@@ -245,9 +257,9 @@ const SOURCES: [&str; 12] = [
     "2001:db8:e::1",
     "::1",
 ];
-const PORTS: [u16; 22] = [
-    22, 23, 53, 54, 442, 443, 444, 9443, 9762, 9763, 9764, 9998, 9999, 10000, 10001, 10002, 10005,
-    10006, 4999, 5000, 5010, 5011,
+const PORTS: [u16; 23] = [
+    7000, 22, 23, 53, 54, 442, 443, 444, 9443, 9762, 9763, 9764, 9998, 9999, 10000, 10001, 10002,
+    10005, 10006, 4999, 5000, 5010, 5011,
 ];
 
 fn arb_ext() -> impl Strategy<Value = Ext> {
@@ -320,9 +332,9 @@ fn with_program<T>(audit: bool, f: impl FnOnce(&Loaded, &Policy) -> T) -> T {
         let mut c = c.borrow_mut();
         let (loaded, policy) = c.get_or_insert_with(|| {
             let text = if audit {
-                POLICY.replace("\"enforce\"", "\"audit\"")
+                policy_text().replace("\"enforce\"", "\"audit\"")
             } else {
-                POLICY.to_owned()
+                policy_text()
             };
             (
                 load(&text),
@@ -357,8 +369,8 @@ proptest! {
 #[test]
 fn rule_counters_match_the_model_tally() {
     use proptest::{strategy::ValueTree as _, test_runner::TestRunner};
-    let g = load(POLICY);
-    let policy = policy::check("model.toml", POLICY).unwrap().policy;
+    let g = load(&policy_text());
+    let policy = policy::check("model.toml", &policy_text()).unwrap().policy;
     let mut runner = TestRunner::deterministic();
     let strategy = arb_packet();
     let mut tally: std::collections::BTreeMap<String, (u64, u64)> = Default::default();

@@ -95,11 +95,12 @@ action = "deny"
         (1..=2).contains(&denied),
         "the SYN and perhaps one retry: {stats}"
     );
+    let mgmt_name = mgmt.to_string();
     let mgmt_port = stats["ports"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["proto"] == "tcp" && p["port"] == mgmt)
+        .find(|p| p["proto"] == "tcp" && p["port"] == mgmt_name.as_str())
         .unwrap();
     assert_eq!(mgmt_port["attempted"].as_u64(), Some(1 + denied), "{stats}");
     assert_eq!(mgmt_port["rejected"].as_u64(), Some(denied), "{stats}");

@@ -49,6 +49,13 @@ enum Cmd {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
     },
+    /// Measure per-packet cost (BPF_PROG_TEST_RUN) against an empty XDP program and
+    /// Debian's xdp-filter, and write BENCHMARKS.md (root). Not a test: it asserts nothing.
+    Bench {
+        /// Where to write the report.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -85,6 +92,31 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Test { filter } => {
             setup::ensure(setup::Needs::Test)?;
             test(&root, filter.as_deref())
+        }
+        Cmd::Bench { out } => {
+            setup::ensure(setup::Needs::Bench)?;
+            step("building the benchmark harness");
+            check(
+                cargo(&root)
+                    .args(["build", "--package", "guard-tests", "--bin", "guard-bench"])
+                    .status()?,
+                "cargo build (bench)",
+            )?;
+            // SAFETY: geteuid has no preconditions.
+            if unsafe { libc::geteuid() } != 0 {
+                bail!("the benchmark loads BPF programs: run `sudo -E cargo xtask bench`");
+            }
+            step("running the benchmark (about a minute)");
+            let out = if out.is_absolute() {
+                out
+            } else {
+                root.join(out)
+            };
+            let status = Command::new(root.join("target/debug/guard-bench"))
+                .arg(&out)
+                .status()
+                .context("failed to run guard-bench")?;
+            check(status, "guard-bench")
         }
     }
 }

@@ -27,17 +27,22 @@ const LLVM_BIN: &str = "/usr/lib/llvm-22/bin";
 pub enum Needs {
     Build,
     Test,
+    Bench,
 }
 
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev"];
 /// `ip` for network namespaces and veth pairs in the end-to-end tests.
 const TEST_PACKAGES: &[&str] = &["iproute2"];
+/// The peer (xdp-filter) and the tool that runs it under BPF_PROG_TEST_RUN.
+const BENCH_PACKAGES: &[&str] = &["iproute2", "bpftool", "xdp-tools"];
 
 pub fn ensure(needs: Needs) -> Result<()> {
     let started = Instant::now();
     let mut packages: Vec<&str> = BUILD_PACKAGES.to_vec();
-    if needs == Needs::Test {
-        packages.extend(TEST_PACKAGES);
+    match needs {
+        Needs::Build => {}
+        Needs::Test => packages.extend(TEST_PACKAGES),
+        Needs::Bench => packages.extend(BENCH_PACKAGES),
     }
     ensure_packages(&packages)?;
     ensure_bpf_linker()?;

@@ -9,10 +9,12 @@
 use std::collections::{BTreeMap, HashMap};
 
 use guard_common::{
-    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, IngressConfig, MODE_AUDIT, MODE_ENFORCE,
-    PORT_ACTION_SHIFT, PORT_DIRECT, PORT_FAILSAFE, PORT_VALUE_MASK, PROTO_IDX_TCP, PROTO_IDX_UDP,
-    RULE_DEFAULT, RULE_FAILSAFE, RULE_FIRST_POLICY, RULE_REPLY, RuleRef, SrcKeyV4, SrcKeyV6,
-    port_index,
+    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, CLASS_LENS_USE_TRIE, ClassLens,
+    IngressConfig, MAX_CLASS_PREFIX_LENS, MAX_PORT_SLOTS, MODE_AUDIT, MODE_ENFORCE,
+    PORT_ACTION_SHIFT, PORT_DIRECT, PORT_FAILSAFE, PORT_SLOT_FIRST_NAMED, PORT_SLOT_OTHER_TCP,
+    PORT_SLOT_OTHER_UDP, PORT_VALUE_MASK, PROTO_IDX_TCP, PROTO_IDX_UDP, RULE_DEFAULT,
+    RULE_FAILSAFE, RULE_FIRST_POLICY, RULE_REPLY, RuleRef, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4,
+    SrcKeyV6, port_index,
 };
 use ipnet::IpNet;
 use serde::Serialize;
@@ -28,6 +30,17 @@ pub struct RuleInfo {
     pub action: String,
 }
 
+/// What a per-port counter slot counts, for `guard stats` and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PortSlot {
+    pub proto: String,
+    /// The port number, or `other` for the ports the policy does not name.
+    pub port: String,
+}
+
+/// Ranges longer than this get no per-port slots (their ports count as `other`).
+pub const MAX_SLOTTED_RANGE: u32 = 256;
+
 /// Everything the loader writes into the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lowered {
@@ -37,9 +50,18 @@ pub struct Lowered {
     pub rules: Vec<RuleInfo>,
     /// Non-zero entries of the ports array: (index, class | flags).
     pub ports: Vec<(u32, u32)>,
-    /// (prefix length incl. [`CLASS_BITS`], key, value).
+    /// Entries of the class-lengths array: (class, prefix lengths).
+    pub class_lens: Vec<(u32, ClassLens)>,
+    /// Source hash entries (classes with at most `MAX_CLASS_PREFIX_LENS` lengths).
+    pub src_hash_v4: Vec<(SrcHashKeyV4, RuleRef)>,
+    pub src_hash_v6: Vec<(SrcHashKeyV6, RuleRef)>,
+    /// LPM trie entries for the other classes: (prefix length incl. [`CLASS_BITS`], key, value).
     pub src_v4: Vec<(u32, SrcKeyV4, RuleRef)>,
     pub src_v6: Vec<(u32, SrcKeyV6, RuleRef)>,
+    /// Non-zero entries of the port-slot array: (index, slot).
+    pub port_slots: Vec<(u32, u32)>,
+    /// Indexed by slot: what each per-port counter counts.
+    pub slots: Vec<PortSlot>,
     /// Number of port classes (class ids are 1..=classes).
     pub classes: u32,
     /// Classes resolved to one rule for every source (no trie entries).
@@ -168,6 +190,42 @@ pub fn lower(policy: &Policy) -> Lowered {
         }
     }
 
+    // Per class and family: the distinct prefix lengths, longest first. Up to
+    // MAX_CLASS_PREFIX_LENS of them are judged by hash lookups; more go to the LPM trie.
+    let mut lens: BTreeMap<u32, (Vec<u8>, Vec<u8>)> = BTreeMap::new();
+    for (class, net) in best.keys() {
+        let entry = lens.entry(*class).or_default();
+        match net {
+            IpNet::V4(_) => entry.0.push(net.prefix_len()),
+            IpNet::V6(_) => entry.1.push(net.prefix_len()),
+        }
+    }
+    let fits = |l: &[u8]| l.len() <= MAX_CLASS_PREFIX_LENS;
+    let mut class_lens = Vec::new();
+    for (class, (v4, v6)) in &mut lens {
+        for l in [&mut *v4, &mut *v6] {
+            l.sort_unstable_by(|a, b| b.cmp(a));
+            l.dedup();
+        }
+        if direct.contains_key(class) {
+            continue;
+        }
+        let mut value = ClassLens::default();
+        let pack = |l: &[u8], count: &mut u8, out: &mut [u8; MAX_CLASS_PREFIX_LENS]| {
+            if fits(l) {
+                *count = l.len() as u8;
+                out[..l.len()].copy_from_slice(l);
+            } else {
+                *count = CLASS_LENS_USE_TRIE;
+            }
+        };
+        pack(v4, &mut value.v4_count, &mut value.v4);
+        pack(v6, &mut value.v6_count, &mut value.v6);
+        class_lens.push((*class, value));
+    }
+
+    let mut src_hash_v4 = Vec::new();
+    let mut src_hash_v6 = Vec::new();
     let mut src_v4 = Vec::new();
     let mut src_v6 = Vec::new();
     for ((class, net), (action, rule)) in best {
@@ -178,27 +236,45 @@ pub fn lower(policy: &Policy) -> Lowered {
             rule,
             action: action_code(action),
         };
-        let class = class.to_be_bytes();
-        let prefix = CLASS_BITS + u32::from(net.prefix_len());
+        let (v4_lens, v6_lens) = &lens[&class];
+        let prefix_len = u32::from(net.prefix_len());
         match net {
-            IpNet::V4(n) => src_v4.push((
-                prefix,
-                SrcKeyV4 {
+            IpNet::V4(n) if fits(v4_lens) => src_hash_v4.push((
+                SrcHashKeyV4 {
                     class,
+                    prefix_len,
+                    addr: n.addr().octets(),
+                },
+                value,
+            )),
+            IpNet::V6(n) if fits(v6_lens) => src_hash_v6.push((
+                SrcHashKeyV6 {
+                    class,
+                    prefix_len,
+                    addr: n.addr().octets(),
+                },
+                value,
+            )),
+            IpNet::V4(n) => src_v4.push((
+                CLASS_BITS + prefix_len,
+                SrcKeyV4 {
+                    class: class.to_be_bytes(),
                     addr: n.addr().octets(),
                 },
                 value,
             )),
             IpNet::V6(n) => src_v6.push((
-                prefix,
+                CLASS_BITS + prefix_len,
                 SrcKeyV6 {
-                    class,
+                    class: class.to_be_bytes(),
                     addr: n.addr().octets(),
                 },
                 value,
             )),
         }
     }
+
+    let (port_slots, slots) = port_slots(policy);
 
     let events = &policy.events;
     let interval_ns = if events.rate_per_second == 0 {
@@ -223,11 +299,65 @@ pub fn lower(policy: &Policy) -> Lowered {
         },
         rules,
         ports: ports.into_iter().collect(),
+        class_lens,
+        src_hash_v4,
+        src_hash_v6,
         src_v4,
         src_v6,
+        port_slots,
+        slots,
         classes: class_of_set.len() as u32,
         direct_classes: direct.len() as u32,
     }
+}
+
+/// Counter slots for the ports the policy names (rule ports and failsafe ports; ranges of
+/// at most [`MAX_SLOTTED_RANGE`] ports), after the two "other" slots, up to
+/// [`MAX_PORT_SLOTS`]. Returns the slot array entries and the slot names.
+fn port_slots(policy: &Policy) -> (Vec<(u32, u32)>, Vec<PortSlot>) {
+    let mut named: Vec<(u32, u16)> = Vec::new();
+    let mut add = |proto_idx: u32, range: &PortRange| {
+        if u32::from(range.last) - u32::from(range.first) < MAX_SLOTTED_RANGE {
+            named.extend((range.first..=range.last).map(|p| (proto_idx, p)));
+        }
+    };
+    for rule in &policy.ingress {
+        let proto_idx = match rule.proto {
+            Proto::Tcp => PROTO_IDX_TCP,
+            Proto::Udp => PROTO_IDX_UDP,
+        };
+        rule.ports.iter().for_each(|r| add(proto_idx, r));
+    }
+    policy
+        .failsafe_ports
+        .iter()
+        .for_each(|r| add(PROTO_IDX_TCP, r));
+    named.sort_unstable();
+    named.dedup();
+    named.truncate((MAX_PORT_SLOTS - PORT_SLOT_FIRST_NAMED) as usize);
+    let proto_name = |idx: u32| if idx == PROTO_IDX_TCP { "tcp" } else { "udp" }.to_owned();
+    let mut slots = vec![
+        PortSlot {
+            proto: proto_name(PORT_SLOT_OTHER_TCP),
+            port: "other".into(),
+        },
+        PortSlot {
+            proto: proto_name(PORT_SLOT_OTHER_UDP),
+            port: "other".into(),
+        },
+    ];
+    let mut entries = Vec::with_capacity(named.len());
+    for (i, (proto_idx, port)) in named.into_iter().enumerate() {
+        entries.push((
+            port_index(proto_idx, port),
+            PORT_SLOT_FIRST_NAMED + i as u32,
+        ));
+        slots.push(PortSlot {
+            proto: proto_name(proto_idx),
+            port: port.to_string(),
+        });
+    }
+    (entries, slots)
 }
 
 /// Splits the port space into maximal segments covered by the same non-empty set of rules,

@@ -1,8 +1,8 @@
 //! Unit tests of the three policy steps on inline texts.
 
 use guard_common::{
-    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, MODE_AUDIT, MODE_ENFORCE,
-    PORT_ACTION_MASK, PORT_ACTION_SHIFT, PORT_CLASS_MASK, PORT_DIRECT, PORT_FAILSAFE,
+    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, CLASS_LENS_USE_TRIE, MODE_AUDIT,
+    MODE_ENFORCE, PORT_ACTION_MASK, PORT_ACTION_SHIFT, PORT_CLASS_MASK, PORT_DIRECT, PORT_FAILSAFE,
     PORT_VALUE_MASK, PROTO_IDX_TCP, PROTO_IDX_UDP, RULE_FIRST_POLICY, port_index,
 };
 use proptest::prelude::*;
@@ -297,14 +297,20 @@ action = "deny"
     let class400 = port_entry(&l, PROTO_IDX_TCP, 400) & PORT_CLASS_MASK;
     assert_ne!(class443, class400);
     let at = |class: u32, prefix: u32| {
-        l.src_v4
+        l.src_hash_v4
             .iter()
-            .find(|(p, k, _)| *p == prefix && k.class == class.to_be_bytes())
-            .map(|(_, _, v)| (v.rule, v.action))
+            .find(|(k, _)| k.prefix_len == prefix && k.class == class)
+            .map(|(_, v)| (v.rule, v.action))
     };
-    assert_eq!(at(class443, CLASS_BITS + 8), Some((5, ACTION_DENY)));
-    assert_eq!(at(class443, CLASS_BITS + 16), Some((4, ACTION_AUDIT)));
-    assert_eq!(at(class400, CLASS_BITS + 8), Some((5, ACTION_DENY)));
+    assert_eq!(at(class443, 8), Some((5, ACTION_DENY)));
+    assert_eq!(at(class443, 16), Some((4, ACTION_AUDIT)));
+    assert_eq!(at(class400, 8), Some((5, ACTION_DENY)));
+    let lens = l.class_lens.iter().find(|(c, _)| *c == class443).unwrap().1;
+    assert_eq!(
+        (lens.v4_count, &lens.v4[..2]),
+        (2, &[16, 8][..]),
+        "longest first"
+    );
     assert_eq!(
         l.rules[5].action, "audit",
         "deny is reported as audit in audit mode"
@@ -318,11 +324,33 @@ fn equal_actions_keep_the_first_rule() {
         "interfaces = [\"eth0\"]\n[[ingress]]\nname = \"a\"\nproto = \"udp\"\nports = [9]\n\
          [[ingress]]\nname = \"b\"\nproto = \"udp\"\nports = [9]\n",
     );
-    assert!(
-        l.src_v4
-            .iter()
-            .all(|(_, _, v)| v.rule == 2 && v.action == ACTION_ALLOW)
+    let direct = PORT_DIRECT | (ACTION_ALLOW << PORT_ACTION_SHIFT) | RULE_FIRST_POLICY;
+    assert_eq!(
+        port_entry(&l, PROTO_IDX_UDP, 9),
+        direct,
+        "rule a, the first"
     );
+}
+
+#[test]
+fn classes_with_many_prefix_lengths_use_the_trie() {
+    let mut text = String::from("interfaces = [\"eth0\"]\n");
+    for len in 8..=16 {
+        text += &format!(
+            "[[ingress]]\nname = \"r{len}\"\nproto = \"tcp\"\nports = [5]\nfrom = [\"10.0.0.0/{len}\", \"fd00::/{len}\"]\n"
+        );
+    }
+    text += "[[ingress]]\nname = \"few\"\nproto = \"tcp\"\nports = [6]\nfrom = [\"10.0.0.0/8\"]\n";
+    let l = lowered(&text);
+    let class5 = port_entry(&l, PROTO_IDX_TCP, 5);
+    let lens = l.class_lens.iter().find(|(c, _)| *c == class5).unwrap().1;
+    assert_eq!(
+        (lens.v4_count, lens.v6_count),
+        (CLASS_LENS_USE_TRIE, CLASS_LENS_USE_TRIE)
+    );
+    assert_eq!((l.src_v4.len(), l.src_v6.len()), (9, 9));
+    assert_eq!(l.src_hash_v4.len(), 1, "only port 6's class is hashed");
+    assert!(l.src_hash_v6.is_empty());
 }
 
 // ---- lowering against a direct model ----
@@ -380,25 +408,58 @@ fn lowered_decision(l: &Lowered, tcp: bool, port: u16, src: std::net::IpAddr) ->
             (entry & PORT_ACTION_MASK) >> PORT_ACTION_SHIFT,
         );
     }
-    let class = (entry & PORT_CLASS_MASK).to_be_bytes();
+    let class = entry & PORT_CLASS_MASK;
     let bits = |a: &[u8], b: &[u8], n: u32| {
         (0..n as usize).all(|i| (a[i / 8] >> (7 - i % 8)) & 1 == (b[i / 8] >> (7 - i % 8)) & 1)
     };
+    let lens = l
+        .class_lens
+        .iter()
+        .find(|(c, _)| *c == class)
+        .map(|(_, v)| *v)
+        .unwrap_or_default();
+    // As the kernel: hash lookups per length, longest first, or the trie.
     let hit = match src {
-        std::net::IpAddr::V4(a) => l
+        std::net::IpAddr::V4(a) if lens.v4_count == CLASS_LENS_USE_TRIE => l
             .src_v4
             .iter()
-            .filter(|(p, k, _)| k.class == class && bits(&k.addr, &a.octets(), p - CLASS_BITS))
+            .filter(|(p, k, _)| {
+                k.class == class.to_be_bytes() && bits(&k.addr, &a.octets(), p - CLASS_BITS)
+            })
             .max_by_key(|(p, _, _)| *p)
             .map(|(_, _, v)| *v),
-        std::net::IpAddr::V6(a) => l
+        std::net::IpAddr::V6(a) if lens.v6_count == CLASS_LENS_USE_TRIE => l
             .src_v6
             .iter()
-            .filter(|(p, k, _)| k.class == class && bits(&k.addr, &a.octets(), p - CLASS_BITS))
+            .filter(|(p, k, _)| {
+                k.class == class.to_be_bytes() && bits(&k.addr, &a.octets(), p - CLASS_BITS)
+            })
             .max_by_key(|(p, _, _)| *p)
             .map(|(_, _, v)| *v),
+        std::net::IpAddr::V4(a) => lens.v4[..usize::from(lens.v4_count)]
+            .iter()
+            .find_map(|&len| {
+                let masked = ipnet::Ipv4Net::new(a, len).unwrap().trunc().addr().octets();
+                l.src_hash_v4
+                    .iter()
+                    .find(|(k, _)| {
+                        k.class == class && k.prefix_len == u32::from(len) && k.addr == masked
+                    })
+                    .map(|(_, v)| *v)
+            }),
+        std::net::IpAddr::V6(a) => lens.v6[..usize::from(lens.v6_count)]
+            .iter()
+            .find_map(|&len| {
+                let masked = ipnet::Ipv6Net::new(a, len).unwrap().trunc().addr().octets();
+                l.src_hash_v6
+                    .iter()
+                    .find(|(k, _)| {
+                        k.class == class && k.prefix_len == u32::from(len) && k.addr == masked
+                    })
+                    .map(|(_, v)| *v)
+            }),
     };
-    match (entry & PORT_CLASS_MASK, hit) {
+    match (class, hit) {
         (c, Some(v)) if c != 0 => (v.rule, v.action),
         _ => (0, l.config.default_action),
     }
@@ -414,8 +475,11 @@ fn action_code(a: RuleAction) -> u32 {
 
 prop_compose! {
     fn arb_policy()(rules in prop::collection::vec(
-        (any::<bool>(), 1u16..60, 0u16..8, prop::sample::select(vec!["any", "a", "b", "10.1.0.0/16", "10.0.0.0/8", "fd00::/8"]), 0u8..3),
-        1..8,
+        (any::<bool>(), 1u16..60, 0u16..8, prop::sample::select(vec![
+            "any", "a", "b", "10.1.0.0/16", "10.0.0.0/8", "fd00::/8", "10.0.0.0/9", "10.0.0.0/10",
+            "10.0.0.0/11", "10.0.0.0/12", "10.0.0.0/13", "10.0.0.0/14", "10.0.0.0/30", "10.2.0.0/15",
+        ]), 0u8..3),
+        1..16,
     ), failsafe in prop::option::of(1u16..60), default_allow in any::<bool>()) -> String {
         let mut s = String::from("interfaces = [\"eth0\"]\n");
         s += if default_allow { "default = \"allow\"\n" } else { "default = \"deny\"\n" };

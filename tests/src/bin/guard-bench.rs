@@ -1,0 +1,395 @@
+//! `cargo xtask bench`: per-packet cost of guard's XDP program under BPF_PROG_TEST_RUN,
+//! against an empty XDP program (the floor) and Debian's xdp-filter on the same packets, in
+//! one run. Writes BENCHMARKS.md. A benchmark, not a test: it reports, it asserts nothing.
+//!
+//! Usage: guard-bench [OUTPUT.md]  (root)
+
+use std::{fmt::Write as _, net::Ipv4Addr, process::Command, time::Instant};
+
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use guard_tests::{
+    TestNet,
+    kernel::{Loaded, load},
+    packets::{L4, TCP_SYN, ipv4},
+    require_root,
+};
+
+const REPEAT: u32 = 1_000_000;
+const ROUNDS: usize = 11;
+
+/// A 64-byte frame: Ethernet + IPv4 + TCP SYN, padded.
+fn syn(src: Ipv4Addr, dport: u16) -> Vec<u8> {
+    let mut p = ipv4(
+        src,
+        Ipv4Addr::new(198, 18, 0, 1),
+        0,
+        (0, false),
+        &L4::Tcp {
+            sport: 40000,
+            dport,
+            flags: TCP_SYN,
+        },
+    );
+    p.resize(64, 0);
+    p
+}
+
+/// Median ns per run of each (program, packet) case: ROUNDS rounds of REPEAT runs, the
+/// cases interleaved within each round so that machine noise hits them alike.
+fn measure_all(cases: &[(&Xdp, &[u8])]) -> Vec<f64> {
+    let mut samples = vec![Vec::with_capacity(ROUNDS); cases.len()];
+    // One unmeasured round first: caches, branch predictors and CPU frequency settle.
+    for (prog, packet) in cases {
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            repeat: REPEAT,
+            ..Default::default()
+        };
+        prog.test_run(opts).expect("BPF_PROG_TEST_RUN");
+    }
+    for _ in 0..ROUNDS {
+        for (i, (prog, packet)) in cases.iter().enumerate() {
+            let opts = TestRunOptions {
+                data_in: Some(packet),
+                repeat: REPEAT,
+                ..Default::default()
+            };
+            samples[i].push(
+                prog.test_run(opts)
+                    .expect("BPF_PROG_TEST_RUN")
+                    .duration
+                    .as_nanos() as f64,
+            );
+        }
+    }
+    samples.iter_mut().map(|s| median(s)).collect()
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// A policy with `n` zone rules (1000 ports, /24 sources) plus one any-source rule on 80.
+fn policy(n: usize, events: bool) -> String {
+    let mut s =
+        String::from("mode = \"enforce\"\ninterfaces = [\"unused0\"]\nfailsafe_ports = []\n");
+    if events {
+        s += "[events]\nrate_per_second = 1000000\nburst = 1000000\n";
+    } else {
+        s += "[events]\nrate_per_second = 0\n";
+    }
+    s += "[[ingress]]\nname = \"web\"\nproto = \"tcp\"\nports = [80]\n";
+    for i in 0..n {
+        let block = i / 1000;
+        let _ = write!(
+            s,
+            "[[ingress]]\nname = \"r{i}\"\nproto = \"tcp\"\nports = [{}]\nfrom = [\"10.{}.{}.0/24\"]\n",
+            2000 + i % 1000,
+            block / 256 % 256,
+            block % 256
+        );
+    }
+    s
+}
+
+struct Row {
+    rules: usize,
+    floor: f64,
+    pass_direct: f64,
+    pass_lpm: f64,
+    drop: f64,
+    drop_suppressed: f64,
+    drop_event: f64,
+    event_note: String,
+    load_ms: f64,
+}
+
+/// Drop with an event for every packet: batches small enough for the ring buffer, drained
+/// between batches, so every run reserves and submits.
+fn measure_drop_event(g: &mut Loaded, packet: &[u8]) -> (f64, String) {
+    let batch = 10_000;
+    let mut events = g.guard.take_events().expect("event ring");
+    let prog: &Xdp = g.guard.xdp();
+    let mut samples = Vec::new();
+    let mut drained = 0u64;
+    for _ in 0..ROUNDS * 10 {
+        let opts = TestRunOptions {
+            data_in: Some(packet),
+            repeat: batch,
+            ..Default::default()
+        };
+        samples.push(
+            prog.test_run(opts)
+                .expect("BPF_PROG_TEST_RUN")
+                .duration
+                .as_nanos() as f64,
+        );
+        while events.next().is_some() {
+            drained += 1;
+        }
+    }
+    let c = g.counters().events;
+    (
+        median(&mut samples),
+        format!(
+            "sent {} suppressed {} lost {} (drained {drained})",
+            c.sent, c.suppressed, c.lost
+        ),
+    )
+}
+
+fn guard_row(rules: usize) -> Row {
+    let started = Instant::now();
+    let mut g = load(&policy(rules, false));
+    let load_ms = started.elapsed().as_secs_f64() * 1e3;
+    g.guard.load_floor().expect("floor program");
+    let outsider = Ipv4Addr::new(192, 0, 2, 1);
+    let (web, zone, miss) = (
+        syn(outsider, 80),
+        syn(Ipv4Addr::new(10, 0, 0, 5), 2000),
+        syn(outsider, 2000),
+    );
+    // The flood case: events on, but this source is over its limit after the first few.
+    let mut limited = load(
+        &policy(rules, false).replace("rate_per_second = 0", "rate_per_second = 1\nburst = 1"),
+    );
+    let _ = limited.guard.take_events();
+    let floor_prog = g.guard.floor().expect("floor program");
+    let limited_prog = limited.guard.xdp();
+    let m = measure_all(&[
+        (floor_prog, &web),
+        (g.guard.xdp(), &web),
+        (g.guard.xdp(), &zone),
+        (g.guard.xdp(), &miss),
+        (limited_prog, &miss),
+    ]);
+    std::mem::drop(g);
+    std::mem::drop(limited);
+    let mut ge = load(&policy(rules, true));
+    let (drop_event, event_note) = measure_drop_event(&mut ge, &miss);
+    Row {
+        rules,
+        floor: m[0],
+        pass_direct: m[1],
+        pass_lpm: m[2],
+        drop: m[3],
+        drop_suppressed: m[4],
+        drop_event,
+        event_note,
+        load_ms,
+    }
+}
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// xdp-filter (deny policy, port 80 allowed) on a veth of its own, run with bpftool.
+fn xdp_filter() -> (f64, f64) {
+    let net = TestNet::new();
+    sh(&[
+        "xdp-filter",
+        "load",
+        "-m",
+        "native",
+        "-p",
+        "deny",
+        &net.host_if,
+    ]);
+    sh(&["xdp-filter", "port", "80"]);
+    let link = sh(&["ip", "-d", "link", "show", "dev", &net.host_if]);
+    let id = link
+        .split("prog/xdp id ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("xdp-filter's program id")
+        .to_owned();
+    let run = |packet: &[u8]| {
+        let path = std::env::temp_dir().join(format!("guard-bench-{}.bin", std::process::id()));
+        std::fs::write(&path, packet).unwrap();
+        let mut samples: Vec<f64> = (0..ROUNDS)
+            .map(|_| {
+                let out = sh(&[
+                    "bpftool",
+                    "prog",
+                    "run",
+                    "id",
+                    &id,
+                    "data_in",
+                    path.to_str().unwrap(),
+                    "repeat",
+                    &REPEAT.to_string(),
+                ]);
+                out.split("duration (average): ")
+                    .nth(1)
+                    .and_then(|s| s.trim().trim_end_matches("ns").parse::<f64>().ok())
+                    .unwrap_or_else(|| panic!("bpftool output: {out}"))
+            })
+            .collect();
+        let _ = std::fs::remove_file(&path);
+        median(&mut samples)
+    };
+    let pass = run(&syn(Ipv4Addr::new(192, 0, 2, 1), 80));
+    let drop = run(&syn(Ipv4Addr::new(192, 0, 2, 1), 81));
+    let _ = Command::new("xdp-filter")
+        .args(["unload", &net.host_if])
+        .output();
+    (pass, drop)
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = sh(&["uname", "-r"]).trim().to_owned();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cpu}, {cores} cores, kernel {kernel}")
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
+fn main() {
+    require_root();
+    let out_path = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "BENCHMARKS.md".into());
+    eprintln!("==> guard: 10, 1K and 100K rules ({ROUNDS} rounds of {REPEAT} runs each, median)");
+    let rows: Vec<Row> = [10, 1_000, 100_000]
+        .into_iter()
+        .map(|n| {
+            let r = guard_row(n);
+            eprintln!(
+                "    {n:>6} rules: floor {:.0}  pass {:.0}/{:.0}  drop {:.0}  drop+suppressed {:.0}  drop+event {:.0} ns  (load {:.0} ms)",
+                r.floor, r.pass_direct, r.pass_lpm, r.drop, r.drop_suppressed, r.drop_event, r.load_ms
+            );
+            r
+        })
+        .collect();
+    eprintln!("==> xdp-filter (Debian xdp-tools), deny policy, port 80 allowed");
+    let (xf_pass, xf_drop) = xdp_filter();
+    eprintln!("    pass {xf_pass:.0} ns, drop {xf_drop:.0} ns");
+
+    let small = &rows[0];
+    let big = &rows[2];
+    let floor = small.floor;
+    let mut md = String::new();
+    let _ = writeln!(md, "# Benchmarks\n");
+    let _ = writeln!(
+        md,
+        "Produced by `cargo xtask bench` (do not edit by hand). Machine: {}.\n",
+        machine()
+    );
+    let _ = writeln!(
+        md,
+        "Per-packet cost under BPF_PROG_TEST_RUN, 64-byte IPv4 TCP SYN, median of {ROUNDS} rounds of \
+         {REPEAT} runs, the cases interleaved in each round (drop with event sent: 110 batches of \
+         10 000, ring buffer drained between batches). All figures in ns per packet, from one run. \
+         Policies: one any-source rule on port 80 plus N zone rules (1000 ports, /24 sources). \
+         The TCP SYN also counts a per-port attempt.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| rules | floor (empty XDP) | pass, any-source rule | pass, zone rule | drop (source in no zone, default deny) | drop, event rate-limited | drop + event sent | policy load |"
+    );
+    let _ = writeln!(
+        md,
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    for r in &rows {
+        let _ = writeln!(
+            md,
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} ms |",
+            r.rules,
+            r.floor,
+            r.pass_direct,
+            r.pass_lpm,
+            r.drop,
+            r.drop_suppressed,
+            r.drop_event,
+            r.load_ms
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\nxdp-filter (Debian xdp-tools, deny policy, port 80 allowed, run with `bpftool prog run`): pass {xf_pass:.0} ns, drop {xf_drop:.0} ns.\n"
+    );
+    let _ = writeln!(
+        md,
+        "Events in the drop + event runs: {}\n",
+        rows.iter()
+            .map(|r| format!("{} rules: {}", r.rules, r.event_note))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
+    let _ = writeln!(md, "## Targets (issue B)\n");
+    let _ = writeln!(md, "| target | measured | |");
+    let _ = writeln!(md, "| --- | --- | --- |");
+    let worst_pass = rows
+        .iter()
+        .map(|r| r.pass_lpm.max(r.pass_direct) - r.floor)
+        .fold(f64::MIN, f64::max);
+    let best_pass = rows
+        .iter()
+        .map(|r| r.pass_direct - r.floor)
+        .fold(f64::MAX, f64::min);
+    let _ = writeln!(
+        md,
+        "| pass <= floor + 15 ns | any-source rule: floor + {best_pass:.0} ns at best; worst of all pass cases floor + {worst_pass:.0} ns | {} |",
+        verdict(worst_pass <= 15.0)
+    );
+    let worst_event = rows
+        .iter()
+        .map(|r| r.drop_event - r.floor)
+        .fold(f64::MIN, f64::max);
+    let worst_suppressed = rows
+        .iter()
+        .map(|r| r.drop_suppressed - r.floor)
+        .fold(f64::MIN, f64::max);
+    let _ = writeln!(
+        md,
+        "| drop with event <= floor + 25 ns | event sent: floor + {worst_event:.0} ns; event rate-limited (a flood): floor + {worst_suppressed:.0} ns (worst) | {} |",
+        verdict(worst_event <= 25.0)
+    );
+    let scale = |f: fn(&Row) -> f64| (f(big) - big.floor) / (f(small) - small.floor).max(1.0);
+    let raw_scale = |f: fn(&Row) -> f64| f(big) / f(small);
+    let _ = writeln!(
+        md,
+        "| 100K-rule cost <= 1.2 x 10-rule cost | pass (zone rule) {:.2}x, drop {:.2}x (whole program); above the floor {:.2}x, {:.2}x | {} |",
+        raw_scale(|r| r.pass_lpm),
+        raw_scale(|r| r.drop),
+        scale(|r| r.pass_lpm),
+        scale(|r| r.drop),
+        verdict(raw_scale(|r| r.pass_lpm) <= 1.2 && raw_scale(|r| r.drop) <= 1.2)
+    );
+    let _ = writeln!(
+        md,
+        "| guard <= 0.5 x xdp-filter | pass {:.2}x, drop {:.2}x (10 rules, same packets, floor included in both) | {} |",
+        small.pass_direct / xf_pass,
+        small.drop / xf_drop,
+        verdict(small.pass_direct / xf_pass <= 0.5 && small.drop / xf_drop <= 0.5)
+    );
+    let _ = writeln!(
+        md,
+        "\nThe floor is {floor:.0} ns on this machine: BPF_PROG_TEST_RUN's own cost per run."
+    );
+    std::fs::write(&out_path, &md).unwrap_or_else(|e| panic!("write {out_path}: {e}"));
+    println!("{md}");
+    eprintln!("==> wrote {out_path}");
+}
