@@ -2,6 +2,9 @@
 //! thin entry points the loader finds by name (`guard_common::programs`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// The BPF build reports warnings only as cargo:warning lines of the userspace build: make
+// them errors so they cannot pass unnoticed.
+#![cfg_attr(target_arch = "bpf", deny(warnings))]
 
 #[cfg(target_arch = "bpf")]
 mod events;

@@ -5,7 +5,7 @@
 //! Every read goes through [`read`], which checks the bounds the verifier needs.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use guard_common::{PROTO_IDX_TCP, PROTO_IDX_UDP};
+use guard_common::{FlowKey, PROTO_IDX_TCP, PROTO_IDX_UDP};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
@@ -77,6 +77,28 @@ impl Flow {
             IPPROTO_UDP
         }
     }
+    /// The flow key of an inbound packet: the remote end is the source.
+    pub fn ingress_key(&self) -> FlowKey {
+        FlowKey {
+            remote: self.src,
+            local_port: self.dport,
+            remote_port: self.sport,
+            proto: self.ip_proto(),
+            _pad: [0; 3],
+        }
+    }
+
+    /// The flow key of an outbound packet: the remote end is the destination.
+    pub fn egress_key(&self) -> FlowKey {
+        FlowKey {
+            remote: self.dst,
+            local_port: self.sport,
+            remote_port: self.dport,
+            proto: self.ip_proto(),
+            _pad: [0; 3],
+        }
+    }
+
     /// The IPv4 source address (meaningful when `v4`).
     pub fn src_v4(&self) -> [u8; 4] {
         [self.src[12], self.src[13], self.src[14], self.src[15]]

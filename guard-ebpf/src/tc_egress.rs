@@ -8,7 +8,7 @@
 //! the flow's timestamp is older than `FLOW_REFRESH_NS`.
 
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
-use guard_common::{FLOW_REFRESH_NS, FlowKey, FlowState, PROTO_IDX_TCP};
+use guard_common::{FLOW_REFRESH_NS, FlowState, PROTO_IDX_TCP};
 
 use crate::{
     maps::GUARD_FLOWS,
@@ -29,13 +29,7 @@ fn record(flow: &Flow) {
     if flow.proto_idx == PROTO_IDX_TCP && flow.tcp_flags & TCP_RST != 0 {
         return;
     }
-    let key = FlowKey {
-        remote: flow.dst,
-        local_port: flow.sport,
-        remote_port: flow.dport,
-        proto: flow.ip_proto(),
-        _pad: [0; 3],
-    };
+    let key = flow.egress_key();
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     match GUARD_FLOWS.get_ptr_mut(&key) {

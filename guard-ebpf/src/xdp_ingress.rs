@@ -28,7 +28,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use guard_common::{
     ACTION_ALLOW, ACTION_DENY, CLASS_BITS, CLASS_LENS_USE_TRIE, EVENT_AUDIT_DROP, EVENT_DROP,
-    FlowKey, IngressConfig, MAX_CLASS_PREFIX_LENS, MODE_ENFORCE, MODE_UNSET, PORT_ACTION_MASK,
+    IngressConfig, MAX_CLASS_PREFIX_LENS, MODE_ENFORCE, MODE_UNSET, PORT_ACTION_MASK,
     PORT_ACTION_SHIFT, PORT_DIRECT, PORT_FAILSAFE, PORT_VALUE_MASK, PROTO_IDX_TCP,
     REASON_FRAGMENT_PASSED, REASON_MALFORMED, REASON_NOT_TCP_UDP, REASON_POLICY,
     REASON_REPLY_PASSED, REASON_UNSUPPORTED, RULE_DEFAULT, RULE_FAILSAFE, RULE_REPLY, RuleRef,
@@ -226,13 +226,7 @@ fn is_reply(flow: &Flow, config: &IngressConfig) -> bool {
     if tcp && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         return false;
     }
-    let key = FlowKey {
-        remote: flow.src,
-        local_port: flow.dport,
-        remote_port: flow.sport,
-        proto: flow.ip_proto(),
-        _pad: [0; 3],
-    };
+    let key = flow.ingress_key();
     let Some(state) = GUARD_FLOWS.get_ptr(&key) else {
         return false;
     };

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::{
         ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
         tc::{self, SchedClassifierLinkId},
@@ -16,8 +16,8 @@ use aya::{
     util::KernelVersion,
 };
 use guard_common::{
-    ClassLens, IngressConfig, MAX_CLASSES, MAX_RULES, MAX_SRC_ENTRIES, RuleRef, SrcKeyV4, SrcKeyV6,
-    maps, programs,
+    ClassLens, IngressConfig, MAX_CLASSES, MAX_RULES, MAX_SRC_ENTRIES, PortStats, RuleRef,
+    RuleStats, SrcKeyV4, SrcKeyV6, maps, programs,
 };
 
 use crate::{
@@ -321,22 +321,9 @@ impl Guard {
 
     /// Current counters, summed over CPUs.
     pub fn counters(&self, rules: &[RuleInfo], slots: &[PortSlot]) -> Result<Counters, LoadError> {
-        let get = |name: &'static str| self.ebpf.map(name).ok_or(LoadError::MissingMap(name));
-        let maps = CounterMaps {
-            rules: get(maps::RULE_STATS)?
-                .try_into()
-                .map_err(map_err(maps::RULE_STATS))?,
-            reasons: get(maps::REASONS)?
-                .try_into()
-                .map_err(map_err(maps::REASONS))?,
-            ports: get(maps::PORT_STATS)?
-                .try_into()
-                .map_err(map_err(maps::PORT_STATS))?,
-            events: get(maps::EVENT_STATS)?
-                .try_into()
-                .map_err(map_err(maps::EVENT_STATS))?,
-        };
-        maps.read(rules, slots).map_err(map_err(maps::RULE_STATS))
+        counter_maps(|name| self.ebpf.map(name).ok_or(LoadError::MissingMap(name)))?
+            .read(rules, slots)
+            .map_err(map_err(maps::RULE_STATS))
     }
 }
 
@@ -429,23 +416,36 @@ pub fn pinned_counters(
     rules: &[RuleInfo],
     slots: &[PortSlot],
 ) -> Result<Counters, LoadError> {
-    let open = |name: &'static str| -> Result<Map, LoadError> {
+    counter_maps(|name| {
         let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
         Map::from_map_data(data).map_err(map_err(name))
-    };
-    let maps = CounterMaps {
-        rules: open(maps::RULE_STATS)?
+    })?
+    .read(rules, slots)
+    .map_err(map_err(maps::RULE_STATS))
+}
+
+/// The counter maps, each taken by name through `get` (a live `&Map` or a pinned `Map`).
+fn counter_maps<M, T>(
+    mut get: impl FnMut(&'static str) -> Result<M, LoadError>,
+) -> Result<CounterMaps<T>, LoadError>
+where
+    T: std::borrow::Borrow<MapData>,
+    M: TryInto<PerCpuArray<T, RuleStats>, Error = MapError>
+        + TryInto<PerCpuArray<T, u64>, Error = MapError>
+        + TryInto<PerCpuArray<T, PortStats>, Error = MapError>,
+{
+    Ok(CounterMaps {
+        rules: get(maps::RULE_STATS)?
             .try_into()
             .map_err(map_err(maps::RULE_STATS))?,
-        reasons: open(maps::REASONS)?
+        reasons: get(maps::REASONS)?
             .try_into()
             .map_err(map_err(maps::REASONS))?,
-        ports: open(maps::PORT_STATS)?
+        ports: get(maps::PORT_STATS)?
             .try_into()
             .map_err(map_err(maps::PORT_STATS))?,
-        events: open(maps::EVENT_STATS)?
+        events: get(maps::EVENT_STATS)?
             .try_into()
             .map_err(map_err(maps::EVENT_STATS))?,
-    };
-    maps.read(rules, slots).map_err(map_err(maps::RULE_STATS))
+    })
 }

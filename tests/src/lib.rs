@@ -154,6 +154,20 @@ impl TestNet {
         }
     }
 
+    /// Connects over TCP from inside the namespace to `to`; `Ok` on success, the error kind
+    /// otherwise (`TimedOut` when the SYN was dropped).
+    pub fn connect(
+        &self,
+        to: std::net::SocketAddr,
+        timeout: Duration,
+    ) -> Result<(), std::io::ErrorKind> {
+        self.ns.run(|| {
+            std::net::TcpStream::connect_timeout(&to, timeout)
+                .map(drop)
+                .map_err(|e| e.kind())
+        })
+    }
+
     /// True when an XDP program is attached to the host end.
     pub fn has_xdp(&self) -> bool {
         let out = sh(&["ip", "-d", "link", "show", "dev", &self.host_if]);

@@ -3,7 +3,7 @@
 
 use std::{
     io::{ErrorKind, Read as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{SocketAddr, TcpListener, UdpSocket},
     process::Output,
     time::Duration,
 };
@@ -21,15 +21,6 @@ fn udp_socket(net: &TestNet) -> (UdpSocket, SocketAddr) {
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let a = s.local_addr().unwrap();
     (s, a)
-}
-
-/// Connects from inside the namespace; Ok on success, the error kind otherwise.
-fn connect_from(net: &TestNet, to: SocketAddr, timeout: Duration) -> Result<(), ErrorKind> {
-    net.ns.run(|| {
-        TcpStream::connect_timeout(&to, timeout)
-            .map(drop)
-            .map_err(|e| e.kind())
-    })
 }
 
 fn send_udp_from(net: &TestNet, to: SocketAddr, payload: &[u8]) {
@@ -80,24 +71,18 @@ fn allowed_port_connects_denied_port_times_out_and_counters_say_so() {
     let (udp_ok, udp_ok_addr) = udp_socket(&net);
     let (udp_no, udp_no_addr) = udp_socket(&net);
     // Before guard: both ports reachable (the test network itself works).
-    assert_eq!(
-        connect_from(&net, tcp_no_addr, Duration::from_secs(3)),
-        Ok(())
-    );
+    assert_eq!(net.connect(tcp_no_addr, Duration::from_secs(3)), Ok(()));
 
     let policy = policy_for(&net, "enforce", tcp_ok_addr.port(), udp_ok_addr.port());
     let mut daemon = Daemon::start(&["--policy", policy.arg(), "--kernel-log", "debug"]);
     assert!(net.has_xdp(), "XDP should be attached to {}", net.host_if);
 
-    assert_eq!(
-        connect_from(&net, tcp_ok_addr, Duration::from_secs(3)),
-        Ok(())
-    );
+    assert_eq!(net.connect(tcp_ok_addr, Duration::from_secs(3)), Ok(()));
     let (mut conn, _) = tcp_ok.accept().expect("accept the allowed connection");
     conn.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     assert_eq!(conn.read(&mut [0u8; 1]).expect("peer closed"), 0);
     assert_eq!(
-        connect_from(&net, tcp_no_addr, Duration::from_millis(1500)),
+        net.connect(tcp_no_addr, Duration::from_millis(1500)),
         Err(ErrorKind::TimedOut),
         "a denied port must time out (SYN dropped), not be refused"
     );
@@ -145,7 +130,7 @@ fn allowed_port_connects_denied_port_times_out_and_counters_say_so() {
     assert!(!net.has_xdp(), "SIGTERM must detach");
     assert!(!daemon.dirs.pin_dir.exists(), "pins removed on shutdown");
     assert_eq!(
-        connect_from(&net, tcp_no_addr, Duration::from_secs(3)),
+        net.connect(tcp_no_addr, Duration::from_secs(3)),
         Ok(()),
         "after detach the port is reachable again"
     );
@@ -168,7 +153,7 @@ fn embedded_default_policy_audits_and_drops_nothing() {
     );
     assert!(log.contains("guard auditing"), "{log}");
     assert_eq!(
-        connect_from(&net, addr, Duration::from_secs(3)),
+        net.connect(addr, Duration::from_secs(3)),
         Ok(()),
         "audit mode drops nothing"
     );

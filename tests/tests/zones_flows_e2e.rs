@@ -3,20 +3,12 @@
 
 use std::{
     io::{ErrorKind, Read as _, Write as _},
-    net::{SocketAddr, TcpListener, TcpStream, UdpSocket},
+    net::{TcpListener, TcpStream, UdpSocket},
     thread,
     time::{Duration, Instant},
 };
 
 use guard_tests::{Daemon, PolicyFile, TestNet, rule_packets};
-
-fn connect_from(net: &TestNet, to: SocketAddr, timeout: Duration) -> Result<(), ErrorKind> {
-    net.ns.run(|| {
-        TcpStream::connect_timeout(&to, timeout)
-            .map(drop)
-            .map_err(|e| e.kind())
-    })
-}
 
 fn reason(stats: &serde_json::Value, name: &str) -> u64 {
     stats["reasons"]
@@ -70,20 +62,13 @@ action = "deny"
     let daemon = Daemon::start(&["--policy", policy.arg()]);
     let t = Duration::from_secs(3);
     assert_eq!(
-        connect_from(&internal, (internal.host_ip, public).into(), t),
+        internal.connect((internal.host_ip, public).into(), t),
         Ok(())
     );
-    assert_eq!(connect_from(&dmz, (dmz.host_ip, public).into(), t), Ok(()));
+    assert_eq!(dmz.connect((dmz.host_ip, public).into(), t), Ok(()));
+    assert_eq!(internal.connect((internal.host_ip, mgmt).into(), t), Ok(()));
     assert_eq!(
-        connect_from(&internal, (internal.host_ip, mgmt).into(), t),
-        Ok(())
-    );
-    assert_eq!(
-        connect_from(
-            &dmz,
-            (dmz.host_ip, mgmt).into(),
-            Duration::from_millis(1500)
-        ),
+        dmz.connect((dmz.host_ip, mgmt).into(), Duration::from_millis(1500)),
         Err(ErrorKind::TimedOut),
         "the DMZ must not reach the management port"
     );
@@ -158,7 +143,7 @@ fn replies_to_connections_the_host_opens_pass_under_default_deny() {
     echo_udp.join().unwrap();
 
     assert_eq!(
-        connect_from(&net, unsolicited, Duration::from_millis(1500)),
+        net.connect(unsolicited, Duration::from_millis(1500)),
         Err(ErrorKind::TimedOut),
         "unsolicited connections are still dropped"
     );

@@ -182,16 +182,7 @@ fn guard_row(rules: usize) -> Row {
 }
 
 fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&guard_tests::sh(args).stdout).into_owned()
 }
 
 /// xdp-filter (deny policy, port 80 allowed) on a veth of its own, run with bpftool.
