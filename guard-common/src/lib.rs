@@ -8,7 +8,7 @@
 
 /// Names of the maps in the eBPF object (at most 15 bytes: the kernel's name limit).
 pub mod maps {
-    /// `Array<IngressConfig>`, one entry: mode and default action.
+    /// `Array<GuardConfig>`, one entry: mode and default action.
     pub const CONFIG: &str = "GUARD_CONFIG";
     /// `Array<u32>`, `2 * 65536` entries indexed by [`super::port_index`]: the port class of
     /// each (protocol, destination port), or'd with [`super::PORT_FAILSAFE`].
@@ -43,8 +43,27 @@ pub mod maps {
     /// `PerCpuArray<u64>` indexed by the `EVENTS_*` constants.
     pub const EVENT_STATS: &str = "GUARD_EVSTATS";
 
+    /// `Array<u32>`, [`super::PORTS_LEN`] entries indexed by [`super::port_index`]: 1 when
+    /// `bind()` to that (protocol, port) is allowed (`[listen]`).
+    pub const LISTEN: &str = "GUARD_LISTEN";
+    /// `PerCpuHashMap<u32, u64>` keyed by [`super::port_index`]: denied `bind()` calls.
+    pub const BIND_DENIED: &str = "GUARD_BINDDENY";
+    /// `PerCpuHashMap<u32, ConnStats>` keyed by [`super::conn_key`]: TCP connections
+    /// established and closed per local port (inbound) and per remote port (outbound).
+    pub const CONN_STATS: &str = "GUARD_CONNSTAT";
+    /// `PerCpuHashMap<u32, RttHist>` keyed by [`super::conn_key`]: smoothed-RTT histogram.
+    pub const RTT_HIST: &str = "GUARD_RTT";
+    /// `LruHashMap<u64, u32>`: socket cookie to [`super::conn_key`], for sockets guard saw
+    /// established (so each close is counted once, for the right port).
+    pub const SOCKETS: &str = "GUARD_SOCKS";
+
     /// Every map the loader must find in the object.
-    pub const ALL: [&str; 15] = [
+    pub const ALL: [&str; 20] = [
+        LISTEN,
+        BIND_DENIED,
+        CONN_STATS,
+        RTT_HIST,
+        SOCKETS,
         CONFIG,
         PORTS,
         PORT_SLOTS,
@@ -62,7 +81,16 @@ pub mod maps {
         EVENT_STATS,
     ];
     /// Maps holding counters or state that must survive a policy change (pinned).
-    pub const PINNED: [&str; 5] = [RULE_STATS, REASONS, PORT_STATS, EVENT_STATS, FLOWS];
+    pub const PINNED: [&str; 8] = [
+        RULE_STATS,
+        REASONS,
+        PORT_STATS,
+        EVENT_STATS,
+        FLOWS,
+        BIND_DENIED,
+        CONN_STATS,
+        RTT_HIST,
+    ];
 }
 
 /// Names of the programs in the eBPF object.
@@ -73,15 +101,20 @@ pub mod programs {
     pub const TC_EGRESS: &str = "guard_tc_egress";
     /// An XDP program that only returns XDP_PASS: the benchmark floor.
     pub const XDP_FLOOR: &str = "guard_xdp_floor";
+    /// cgroup `bind()` hooks enforcing `[listen]`.
+    pub const BIND4: &str = "guard_bind4";
+    pub const BIND6: &str = "guard_bind6";
+    /// cgroup sock_ops connection accounting.
+    pub const SOCK_OPS: &str = "guard_sock_ops";
 }
 
-/// Whole-policy mode, in [`IngressConfig::mode`].
+/// Whole-policy mode, in [`GuardConfig::mode`].
 pub const MODE_UNSET: u32 = 0;
 pub const MODE_ENFORCE: u32 = 1;
 pub const MODE_AUDIT: u32 = 2;
 
 /// A verdict a rule (or the default) asks for, in [`RuleRef::action`] and
-/// [`IngressConfig::default_action`].
+/// [`GuardConfig::default_action`].
 pub const ACTION_ALLOW: u32 = 1;
 pub const ACTION_DENY: u32 = 2;
 /// Deny, but only count and report it ("would drop"); the packet passes.
@@ -157,6 +190,8 @@ pub const MAX_PORT_SLOTS: u32 = 4096;
 pub const PORT_SLOT_OTHER_TCP: u32 = PROTO_IDX_TCP;
 pub const PORT_SLOT_OTHER_UDP: u32 = PROTO_IDX_UDP;
 pub const PORT_SLOT_FIRST_NAMED: u32 = 2;
+/// Capacity of [`maps::SOCKETS`]: established TCP sockets tracked for close and RTT.
+pub const MAX_SOCKETS: u32 = 65536;
 /// Capacity of [`maps::EVENT_BUCKETS`].
 pub const MAX_EVENT_SOURCES: u32 = 16384;
 /// Size of [`maps::EVENTS`] in bytes (a power of two, a multiple of the page size).
@@ -168,11 +203,29 @@ pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 /// Event kinds, in [`Event::kind`].
 pub const EVENT_DROP: u32 = 1;
 pub const EVENT_AUDIT_DROP: u32 = 2;
+/// A `bind()` to a port `[listen]` does not allow (audit mode: allowed, reported).
+pub const EVENT_BIND_DENIED: u32 = 3;
+/// Flag in [`Event::flags`]: audit mode, nothing was denied.
+pub const EVENT_FLAG_AUDIT: u16 = 1;
+
+/// Direction part of a [`conn_key`].
+pub const CONN_INBOUND: u32 = 0;
+pub const CONN_OUTBOUND: u32 = 1;
+/// Buckets of an [`RttHist`]: bucket `i` counts smoothed RTTs in `[2^i, 2^(i+1))` µs
+/// (bucket 0 also counts 0 µs; the last bucket everything from 2^(RTT_BUCKETS-1) µs on).
+pub const RTT_BUCKETS: usize = 24;
+
+/// Key of [`maps::CONN_STATS`] and [`maps::RTT_HIST`]: direction and port (the local port
+/// for inbound connections, the remote port for outbound ones).
+#[inline(always)]
+pub const fn conn_key(direction: u32, port: u16) -> u32 {
+    (direction << 16) | port as u32
+}
 
 /// The single entry of [`maps::CONFIG`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IngressConfig {
+pub struct GuardConfig {
     /// `MODE_*`. `MODE_UNSET` only exists before the loader writes the entry, which it does
     /// before attaching; the program passes everything in that state.
     pub mode: u32,
@@ -187,6 +240,9 @@ pub struct IngressConfig {
     pub tcp_flow_timeout_ns: u64,
     /// Replies pass for this long after the host last sent on a UDP flow.
     pub udp_flow_timeout_ns: u64,
+    /// 1 when `[listen]` is present: `bind()` outside it is denied (audit: reported).
+    pub listen_enforced: u32,
+    pub _pad: u32,
 }
 
 /// Value of the source tries: which rule matched and what it asks for.
@@ -307,6 +363,7 @@ pub struct Event {
     pub ts_ns: u64,
     /// `EVENT_*`.
     pub kind: u32,
+    /// The rule index (packet events); 0 for socket events.
     pub rule: u32,
     /// IPv4 addresses IPv4-mapped; see `family`.
     pub src: [u8; 16],
@@ -317,10 +374,30 @@ pub struct Event {
     pub family: u8,
     /// IPPROTO_TCP or IPPROTO_UDP.
     pub proto: u8,
-    pub _pad: u16,
+    /// `EVENT_FLAG_*`.
+    pub flags: u16,
     pub ifindex: u32,
     /// Events from this source suppressed by the rate limit since its previous event.
     pub suppressed: u32,
+    /// Socket events: the process (thread group id) and its command name.
+    pub pid: u32,
+    pub _pad: u32,
+    pub comm: [u8; 16],
+}
+
+/// Value of [`maps::CONN_STATS`] (per CPU). Active connections = established - closed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ConnStats {
+    pub established: u64,
+    pub closed: u64,
+}
+
+/// Value of [`maps::RTT_HIST`] (per CPU): counts of smoothed-RTT samples per log2 bucket.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RttHist {
+    pub buckets: [u64; RTT_BUCKETS],
 }
 
 /// Per-rule counters (one per CPU in [`maps::RULE_STATS`]).
@@ -331,7 +408,7 @@ pub struct RuleStats {
     pub bytes: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<IngressConfig>() == 40);
+const _: () = assert!(core::mem::size_of::<GuardConfig>() == 48);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ClassLens>() == 24);
 const _: () = assert!(core::mem::size_of::<SrcHashKeyV4>() == 12);
@@ -339,7 +416,9 @@ const _: () = assert!(core::mem::size_of::<SrcHashKeyV6>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
 const _: () = assert!(core::mem::size_of::<PortStats>() == 16);
 const _: () = assert!(core::mem::size_of::<EventBucket>() == 16);
-const _: () = assert!(core::mem::size_of::<Event>() == 64);
+const _: () = assert!(core::mem::size_of::<Event>() == 88);
+const _: () = assert!(core::mem::size_of::<ConnStats>() == 16);
+const _: () = assert!(core::mem::size_of::<RttHist>() == 8 * RTT_BUCKETS);
 const _: () = assert!(core::mem::size_of::<RuleRef>() == 8);
 const _: () = assert!(core::mem::size_of::<SrcKeyV4>() == 8);
 const _: () = assert!(core::mem::size_of::<SrcKeyV6>() == 20);
@@ -349,7 +428,7 @@ const _: () = assert!(core::mem::size_of::<RuleStats>() == 16);
 mod pod {
     // SAFETY: all of these are repr(C), made only of integers and byte arrays, without padding
     // (checked by the size assertions above), so every bit pattern is valid.
-    unsafe impl aya::Pod for super::IngressConfig {}
+    unsafe impl aya::Pod for super::GuardConfig {}
     unsafe impl aya::Pod for super::RuleRef {}
     unsafe impl aya::Pod for super::SrcKeyV4 {}
     unsafe impl aya::Pod for super::SrcKeyV6 {}
@@ -362,4 +441,6 @@ mod pod {
     unsafe impl aya::Pod for super::PortStats {}
     unsafe impl aya::Pod for super::EventBucket {}
     unsafe impl aya::Pod for super::Event {}
+    unsafe impl aya::Pod for super::ConnStats {}
+    unsafe impl aya::Pod for super::RttHist {}
 }

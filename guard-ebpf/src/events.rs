@@ -1,31 +1,53 @@
-//! Deny events: rate-limited per source in the kernel, then sent through a ring buffer, so
-//! a flood from one source costs userspace at most its rate.
+//! Events: rate-limited per key in the kernel (the source address for packets, the process
+//! for socket events), then sent through a ring buffer, so a flood from one source costs
+//! userspace at most its rate.
 //!
-//! The limiter is GCRA (one timestamp per source in an LRU map). Suppressed events are
-//! counted globally and per source; the source's next event carries its count. A full ring
-//! buffer loses the event and counts it. Updates from several CPUs to one source's bucket
-//! may race; the limit is then approximate, never a reason to drop or pass a packet.
+//! The limiter is GCRA (one timestamp per key in an LRU map). Suppressed events are counted
+//! globally and per key; the key's next event carries its count. A full ring buffer loses
+//! the event and counts it. Updates from several CPUs to one key's bucket may race; the
+//! limit is then approximate, never a reason to drop or pass a packet.
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
-use guard_common::{
-    EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED, Event, EventBucket, IngressConfig,
-};
+use guard_common::{EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED, Event, EventBucket, GuardConfig};
 
 use crate::{
     maps::{GUARD_EVBUCKET, GUARD_EVENTS, GUARD_EVSTATS, bump},
     packet::Flow,
 };
 
-/// Reports a deny (`kind` = `EVENT_DROP` or `EVENT_AUDIT_DROP`) of `flow` by `rule`.
+/// Reports a packet deny (`kind` = `EVENT_DROP` or `EVENT_AUDIT_DROP`) of `flow` by `rule`,
+/// limited per source address.
 #[inline(always)]
-pub fn report(ctx: &XdpContext, flow: &Flow, kind: u32, rule: u32, config: &IngressConfig) {
+pub fn report_packet(ctx: &XdpContext, flow: &Flow, kind: u32, rule: u32, config: &GuardConfig) {
+    send(
+        Event {
+            kind,
+            rule,
+            src: flow.src,
+            dst: flow.dst,
+            sport: flow.sport,
+            dport: flow.dport,
+            family: if flow.v4 { 4 } else { 6 },
+            proto: flow.ip_proto(),
+            ifindex: ctx.ingress_ifindex() as u32,
+            ..Event::default()
+        },
+        &flow.src,
+        config,
+    );
+}
+
+/// Sends `event` (its timestamp and suppressed count are filled in here) unless `limit_key`
+/// is over its rate.
+#[inline(always)]
+pub fn send(mut event: Event, limit_key: &[u8; 16], config: &GuardConfig) {
     let interval = config.event_interval_ns;
     if interval == 0 {
         return;
     }
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let suppressed = match GUARD_EVBUCKET.get_ptr_mut(&flow.src) {
+    let suppressed = match GUARD_EVBUCKET.get_ptr_mut(limit_key) {
         Some(bucket) => {
             // SAFETY: a live map value; concurrent updates only make the limit approximate.
             let bucket = unsafe { &mut *bucket };
@@ -50,27 +72,16 @@ pub fn report(ctx: &XdpContext, flow: &Flow, kind: u32, rule: u32, config: &Ingr
                 suppressed: 0,
                 _pad: 0,
             };
-            // A failed insert only means the next packet from this source starts afresh.
-            let _ = GUARD_EVBUCKET.insert(&flow.src, &fresh, 0);
+            // A failed insert only means the next event of this key starts afresh.
+            let _ = GUARD_EVBUCKET.insert(limit_key, &fresh, 0);
             0
         }
     };
+    event.ts_ns = now;
+    event.suppressed = suppressed;
     match GUARD_EVENTS.reserve::<Event>(0) {
         Some(mut entry) => {
-            entry.write(Event {
-                ts_ns: now,
-                kind,
-                rule,
-                src: flow.src,
-                dst: flow.dst,
-                sport: flow.sport,
-                dport: flow.dport,
-                family: if flow.v4 { 4 } else { 6 },
-                proto: flow.ip_proto(),
-                _pad: 0,
-                ifindex: ctx.ingress_ifindex() as u32,
-                suppressed,
-            });
+            entry.write(event);
             entry.submit(0);
             bump(&GUARD_EVSTATS, EVENTS_SENT);
         }

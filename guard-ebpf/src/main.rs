@@ -7,11 +7,15 @@
 #![cfg_attr(target_arch = "bpf", deny(warnings))]
 
 #[cfg(target_arch = "bpf")]
+mod cgroup_bind;
+#[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;
+#[cfg(target_arch = "bpf")]
+mod sock_ops;
 #[cfg(target_arch = "bpf")]
 mod tc_egress;
 #[cfg(target_arch = "bpf")]
@@ -21,8 +25,8 @@ mod xdp_ingress;
 mod entry {
     use aya_ebpf::{
         bindings::xdp_action::XDP_PASS,
-        macros::{classifier, xdp},
-        programs::{TcContext, XdpContext},
+        macros::{cgroup_sock_addr, classifier, sock_ops, xdp},
+        programs::{SockAddrContext, SockOpsContext, TcContext, XdpContext},
     };
 
     /// XDP ingress filter on every interface the policy names.
@@ -35,6 +39,24 @@ mod entry {
     #[classifier]
     pub fn guard_tc_egress(ctx: TcContext) -> i32 {
         crate::tc_egress::run(&ctx)
+    }
+
+    /// `bind()` of IPv4 sockets in the guarded cgroup: the `[listen]` allowlist.
+    #[cgroup_sock_addr(bind4)]
+    pub fn guard_bind4(ctx: SockAddrContext) -> i32 {
+        crate::cgroup_bind::run(&ctx, false)
+    }
+
+    /// `bind()` of IPv6 sockets in the guarded cgroup.
+    #[cgroup_sock_addr(bind6)]
+    pub fn guard_bind6(ctx: SockAddrContext) -> i32 {
+        crate::cgroup_bind::run(&ctx, true)
+    }
+
+    /// TCP connection accounting for the guarded cgroup.
+    #[sock_ops]
+    pub fn guard_sock_ops(ctx: SockOpsContext) -> u32 {
+        crate::sock_ops::run(&ctx)
     }
 
     /// Returns XDP_PASS and nothing else: the floor `cargo xtask bench` measures against.

@@ -2,18 +2,19 @@
 //! constants, which is how the loader finds them.
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use guard_common::{
-    ClassLens, EVENT_STATS_LEN, EVENTS_BYTES, EventBucket, FlowKey, FlowState, IngressConfig,
-    MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS, MAX_RULES, MAX_SRC_ENTRIES,
-    PORTS_LEN, PortStats, REASONS_LEN, RuleRef, RuleStats, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4,
-    SrcKeyV6,
+    ClassLens, ConnStats, EVENT_STATS_LEN, EVENTS_BYTES, EventBucket, FlowKey, FlowState,
+    GuardConfig, MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS, MAX_RULES, MAX_SOCKETS,
+    MAX_SRC_ENTRIES, PORTS_LEN, PortStats, REASONS_LEN, RttHist, RuleRef, RuleStats, SrcHashKeyV4,
+    SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
 };
 
 #[map]
-pub static GUARD_CONFIG: Array<IngressConfig> = Array::with_max_entries(1, 0);
+pub static GUARD_CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);
 #[map]
 pub static GUARD_PORTS: Array<u32> = Array::with_max_entries(PORTS_LEN, 0);
 #[map]
@@ -46,7 +47,33 @@ pub static GUARD_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 pub static GUARD_EVBUCKET: LruHashMap<[u8; 16], EventBucket> =
     LruHashMap::with_max_entries(MAX_EVENT_SOURCES, 0);
 #[map]
+pub static GUARD_LISTEN: Array<u32> = Array::with_max_entries(PORTS_LEN, 0);
+#[map]
+pub static GUARD_BINDDENY: PerCpuHashMap<u32, u64> =
+    PerCpuHashMap::with_max_entries(PORTS_LEN, BPF_F_NO_PREALLOC);
+#[map]
+pub static GUARD_CONNSTAT: PerCpuHashMap<u32, ConnStats> =
+    PerCpuHashMap::with_max_entries(PORTS_LEN, BPF_F_NO_PREALLOC);
+#[map]
+pub static GUARD_RTT: PerCpuHashMap<u32, RttHist> =
+    PerCpuHashMap::with_max_entries(PORTS_LEN, BPF_F_NO_PREALLOC);
+#[map]
+pub static GUARD_SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
+#[map]
 pub static GUARD_EVSTATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_STATS_LEN, 0);
+
+/// Adds one to a per-CPU hash counter, creating it at 1.
+#[inline(always)]
+pub fn bump_hash(map: &PerCpuHashMap<u32, u64>, key: u32) {
+    match map.get_ptr_mut(&key) {
+        // SAFETY: this CPU's value.
+        Some(count) => unsafe { *count += 1 },
+        None => {
+            // Fails only when the map is full (it has a slot per possible key).
+            let _ = map.insert(&key, &1, 0);
+        }
+    }
+}
 
 /// Adds one to a per-CPU counter array slot.
 #[inline(always)]

@@ -28,7 +28,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use guard_common::{
     ACTION_ALLOW, ACTION_DENY, CLASS_BITS, CLASS_LENS_USE_TRIE, EVENT_AUDIT_DROP, EVENT_DROP,
-    IngressConfig, MAX_CLASS_PREFIX_LENS, MODE_ENFORCE, MODE_UNSET, PORT_ACTION_MASK,
+    GuardConfig, MAX_CLASS_PREFIX_LENS, MODE_ENFORCE, MODE_UNSET, PORT_ACTION_MASK,
     PORT_ACTION_SHIFT, PORT_DIRECT, PORT_FAILSAFE, PORT_VALUE_MASK, PROTO_IDX_TCP,
     REASON_FRAGMENT_PASSED, REASON_MALFORMED, REASON_NOT_TCP_UDP, REASON_POLICY,
     REASON_REPLY_PASSED, REASON_UNSUPPORTED, RULE_DEFAULT, RULE_FAILSAFE, RULE_REPLY, RuleRef,
@@ -86,14 +86,14 @@ pub fn run(ctx: &XdpContext) -> u32 {
             ctx,
             "drop rule={} proto={} dport={}", rule, flow.proto_idx, flow.dport
         );
-        events::report(ctx, &flow, EVENT_DROP, rule, config);
+        events::report_packet(ctx, &flow, EVENT_DROP, rule, config);
         XDP_DROP
     } else {
         debug!(
             ctx,
             "audit_drop rule={} proto={} dport={}", rule, flow.proto_idx, flow.dport
         );
-        events::report(ctx, &flow, EVENT_AUDIT_DROP, rule, config);
+        events::report_packet(ctx, &flow, EVENT_AUDIT_DROP, rule, config);
         XDP_PASS
     }
 }
@@ -221,7 +221,7 @@ fn lookup_source(class: u32, flow: &Flow) -> Option<RuleRef> {
 /// True when `flow` answers a flow the host started recently (recorded by the TC egress
 /// program). A TCP SYN without ACK opens a connection and is never a reply.
 #[inline(always)]
-fn is_reply(flow: &Flow, config: &IngressConfig) -> bool {
+fn is_reply(flow: &Flow, config: &GuardConfig) -> bool {
     let tcp = flow.proto_idx == PROTO_IDX_TCP;
     if tcp && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         return false;

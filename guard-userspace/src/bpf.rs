@@ -7,17 +7,23 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{
+        Array, HashMap, LpmTrie, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf,
+        lpm_trie::Key,
+    },
     programs::{
-        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, SockOps, TcAttachType,
+        Xdp, XdpMode,
+        cgroup_sock_addr::CgroupSockAddrLinkId,
+        sock_ops::SockOpsLinkId,
         tc::{self, SchedClassifierLinkId},
         xdp::XdpLinkId,
     },
     util::KernelVersion,
 };
 use guard_common::{
-    ClassLens, IngressConfig, MAX_CLASSES, MAX_RULES, MAX_SRC_ENTRIES, PortStats, RuleRef,
-    RuleStats, SrcKeyV4, SrcKeyV6, maps, programs,
+    ClassLens, ConnStats, GuardConfig, MAX_CLASSES, MAX_RULES, MAX_SRC_ENTRIES, PortStats, RttHist,
+    RuleRef, RuleStats, SrcKeyV4, SrcKeyV6, maps, programs,
 };
 
 use crate::{
@@ -59,6 +65,20 @@ pub enum LoadError {
     #[error("attaching XDP to interface `{iface}` failed: {source}")]
     Attach {
         iface: String,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("{0} is not a cgroup v2 directory")]
+    NotCgroup2(String),
+    #[error("opening cgroup {path}: {source}")]
+    Cgroup {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("attaching to cgroup {path} failed: {source}")]
+    AttachCgroup {
+        path: String,
         #[source]
         source: ProgramError,
     },
@@ -123,6 +143,13 @@ pub struct Guard {
     ebpf: Ebpf,
     logger: Option<KernelLogger>,
     links: Vec<Link>,
+    cgroup_links: Vec<CgroupLink>,
+}
+
+/// A program guard attached to a cgroup.
+enum CgroupLink {
+    Bind(&'static str, CgroupSockAddrLinkId),
+    SockOps(SockOpsLinkId),
 }
 
 /// What guard attached to one interface.
@@ -184,10 +211,17 @@ impl Guard {
         xdp.load().map_err(program_err(programs::XDP_INGRESS))?;
         let tc: &mut SchedClassifier = program_mut(&mut ebpf, programs::TC_EGRESS)?;
         tc.load().map_err(program_err(programs::TC_EGRESS))?;
+        for name in [programs::BIND4, programs::BIND6] {
+            let bind: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
+            bind.load().map_err(program_err(name))?;
+        }
+        let sock_ops: &mut SockOps = program_mut(&mut ebpf, programs::SOCK_OPS)?;
+        sock_ops.load().map_err(program_err(programs::SOCK_OPS))?;
         Ok(Self {
             ebpf,
             logger,
             links: Vec::new(),
+            cgroup_links: Vec::new(),
         })
     }
 
@@ -260,13 +294,60 @@ impl Guard {
         Ok(mode)
     }
 
+    /// Attaches the `bind()` hooks and sock_ops accounting to the cgroup v2 directory
+    /// `cgroup`. Links are owned by `self`. The mode is `Single` (flags 0) because that is
+    /// what `bpf_link_create` accepts for cgroups; cgroup links always sit alongside the
+    /// other programs attached there (the kernel attaches them with BPF_F_ALLOW_MULTI).
+    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), LoadError> {
+        if !crate::host::is_cgroup2(cgroup) {
+            return Err(LoadError::NotCgroup2(cgroup.display().to_string()));
+        }
+        let dir = std::fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
+            path: cgroup.display().to_string(),
+            source,
+        })?;
+        let attach_err = |source| LoadError::AttachCgroup {
+            path: cgroup.display().to_string(),
+            source,
+        };
+        for name in [programs::BIND4, programs::BIND6] {
+            let bind: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
+            let id = bind
+                .attach(&dir, CgroupAttachMode::Single)
+                .map_err(attach_err)?;
+            self.cgroup_links.push(CgroupLink::Bind(name, id));
+        }
+        let sock_ops: &mut SockOps = program_mut(&mut self.ebpf, programs::SOCK_OPS)?;
+        let id = sock_ops
+            .attach(&dir, CgroupAttachMode::Single)
+            .map_err(attach_err)?;
+        self.cgroup_links.push(CgroupLink::SockOps(id));
+        Ok(())
+    }
+
     /// Interfaces guard is attached to, with the XDP mode.
     pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
         self.links.iter().map(|l| (l.iface.as_str(), l.mode))
     }
 
-    /// Detaches from every interface.
+    /// Detaches from every interface and the cgroup.
     pub fn detach_all(&mut self) {
+        for link in std::mem::take(&mut self.cgroup_links) {
+            let result = match link {
+                CgroupLink::Bind(name, id) => {
+                    program_mut::<CgroupSockAddr>(&mut self.ebpf, name).map(|p| p.detach(id))
+                }
+                CgroupLink::SockOps(id) => {
+                    program_mut::<SockOps>(&mut self.ebpf, programs::SOCK_OPS).map(|p| p.detach(id))
+                }
+            };
+            if let Ok(Err(err)) = result {
+                tracing::warn!(
+                    error = error_chain(&err),
+                    "detaching a cgroup program failed"
+                );
+            }
+        }
         for link in std::mem::take(&mut self.links) {
             if let Ok(xdp) = program_mut::<Xdp>(&mut self.ebpf, programs::XDP_INGRESS)
                 && let Err(err) = xdp.detach(link.xdp)
@@ -353,6 +434,11 @@ fn write_maps(ebpf: &mut Ebpf, lowered: &Lowered) -> Result<(), LoadError> {
     for &(index, value) in &lowered.ports {
         ports.set(index, value, 0).map_err(map_err(maps::PORTS))?;
     }
+    let mut listen =
+        Array::<_, u32>::try_from(map_mut(ebpf, maps::LISTEN)?).map_err(map_err(maps::LISTEN))?;
+    for &index in &lowered.listen {
+        listen.set(index, 1, 0).map_err(map_err(maps::LISTEN))?;
+    }
     let mut slots = Array::<_, u32>::try_from(map_mut(ebpf, maps::PORT_SLOTS)?)
         .map_err(map_err(maps::PORT_SLOTS))?;
     for &(index, slot) in &lowered.port_slots {
@@ -378,7 +464,7 @@ fn write_maps(ebpf: &mut Ebpf, lowered: &Lowered) -> Result<(), LoadError> {
     )?;
     fill_trie::<SrcKeyV4>(map_mut(ebpf, maps::SRC_V4)?, maps::SRC_V4, &lowered.src_v4)?;
     fill_trie::<SrcKeyV6>(map_mut(ebpf, maps::SRC_V6)?, maps::SRC_V6, &lowered.src_v6)?;
-    let mut config = Array::<_, IngressConfig>::try_from(map_mut(ebpf, maps::CONFIG)?)
+    let mut config = Array::<_, GuardConfig>::try_from(map_mut(ebpf, maps::CONFIG)?)
         .map_err(map_err(maps::CONFIG))?;
     config
         .set(0, lowered.config, 0)
@@ -432,7 +518,10 @@ where
     T: std::borrow::Borrow<MapData>,
     M: TryInto<PerCpuArray<T, RuleStats>, Error = MapError>
         + TryInto<PerCpuArray<T, u64>, Error = MapError>
-        + TryInto<PerCpuArray<T, PortStats>, Error = MapError>,
+        + TryInto<PerCpuArray<T, PortStats>, Error = MapError>
+        + TryInto<PerCpuHashMap<T, u32, ConnStats>, Error = MapError>
+        + TryInto<PerCpuHashMap<T, u32, RttHist>, Error = MapError>
+        + TryInto<PerCpuHashMap<T, u32, u64>, Error = MapError>,
 {
     Ok(CounterMaps {
         rules: get(maps::RULE_STATS)?
@@ -447,5 +536,14 @@ where
         events: get(maps::EVENT_STATS)?
             .try_into()
             .map_err(map_err(maps::EVENT_STATS))?,
+        conns: get(maps::CONN_STATS)?
+            .try_into()
+            .map_err(map_err(maps::CONN_STATS))?,
+        rtt: get(maps::RTT_HIST)?
+            .try_into()
+            .map_err(map_err(maps::RTT_HIST))?,
+        bind_denied: get(maps::BIND_DENIED)?
+            .try_into()
+            .map_err(map_err(maps::BIND_DENIED))?,
     })
 }

@@ -80,6 +80,10 @@ pub struct RunArgs {
     /// try a policy on one interface first.
     #[arg(long = "interface", value_name = "IFACE")]
     pub interfaces: Vec<String>,
+    /// Attach the cgroup programs (`[listen]`, connection accounting) to this cgroup v2
+    /// directory instead of the policy's `cgroup` (default: the cgroup2 root).
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
     /// Kernel log records to emit; `debug` logs every dropped packet (costly).
     #[arg(long, value_enum, default_value_t)]
     pub kernel_log: KernelLog,

@@ -105,6 +105,32 @@ pub fn stats(run_dir: &Path, json: bool) -> Result<(), Failure> {
             );
         }
     }
+    if !counters.connections.is_empty() {
+        println!();
+        println!(
+            "{:<9}  {:>5}  {:>12}  {:>8}  {:>12}  {:>10}  {:>10}",
+            "DIRECTION", "PORT", "ESTABLISHED", "ACTIVE", "CLOSED", "RTT p50", "RTT p99"
+        );
+        for c in &counters.connections {
+            let q = |q| {
+                c.rtt_quantile_us(q)
+                    .map_or_else(|| "-".to_owned(), |us| format!("<{us}us"))
+            };
+            println!(
+                "{:<9}  {:>5}  {:>12}  {:>8}  {:>12}  {:>10}  {:>10}",
+                c.direction,
+                c.port,
+                c.established,
+                c.active,
+                c.closed,
+                q(0.5),
+                q(0.99)
+            );
+        }
+    }
+    for b in &counters.bind_denied {
+        println!("bind denied: {}/{} x{}", b.proto, b.port, b.count);
+    }
     let ev = counters.events;
     println!(
         "events: sent={} suppressed={} lost={}",
@@ -149,6 +175,7 @@ pub fn status(run_dir: &Path, json: bool) -> Result<(), Failure> {
             })
             .collect();
         println!("interfaces {}", ifaces.join(", "));
+        println!("cgroup     {} (bind hooks, sock_ops)", st.cgroup.display());
         println!("uptime     {}s", now.saturating_sub(st.started_at));
         println!("rules      {}", st.rules.len());
     }

@@ -2,11 +2,12 @@
 
 use std::borrow::Borrow;
 
-use aya::maps::{MapData, MapError, PerCpuArray};
+use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
 use guard_common::{
-    EVENT_STATS_LEN, EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED, PortStats,
-    REASON_FRAGMENT_PASSED, REASON_MALFORMED, REASON_NOT_TCP_UDP, REASON_POLICY,
-    REASON_REPLY_PASSED, REASON_UNSUPPORTED, REASONS_LEN, RuleStats,
+    CONN_INBOUND, ConnStats, EVENT_STATS_LEN, EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED,
+    PROTO_IDX_TCP, PortStats, REASON_FRAGMENT_PASSED, REASON_MALFORMED, REASON_NOT_TCP_UDP,
+    REASON_POLICY, REASON_REPLY_PASSED, REASON_UNSUPPORTED, REASONS_LEN, RTT_BUCKETS, RttHist,
+    RuleStats,
 };
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +58,45 @@ pub struct EventCounters {
     pub lost: u64,
 }
 
+/// TCP connections of one port seen by sock_ops in the guarded cgroup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnCounter {
+    /// `inbound` (the local port accepted them) or `outbound` (the host connected to this
+    /// remote port).
+    pub direction: String,
+    pub port: u16,
+    pub established: u64,
+    pub closed: u64,
+    /// Established and not closed yet.
+    pub active: u64,
+    /// Smoothed-RTT samples: `rtt_log2_us[i]` counts samples in [2^i, 2^(i+1)) µs.
+    pub rtt_log2_us: Vec<u64>,
+}
+
+impl ConnCounter {
+    /// The upper bound (µs) of the histogram bucket holding quantile `q` of the RTT samples.
+    pub fn rtt_quantile_us(&self, q: f64) -> Option<u64> {
+        let total: u64 = self.rtt_log2_us.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        self.rtt_log2_us.iter().enumerate().find_map(|(i, n)| {
+            seen += n;
+            (seen >= rank).then(|| 1u64 << (i + 1))
+        })
+    }
+}
+
+/// Denied `bind()` calls for one port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BindDenied {
+    pub proto: String,
+    pub port: u16,
+    pub count: u64,
+}
+
 /// One snapshot of the kernel counters.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -66,9 +106,19 @@ pub struct Counters {
     /// The ports the policy names, and `other` per protocol.
     pub ports: Vec<PortCounter>,
     pub events: EventCounters,
+    /// Per port and direction, by direction then port.
+    pub connections: Vec<ConnCounter>,
+    pub bind_denied: Vec<BindDenied>,
 }
 
 impl Counters {
+    /// The connection counter of a port in a direction (`inbound` or `outbound`).
+    pub fn connection(&self, direction: &str, port: u16) -> Option<&ConnCounter> {
+        self.connections
+            .iter()
+            .find(|c| c.direction == direction && c.port == port)
+    }
+
     /// The counter of the rule called `name`.
     pub fn rule(&self, name: &str) -> Option<&RuleCounter> {
         self.rules.iter().find(|r| r.rule == name)
@@ -96,6 +146,9 @@ pub struct CounterMaps<T> {
     pub reasons: PerCpuArray<T, u64>,
     pub ports: PerCpuArray<T, PortStats>,
     pub events: PerCpuArray<T, u64>,
+    pub conns: PerCpuHashMap<T, u32, ConnStats>,
+    pub rtt: PerCpuHashMap<T, u32, RttHist>,
+    pub bind_denied: PerCpuHashMap<T, u32, u64>,
 }
 
 impl<T: Borrow<MapData>> CounterMaps<T> {
@@ -152,11 +205,56 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
             suppressed: sum(&self.events, EVENTS_SUPPRESSED)?,
             lost: sum(&self.events, EVENTS_LOST)?,
         };
+        let mut connections = Vec::new();
+        for entry in self.conns.iter() {
+            let (key, per_cpu) = entry?;
+            let (established, closed) = per_cpu
+                .iter()
+                .fold((0, 0), |(e, c), s| (e + s.established, c + s.closed));
+            let rtt_log2_us = match self.rtt.get(&key, 0) {
+                Ok(per_cpu) => (0..RTT_BUCKETS)
+                    .map(|b| per_cpu.iter().map(|h| h.buckets[b]).sum())
+                    .collect(),
+                Err(MapError::KeyNotFound) => vec![0; RTT_BUCKETS],
+                Err(e) => return Err(e),
+            };
+            connections.push(ConnCounter {
+                direction: if key >> 16 == CONN_INBOUND {
+                    "inbound"
+                } else {
+                    "outbound"
+                }
+                .to_owned(),
+                port: key as u16,
+                established,
+                closed,
+                active: established.saturating_sub(closed),
+                rtt_log2_us,
+            });
+        }
+        connections.sort_by(|a, b| (&a.direction, a.port).cmp(&(&b.direction, b.port)));
+        let mut bind_denied = Vec::new();
+        for entry in self.bind_denied.iter() {
+            let (key, per_cpu) = entry?;
+            bind_denied.push(BindDenied {
+                proto: if key >> 16 == PROTO_IDX_TCP {
+                    "tcp"
+                } else {
+                    "udp"
+                }
+                .to_owned(),
+                port: key as u16,
+                count: per_cpu.iter().sum(),
+            });
+        }
+        bind_denied.sort_by(|a, b| (&a.proto, a.port).cmp(&(&b.proto, b.port)));
         Ok(Counters {
             rules: rule_counters,
             reasons,
             ports,
             events,
+            connections,
+            bind_denied,
         })
     }
 }

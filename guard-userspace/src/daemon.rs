@@ -55,6 +55,21 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
         }
         resolve_interfaces(&specs)?
     };
+    let cgroup = match args
+        .cgroup
+        .clone()
+        .or_else(|| checked.policy.cgroup.clone())
+    {
+        Some(path) => path,
+        None => host::cgroup2_root()
+            .map_err(|e| Failure::Runtime(format!("finding the cgroup2 root: {e}")))?,
+    };
+    if !host::is_cgroup2(&cgroup) {
+        return Err(Failure::Runtime(format!(
+            "{} is not a cgroup v2 directory",
+            cgroup.display()
+        )));
+    }
     let lowered = policy::lower(&checked.policy);
 
     state::create_run_dir(run_dir).map_err(|e| runtime("creating", run_dir, e))?;
@@ -73,6 +88,10 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
             xdp_mode: mode,
         });
     }
+    // On error `guard` is dropped, which detaches everything attached so far.
+    guard
+        .attach_cgroup(&cgroup)
+        .map_err(|e| Failure::Runtime(error_chain(&e)))?;
     if pin_dir.exists() {
         // We hold the lock, so these are a dead daemon's pins.
         fs::remove_dir_all(pin_dir).map_err(|e| runtime("removing stale pins in", pin_dir, e))?;
@@ -94,6 +113,7 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
         policy_hash: checked.hash.clone(),
         mode: mode.clone(),
         interfaces: attached,
+        cgroup: cgroup.clone(),
         pin_dir: pin_dir.to_path_buf(),
         rules: lowered.rules.clone(),
         port_slots: lowered.slots.clone(),
@@ -102,6 +122,8 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
     info!(
         mode,
         interfaces = interfaces.join(","),
+        cgroup = %cgroup.display(),
+        listen_enforced = checked.policy.listen.is_some(),
         policy = source.label(),
         policy_hash = &checked.hash[..16],
         rules = checked.policy.ingress.len(),

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use guard_common::{EVENT_AUDIT_DROP, EVENT_DROP, Event};
+use guard_common::{EVENT_AUDIT_DROP, EVENT_BIND_DENIED, EVENT_DROP, EVENT_FLAG_AUDIT, Event};
 use serde::Serialize;
 
 use crate::policy::RuleInfo;
@@ -13,9 +13,15 @@ use crate::policy::RuleInfo;
 pub struct DenyEvent {
     /// Unix time in seconds.
     pub ts: f64,
-    /// `drop` or `audit_drop`.
+    /// `drop`, `audit_drop` or `bind_denied`.
     pub kind: &'static str,
+    /// The rule (packet events).
     pub rule: String,
+    /// Audit mode: reported, not denied (socket events; packets say `audit_drop`).
+    pub audit: bool,
+    /// The process (socket events).
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
     pub proto: &'static str,
     pub src: IpAddr,
     pub sport: u16,
@@ -70,8 +76,15 @@ impl Decoder {
         let kind = match ev.kind {
             EVENT_DROP => "drop",
             EVENT_AUDIT_DROP => "audit_drop",
+            EVENT_BIND_DENIED => "bind_denied",
             _ => return None,
         };
+        let socket_event = ev.kind == EVENT_BIND_DENIED;
+        let comm_len = ev
+            .comm
+            .iter()
+            .position(|&b| b == 0)
+            .unwrap_or(ev.comm.len());
         let rule = self
             .rules
             .get(ev.rule as usize)
@@ -79,7 +92,10 @@ impl Decoder {
         Some(DenyEvent {
             ts: (i128::from(ev.ts_ns) + self.realtime_offset_ns) as f64 / 1e9,
             kind,
-            rule,
+            rule: if socket_event { String::new() } else { rule },
+            audit: ev.flags & EVENT_FLAG_AUDIT != 0,
+            pid: socket_event.then_some(ev.pid),
+            comm: socket_event.then(|| String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned()),
             proto: if ev.proto == 6 { "tcp" } else { "udp" },
             src: addr(ev.src, ev.family),
             sport: ev.sport,
@@ -93,6 +109,22 @@ impl Decoder {
 
 /// Logs one event.
 pub fn log(ev: &DenyEvent) {
+    if let (Some(pid), Some(comm)) = (ev.pid, &ev.comm) {
+        tracing::info!(
+            target: "guard::event",
+            ts = ev.ts,
+            kind = ev.kind,
+            audit = ev.audit,
+            proto = ev.proto,
+            addr = %ev.src,
+            port = ev.sport,
+            pid,
+            comm = comm.as_str(),
+            suppressed = ev.suppressed,
+            "{}{}", ev.kind, if ev.audit { " (audit: allowed)" } else { "" }
+        );
+        return;
+    }
     tracing::info!(
         target: "guard::event",
         ts = ev.ts,

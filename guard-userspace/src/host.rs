@@ -41,17 +41,43 @@ pub fn parse_default_routes(v4: &str, v6: &str) -> Vec<String> {
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
 
-/// True when `path` is on a bpf filesystem.
-pub fn is_bpffs(path: &Path) -> bool {
-    let Ok(c) = CString::new(path.as_os_str().as_encoded_bytes()) else {
-        return false;
-    };
+/// The cgroup v2 mount point, from `/proc/self/mountinfo` (e.g. `/sys/fs/cgroup` or, on a
+/// hybrid hierarchy, `/sys/fs/cgroup/unified`).
+pub fn cgroup2_root() -> io::Result<std::path::PathBuf> {
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo")?;
+    parse_cgroup2_root(&mountinfo).ok_or_else(|| {
+        io::Error::other("no cgroup2 file system is mounted (see /proc/self/mountinfo)")
+    })
+}
+
+/// The mount point of the first `cgroup2` entry of a mountinfo text.
+pub fn parse_cgroup2_root(mountinfo: &str) -> Option<std::path::PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        (after.split_whitespace().next()? == "cgroup2")
+            .then(|| before.split_whitespace().nth(4).map(Into::into))?
+    })
+}
+
+/// True when `path` is a directory of a cgroup v2 file system.
+pub fn is_cgroup2(path: &Path) -> bool {
+    fs_magic(path) == Some(CGROUP2_SUPER_MAGIC) && path.is_dir()
+}
+
+fn fs_magic(path: &Path) -> Option<i64> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
     // SAFETY: statfs writes into the zeroed struct; c is NUL-terminated.
     unsafe {
         let mut st: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC
+        (libc::statfs(c.as_ptr(), &mut st) == 0).then_some(st.f_type as i64)
     }
+}
+
+/// True when `path` is on a bpf filesystem.
+pub fn is_bpffs(path: &Path) -> bool {
+    fs_magic(path) == Some(BPF_FS_MAGIC)
 }
 
 /// Makes sure `pin_dir`'s parent is a bpffs (mounting one at `/sys/fs/bpf` if that is the

@@ -27,6 +27,8 @@ pub struct State {
     pub policy_hash: String,
     pub mode: String,
     pub interfaces: Vec<Attached>,
+    /// The cgroup v2 directory the cgroup programs are attached to.
+    pub cgroup: PathBuf,
     pub pin_dir: PathBuf,
     pub rules: Vec<RuleInfo>,
     /// What each per-port counter slot counts.

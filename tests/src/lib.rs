@@ -195,6 +195,68 @@ fn next_subnet() -> u8 {
     (n % 250 + 1) as u8
 }
 
+/// A cgroup v2 directory of the test's own under the cgroup2 root, removed on drop.
+pub struct Cgroup {
+    pub path: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new() -> Self {
+        require_root();
+        let root = guard::host::cgroup2_root().expect("a cgroup2 mount (see /proc/self/mountinfo)");
+        let path = root.join(unique("guard-test-"));
+        std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        Self { path }
+    }
+
+    pub fn arg(&self) -> &str {
+        self.path.to_str().expect("utf-8 path")
+    }
+
+    /// Runs `f` with this whole process moved into the cgroup; moves it back afterwards,
+    /// also when `f` panics. Sockets created meanwhile belong to the cgroup.
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        struct Back(PathBuf);
+        impl Drop for Back {
+            fn drop(&mut self) {
+                let _ = std::fs::write(self.0.join("cgroup.procs"), std::process::id().to_string());
+            }
+        }
+        let root = guard::host::cgroup2_root().expect("cgroup2 root");
+        let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
+        let relative = own
+            .lines()
+            .find_map(|l| l.strip_prefix("0::"))
+            .expect("a cgroup v2 entry in /proc/self/cgroup")
+            .trim_start_matches('/')
+            .to_owned();
+        let _back = Back(root.join(relative));
+        std::fs::write(
+            self.path.join("cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .unwrap_or_else(|e| panic!("enter {}: {e}", self.path.display()));
+        f()
+    }
+
+    /// Programs attached to the cgroup, as `bpftool cgroup show` lists them.
+    pub fn attached_programs(&self) -> String {
+        String::from_utf8_lossy(&sh(&["bpftool", "cgroup", "show", self.arg()]).stdout).into_owned()
+    }
+}
+
+impl Default for Cgroup {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
 /// The `guard` binary next to this test executable (`cargo xtask test` builds it first).
 pub fn guard_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
@@ -277,11 +339,13 @@ pub fn rule_packets(stats: &serde_json::Value, name: &str) -> u64 {
         .expect("packets")
 }
 
-/// A running `guard run`, stopped (SIGTERM) and reaped on drop.
+/// A running `guard run`, stopped (SIGTERM) and reaped on drop. Its cgroup programs are
+/// attached to a cgroup of its own (`cgroup`), never to the host's root cgroup.
 pub struct Daemon {
     child: Option<Child>,
     pub log: PathBuf,
     pub dirs: Dirs,
+    pub cgroup: Cgroup,
 }
 
 impl Daemon {
@@ -294,12 +358,14 @@ impl Daemon {
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         require_root();
         let dirs = Dirs::new();
+        let cgroup = Cgroup::new();
         std::fs::create_dir_all(&dirs.run_dir).expect("create run dir");
         let log = dirs.run_dir.with_extension("log");
         let out = File::create(&log).expect("create daemon log");
         let child = dirs
             .guard()
             .arg("run")
+            .args(["--cgroup", cgroup.arg()])
             .args(args)
             .envs(env.iter().copied())
             .stdout(out.try_clone().expect("dup"))
@@ -311,6 +377,7 @@ impl Daemon {
             child: Some(child),
             log,
             dirs,
+            cgroup,
         };
         let state = daemon.dirs.run_dir.join("state.json");
         let deadline = Instant::now() + Duration::from_secs(20);

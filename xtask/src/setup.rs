@@ -31,8 +31,8 @@ pub enum Needs {
 }
 
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev"];
-/// `ip` for network namespaces and veth pairs in the end-to-end tests.
-const TEST_PACKAGES: &[&str] = &["iproute2"];
+/// `ip` for network namespaces and veth pairs, `bpftool` to inspect cgroup attachments.
+const TEST_PACKAGES: &[&str] = &["iproute2", "bpftool"];
 /// The peer (xdp-filter) and the tool that runs it under BPF_PROG_TEST_RUN.
 const BENCH_PACKAGES: &[&str] = &["iproute2", "bpftool", "xdp-tools"];
 

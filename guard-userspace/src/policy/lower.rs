@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use guard_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, CLASS_LENS_USE_TRIE, ClassLens,
-    IngressConfig, MAX_CLASS_PREFIX_LENS, MAX_PORT_SLOTS, MODE_AUDIT, MODE_ENFORCE,
+    GuardConfig, MAX_CLASS_PREFIX_LENS, MAX_PORT_SLOTS, MODE_AUDIT, MODE_ENFORCE,
     PORT_ACTION_SHIFT, PORT_DIRECT, PORT_FAILSAFE, PORT_SLOT_FIRST_NAMED, PORT_SLOT_OTHER_TCP,
     PORT_SLOT_OTHER_UDP, PORT_VALUE_MASK, PROTO_IDX_TCP, PROTO_IDX_UDP, RULE_DEFAULT,
     RULE_FAILSAFE, RULE_FIRST_POLICY, RULE_REPLY, RuleRef, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4,
@@ -44,7 +44,7 @@ pub const MAX_SLOTTED_RANGE: u32 = 256;
 /// Everything the loader writes into the maps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lowered {
-    pub config: IngressConfig,
+    pub config: GuardConfig,
     /// Indexed by rule index: [`RULE_DEFAULT`], [`RULE_FAILSAFE`], [`RULE_REPLY`], then the
     /// ingress rules.
     pub rules: Vec<RuleInfo>,
@@ -58,6 +58,8 @@ pub struct Lowered {
     /// LPM trie entries for the other classes: (prefix length incl. [`CLASS_BITS`], key, value).
     pub src_v4: Vec<(u32, SrcKeyV4, RuleRef)>,
     pub src_v6: Vec<(u32, SrcKeyV6, RuleRef)>,
+    /// Entries of the listen array: indices of the (protocol, port) pairs `bind()` may use.
+    pub listen: Vec<u32>,
     /// Non-zero entries of the port-slot array: (index, slot).
     pub port_slots: Vec<(u32, u32)>,
     /// Indexed by slot: what each per-port counter counts.
@@ -275,6 +277,18 @@ pub fn lower(policy: &Policy) -> Lowered {
     }
 
     let (port_slots, slots) = port_slots(policy);
+    let listen: Vec<u32> = policy.listen.as_ref().map_or_else(Vec::new, |l| {
+        [(PROTO_IDX_TCP, &l.tcp), (PROTO_IDX_UDP, &l.udp)]
+            .into_iter()
+            .flat_map(|(proto_idx, ranges)| {
+                ranges
+                    .iter()
+                    .flat_map(move |r| (r.first..=r.last).map(move |p| port_index(proto_idx, p)))
+            })
+            .collect::<std::collections::BTreeSet<u32>>()
+            .into_iter()
+            .collect()
+    });
 
     let events = &policy.events;
     let interval_ns = if events.rate_per_second == 0 {
@@ -283,7 +297,7 @@ pub fn lower(policy: &Policy) -> Lowered {
         1_000_000_000 / u64::from(events.rate_per_second)
     };
     Lowered {
-        config: IngressConfig {
+        config: GuardConfig {
             mode: match policy.mode {
                 Mode::Enforce => MODE_ENFORCE,
                 Mode::Audit => MODE_AUDIT,
@@ -296,6 +310,8 @@ pub fn lower(policy: &Policy) -> Lowered {
             event_tolerance_ns: interval_ns * u64::from(events.burst.saturating_sub(1)),
             tcp_flow_timeout_ns: u64::from(policy.flows.tcp_timeout_seconds) * 1_000_000_000,
             udp_flow_timeout_ns: u64::from(policy.flows.udp_timeout_seconds) * 1_000_000_000,
+            listen_enforced: u32::from(policy.listen.is_some()),
+            _pad: 0,
         },
         rules,
         ports: ports.into_iter().collect(),
@@ -304,6 +320,7 @@ pub fn lower(policy: &Policy) -> Lowered {
         src_hash_v6,
         src_v4,
         src_v6,
+        listen,
         port_slots,
         slots,
         classes: class_of_set.len() as u32,

@@ -82,10 +82,20 @@ pub struct Policy {
     pub failsafe_ports: Vec<PortRange>,
     pub zones: BTreeMap<String, Vec<IpNet>>,
     pub ingress: Vec<IngressRule>,
-    /// `[listen] allow`: validated now, enforced by the cgroup bind hook (not yet built).
-    pub listen: Option<Vec<PortRange>>,
+    /// The cgroup v2 directory the cgroup programs attach to (`None`: the cgroup2 root).
+    pub cgroup: Option<std::path::PathBuf>,
+    /// `[listen]`: the ports processes in the cgroup may `bind()`; `None` when absent (no
+    /// bind is denied).
+    pub listen: Option<ListenPolicy>,
     pub events: EventLimits,
     pub flows: FlowTimeouts,
+}
+
+/// `[listen]`, per protocol (`allow` counts for both).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListenPolicy {
+    pub tcp: Vec<PortRange>,
+    pub udp: Vec<PortRange>,
 }
 
 /// `[events]`: the kernel's per-source limit on deny events.

@@ -18,6 +18,7 @@ pub struct RawPolicy {
     pub zones: BTreeMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub ingress: Vec<Spanned<RawIngress>>,
+    pub cgroup: Option<Spanned<String>>,
     pub listen: Option<Spanned<RawListen>>,
     pub events: Option<Spanned<RawEvents>>,
     pub flows: Option<Spanned<RawFlows>>,
@@ -50,7 +51,12 @@ pub struct RawIngress {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawListen {
-    pub allow: Spanned<Vec<Spanned<RawPort>>>,
+    /// Ports any protocol may bind.
+    pub allow: Option<Spanned<Vec<Spanned<RawPort>>>>,
+    /// Ports only TCP sockets may bind.
+    pub tcp: Option<Spanned<Vec<Spanned<RawPort>>>>,
+    /// Ports only UDP sockets may bind.
+    pub udp: Option<Spanned<Vec<Spanned<RawPort>>>>,
 }
 
 /// A port as written: `443` or `"9999-10000"` (or `"8080"`).

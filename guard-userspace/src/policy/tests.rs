@@ -179,10 +179,10 @@ fn missing_or_empty_interfaces_are_errors() {
 }
 
 #[test]
-fn warnings_for_disabled_failsafe_and_unenforced_listen() {
+fn warnings_for_disabled_failsafe_and_empty_listen() {
     let c = check(
         "p.toml",
-        "interfaces = [\"eth0\"]\nfailsafe_ports = []\n[listen]\nallow = [22]\n",
+        "interfaces = [\"eth0\"]\nfailsafe_ports = []\n[listen]\nallow = []\n",
     )
     .unwrap();
     assert!(
@@ -193,11 +193,77 @@ fn warnings_for_disabled_failsafe_and_unenforced_listen() {
         c.warnings
     );
     assert!(
-        c.warnings.iter().any(|w| w.contains("not enforced yet")),
+        c.warnings
+            .iter()
+            .any(|w| w.contains("[listen] allows no port")),
         "{:?}",
         c.warnings
     );
     assert!(c.policy.failsafe_ports.is_empty());
+}
+
+#[test]
+fn listen_per_protocol_and_cgroup() {
+    let c = check(
+        "p.toml",
+        "interfaces = [\"eth0\"]\ncgroup = \"/sys/fs/cgroup/app\"\n[listen]\nallow = [22]\ntcp = [\"8000-8001\"]\nudp = [53]\n",
+    )
+    .unwrap();
+    let listen = c.policy.listen.as_ref().unwrap();
+    assert_eq!(
+        listen.tcp,
+        vec![
+            PortRange {
+                first: 8000,
+                last: 8001
+            },
+            PortRange::single(22)
+        ]
+    );
+    assert_eq!(
+        listen.udp,
+        vec![PortRange::single(53), PortRange::single(22)]
+    );
+    assert_eq!(
+        c.policy.cgroup.as_deref(),
+        Some(std::path::Path::new("/sys/fs/cgroup/app"))
+    );
+    let l = lower(&c.policy);
+    assert_eq!(l.config.listen_enforced, 1);
+    let want: Vec<u32> = [
+        (PROTO_IDX_TCP, 22),
+        (PROTO_IDX_TCP, 8000),
+        (PROTO_IDX_TCP, 8001),
+        (PROTO_IDX_UDP, 22),
+        (PROTO_IDX_UDP, 53),
+    ]
+    .iter()
+    .map(|&(p, port)| port_index(p, port))
+    .collect();
+    assert_eq!(l.listen, want);
+    assert_eq!(
+        lowered(MINIMAL).config.listen_enforced,
+        0,
+        "no [listen]: nothing denied"
+    );
+    let e = errors(
+        "interfaces = [\"eth0\"]\ncgroup = \"relative/path\"\n[listen]\ntcp = [0, \"9-3\"]\n",
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("p.toml:2:10:") && l.contains("absolute path")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("p.toml:4:8:") && l.contains("port 0 is out of range")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("p.toml:4:11:") && l.contains("reversed port range")),
+        "{e:?}"
+    );
 }
 
 #[test]

@@ -12,8 +12,8 @@ use toml::Spanned;
 use super::{
     Diagnostic,
     model::{
-        DefaultAction, EventLimits, FlowTimeouts, IngressRule, InterfaceSpec, Mode, Policy,
-        PortRange, Proto, RuleAction,
+        DefaultAction, EventLimits, FlowTimeouts, IngressRule, InterfaceSpec, ListenPolicy, Mode,
+        Policy, PortRange, Proto, RuleAction,
     },
     raw::{RawIngress, RawPolicy, RawPort},
 };
@@ -120,12 +120,39 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
         .collect();
 
     let listen = raw.listen.as_ref().map(|l| {
-        let allow = &l.get_ref().allow;
-        if allow.get_ref().is_empty() {
-            f.warn(allow.span(), "[listen] allow = [] would forbid every listening port once the bind hook enforces it");
+        let raw_listen = l.get_ref();
+        let list = |v: &Option<Spanned<Vec<Spanned<RawPort>>>>, f: &mut Findings| {
+            v.as_ref()
+                .map(|v| ports(v.get_ref(), f))
+                .unwrap_or_default()
+        };
+        let both = list(&raw_listen.allow, &mut f);
+        let mut tcp = list(&raw_listen.tcp, &mut f);
+        let mut udp = list(&raw_listen.udp, &mut f);
+        tcp.extend(&both);
+        udp.extend(&both);
+        if tcp.is_empty() && udp.is_empty() {
+            f.warn(
+                l.span(),
+                "[listen] allows no port: every bind() to a fixed port in the cgroup will fail",
+            );
         }
-        f.warn(l.span(), "[listen] is validated but not enforced yet: the cgroup bind hook is not part of this build");
-        ports(allow.get_ref(), &mut f)
+        ListenPolicy { tcp, udp }
+    });
+    let cgroup = raw.cgroup.as_ref().and_then(|c| {
+        let path = std::path::Path::new(c.get_ref());
+        if path.is_absolute() {
+            Some(path.to_path_buf())
+        } else {
+            f.error(
+                c.span(),
+                format!(
+                    "cgroup `{}` must be an absolute path to a cgroup v2 directory",
+                    c.get_ref()
+                ),
+            );
+            None
+        }
     });
 
     let events = events(&raw, &mut f);
@@ -139,6 +166,7 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
             failsafe_ports,
             zones: zones.into_iter().map(|(k, (_, v))| (k, v)).collect(),
             ingress,
+            cgroup,
             listen,
             events,
             flows,

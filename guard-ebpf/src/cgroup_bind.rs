@@ -1,0 +1,85 @@
+//! cgroup `bind()` hooks (IPv4 and IPv6): processes in the guarded cgroup may only bind the
+//! ports `[listen]` allows. Port 0 (the kernel picks an ephemeral port) and sockets that never
+//! bind (clients) are not affected.
+//!
+//! Verdicts, chosen on purpose: 1 lets `bind()` proceed, 0 makes it fail with EPERM. Without
+//! a `[listen]` section, before the config is written, for protocols other than TCP and UDP,
+//! and in audit mode, `bind()` proceeds; every denial (and audit-mode would-be denial) is
+//! counted per port and reported as an event with pid and command.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    programs::SockAddrContext,
+};
+use guard_common::{
+    EVENT_BIND_DENIED, EVENT_FLAG_AUDIT, Event, MODE_ENFORCE, MODE_UNSET, PROTO_IDX_TCP,
+    PROTO_IDX_UDP, port_index,
+};
+
+use crate::{
+    events,
+    maps::{GUARD_BINDDENY, GUARD_CONFIG, GUARD_LISTEN, bump_hash},
+    packet::{IPPROTO_TCP, IPPROTO_UDP},
+};
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+#[inline(always)]
+pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let Some(config) = GUARD_CONFIG.get(0) else {
+        return ALLOW;
+    };
+    if config.mode == MODE_UNSET || config.listen_enforced == 0 {
+        return ALLOW;
+    }
+    // SAFETY: the context pointer the kernel passed in.
+    let sa = unsafe { &*ctx.sock_addr };
+    // user_port holds the port in network byte order in its low 16 bits.
+    let port = u16::from_be(sa.user_port as u16);
+    if port == 0 {
+        return ALLOW;
+    }
+    let proto = sa.protocol as u8;
+    let proto_idx = match proto {
+        IPPROTO_TCP => PROTO_IDX_TCP,
+        IPPROTO_UDP => PROTO_IDX_UDP,
+        _ => return ALLOW,
+    };
+    let index = port_index(proto_idx, port);
+    if GUARD_LISTEN.get(index).copied().unwrap_or(0) != 0 {
+        return ALLOW;
+    }
+    bump_hash(&GUARD_BINDDENY, index);
+    let enforce = config.mode == MODE_ENFORCE;
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let mut local = [0u8; 16];
+    if v6 {
+        for (i, word) in sa.user_ip6.iter().enumerate() {
+            local[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+    } else {
+        local[10] = 0xff;
+        local[11] = 0xff;
+        local[12..].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    }
+    let mut limit_key = [0u8; 16];
+    limit_key[..4].copy_from_slice(&pid.to_ne_bytes());
+    limit_key[15] = 0xb1; // not an address: a per-process bucket
+    events::send(
+        Event {
+            kind: EVENT_BIND_DENIED,
+            src: local,
+            sport: port,
+            family: if v6 { 6 } else { 4 },
+            proto,
+            flags: if enforce { 0 } else { EVENT_FLAG_AUDIT },
+            pid,
+            comm: bpf_get_current_comm().unwrap_or_default(),
+            ..Event::default()
+        },
+        &limit_key,
+        config,
+    );
+    if enforce { DENY } else { ALLOW }
+}

@@ -1,0 +1,344 @@
+//! Tier 3: cgroup programs with real sockets in a child cgroup the test creates: the
+//! `[listen]` bind allowlist (IPv4/IPv6, TCP/UDP), audit mode, sock_ops connection counts
+//! and RTT histograms, and attach/detach leaving nothing behind.
+
+use std::{
+    io::{ErrorKind, Read as _, Write as _},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    thread,
+    time::{Duration, Instant},
+};
+
+use guard_tests::{Daemon, Dirs, PolicyFile, TestNet, rule_packets, unique};
+
+const EPERM: i32 = 1;
+
+/// A port that is free right now on loopback (for both protocols, as far as we can tell).
+fn free_port() -> u16 {
+    loop {
+        let t = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let port = t.local_addr().unwrap().port();
+        if UdpSocket::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+fn bind_tcp(addr: SocketAddr) -> Result<TcpListener, i32> {
+    TcpListener::bind(addr).map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, i32> {
+    UdpSocket::bind(addr).map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+/// A policy with no interface of the host's: one veth the test makes.
+fn policy(net: &TestNet, extra: &str) -> PolicyFile {
+    PolicyFile::new(&format!(
+        "mode = \"enforce\"\ninterfaces = [\"{}\"]\ndefault = \"allow\"\n{extra}",
+        net.host_if
+    ))
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ok() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn listen_allowlist_denies_other_binds_with_eperm() {
+    let net = TestNet::new();
+    let (tcp_only, udp_only, both, other) = (free_port(), free_port(), free_port(), free_port());
+    let policy = policy(
+        &net,
+        &format!("[listen]\nallow = [{both}]\ntcp = [{tcp_only}]\nudp = [{udp_only}]\n"),
+    );
+    let mut daemon = Daemon::start(&["--policy", policy.arg()]);
+    let v4 = |p| SocketAddr::from((Ipv4Addr::LOCALHOST, p));
+    let v6 = |p| SocketAddr::from((Ipv6Addr::LOCALHOST, p));
+    daemon.cgroup.run(|| {
+        assert!(bind_tcp(v4(tcp_only)).is_ok());
+        assert!(bind_tcp(v6(tcp_only)).is_ok());
+        assert_eq!(
+            bind_udp(v4(tcp_only)).err(),
+            Some(EPERM),
+            "tcp-only port, udp socket"
+        );
+        assert!(bind_udp(v4(udp_only)).is_ok());
+        assert!(bind_udp(v6(udp_only)).is_ok());
+        assert_eq!(
+            bind_tcp(v4(udp_only)).err(),
+            Some(EPERM),
+            "udp-only port, tcp socket"
+        );
+        assert!(bind_tcp(v4(both)).is_ok() && bind_udp(v4(both)).is_ok());
+        assert_eq!(bind_tcp(v4(other)).err(), Some(EPERM));
+        assert_eq!(bind_tcp(v6(other)).err(), Some(EPERM));
+        assert_eq!(bind_udp(v4(other)).err(), Some(EPERM));
+        assert_eq!(bind_udp(v6(other)).err(), Some(EPERM));
+        // Port 0 (kernel-chosen) and clients that never bind are not affected.
+        let l = bind_tcp(v4(0)).expect("port 0 is always allowed");
+        assert!(bind_udp(v6(0)).is_ok());
+        let addr = l.local_addr().unwrap();
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+            .expect("a client socket connects");
+    });
+    // Outside the cgroup nothing is enforced.
+    assert!(bind_tcp(v4(other)).is_ok());
+
+    let stats = daemon.dirs.stats();
+    let denied: Vec<(String, u64, u64)> = stats["bind_denied"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["proto"].as_str().unwrap().to_owned(),
+                b["port"].as_u64().unwrap(),
+                b["count"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut want = vec![
+        ("tcp".to_owned(), u64::from(udp_only), 1),
+        ("tcp".to_owned(), u64::from(other), 2),
+        ("udp".to_owned(), u64::from(tcp_only), 1),
+        ("udp".to_owned(), u64::from(other), 2),
+    ];
+    want.sort();
+    assert_eq!(denied, want, "{stats}");
+    assert!(daemon.stop().success());
+    let log = daemon.log_text();
+    let pid = std::process::id().to_string();
+    assert!(
+        log.lines().any(|l| l.contains("bind_denied")
+            && l.contains(&format!("port={other}"))
+            && l.contains(&format!("pid={pid}"))),
+        "bind denials are events with pid and port:\n{log}"
+    );
+}
+
+#[test]
+fn audit_mode_allows_binds_and_reports_them() {
+    let net = TestNet::new();
+    let other = free_port();
+    let policy = PolicyFile::new(&format!(
+        "mode = \"audit\"\ninterfaces = [\"{}\"]\n[listen]\nallow = [22]\n",
+        net.host_if
+    ));
+    let mut daemon = Daemon::start(&["--policy", policy.arg()]);
+    daemon.cgroup.run(|| {
+        assert!(
+            bind_tcp(SocketAddr::from((Ipv4Addr::LOCALHOST, other))).is_ok(),
+            "audit mode denies nothing"
+        );
+    });
+    let stats = daemon.dirs.stats();
+    assert_eq!(
+        stats["bind_denied"][0]["count"].as_u64(),
+        Some(1),
+        "{stats}"
+    );
+    assert!(daemon.stop().success());
+    let log = daemon.log_text();
+    assert!(
+        log.contains("bind_denied (audit: allowed)") && log.contains("audit=true"),
+        "{log}"
+    );
+}
+
+#[test]
+fn sock_ops_counts_connections_and_fills_the_rtt_histogram() {
+    let net = TestNet::new();
+    let policy = policy(&net, "");
+    let daemon = Daemon::start(&["--policy", policy.arg()]);
+    let (port, kept) = daemon.cgroup.run(|| {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = thread::spawn(move || {
+            let mut accepted = Vec::new();
+            for _ in 0..7 {
+                let (mut s, _) = listener.accept().unwrap();
+                let mut buf = [0u8; 4];
+                s.read_exact(&mut buf).unwrap();
+                s.write_all(&buf).unwrap();
+                accepted.push(s);
+            }
+            accepted
+        });
+        let mut clients = Vec::new();
+        for _ in 0..7 {
+            let mut c = TcpStream::connect(addr).unwrap();
+            for _ in 0..3 {
+                c.write_all(b"ping").unwrap();
+            }
+            let mut buf = [0u8; 4];
+            c.read_exact(&mut buf).unwrap();
+            clients.push(c);
+        }
+        let mut accepted = server.join().unwrap();
+        // Close 5 of the 7 connections on both ends; keep 2 open.
+        for _ in 0..5 {
+            drop(clients.pop());
+            drop(accepted.pop());
+        }
+        (addr.port(), (clients, accepted))
+    });
+    let conn = |stats: &serde_json::Value, dir: &str| {
+        stats["connections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["direction"] == dir && c["port"] == port)
+            .cloned()
+    };
+    wait_for("5 closes counted in both directions", || {
+        let stats = daemon.dirs.stats();
+        ["inbound", "outbound"]
+            .iter()
+            .all(|d| conn(&stats, d).is_some_and(|c| c["closed"] == 5))
+    });
+    let stats = daemon.dirs.stats();
+    for dir in ["inbound", "outbound"] {
+        let c = conn(&stats, dir).unwrap();
+        assert_eq!(
+            (
+                c["established"].as_u64(),
+                c["active"].as_u64(),
+                c["closed"].as_u64()
+            ),
+            (Some(7), Some(2), Some(5)),
+            "{dir}: {c}"
+        );
+    }
+    let hist: u64 = conn(&stats, "inbound").unwrap()["rtt_log2_us"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(hist >= 7, "RTT samples of the inbound connections: {stats}");
+    drop(kept);
+    wait_for("every connection closed", || {
+        let stats = daemon.dirs.stats();
+        conn(&stats, "inbound").is_some_and(|c| c["active"] == 0)
+    });
+}
+
+#[test]
+fn xdp_attempts_and_sock_ops_accepts_agree() {
+    let net = TestNet::new();
+    let policy = PolicyFile::new(&format!(
+        "mode = \"enforce\"\ninterfaces = [\"{}\"]\ndefault = \"deny\"\nfailsafe_ports = []\n[[ingress]]\nname = \"svc\"\nproto = \"tcp\"\nports = [PORT]\n",
+        net.host_if
+    ));
+    // The listener is made first (in the cgroup) so the policy can name its port.
+    let daemon_cgroup_listener = {
+        let probe = TcpListener::bind((net.host_ip, 0)).unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let text = std::fs::read_to_string(&policy.path)
+        .unwrap()
+        .replace("PORT", &daemon_cgroup_listener.to_string());
+    std::fs::write(&policy.path, text).unwrap();
+    let daemon = Daemon::start(&["--policy", policy.arg()]);
+    let listener = daemon
+        .cgroup
+        .run(|| TcpListener::bind((net.host_ip, daemon_cgroup_listener)).unwrap());
+    let addr = listener.local_addr().unwrap();
+    let server = thread::spawn(move || {
+        (0..4)
+            .map(|_| listener.accept().unwrap().0)
+            .collect::<Vec<_>>()
+    });
+    for _ in 0..4 {
+        assert_eq!(net.connect(addr, Duration::from_secs(3)), Ok(()));
+    }
+    let accepted = server.join().unwrap();
+    wait_for("4 inbound connections established", || {
+        let stats = daemon.dirs.stats();
+        stats["connections"].as_array().unwrap().iter().any(|c| {
+            c["direction"] == "inbound" && c["port"] == addr.port() && c["established"] == 4
+        })
+    });
+    let stats = daemon.dirs.stats();
+    let port = stats["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["proto"] == "tcp" && p["port"] == addr.port().to_string().as_str())
+        .unwrap();
+    assert_eq!(
+        port["attempted"].as_u64(),
+        Some(4),
+        "XDP saw 4 SYNs: {stats}"
+    );
+    assert_eq!(port["rejected"].as_u64(), Some(0));
+    assert!(rule_packets(&stats, "svc") >= 4);
+    drop(accepted);
+}
+
+#[test]
+fn attach_and_detach_leave_nothing_behind() {
+    let net = TestNet::new();
+    let policy = policy(&net, "[listen]\nallow = [22]\n");
+    let mut daemon = Daemon::start(&["--policy", policy.arg()]);
+    let attached = daemon.cgroup.attached_programs();
+    for name in ["guard_bind4", "guard_bind6", "guard_sock_ops"] {
+        assert!(
+            attached.contains(name),
+            "{name} attached to the test cgroup:\n{attached}"
+        );
+    }
+    assert!(net.has_xdp());
+    assert!(daemon.stop().success());
+    assert_eq!(
+        daemon
+            .cgroup
+            .attached_programs()
+            .lines()
+            .filter(|l| l.contains("guard_"))
+            .count(),
+        0,
+        "cgroup programs detached"
+    );
+    assert!(!net.has_xdp());
+    let progs =
+        String::from_utf8_lossy(&guard_tests::sh(&["bpftool", "prog", "show"]).stdout).into_owned();
+    assert!(
+        !progs.contains("guard_bind4") && !progs.contains("guard_sock_ops"),
+        "programs unloaded:\n{progs}"
+    );
+}
+
+#[test]
+fn a_cgroup_that_is_not_cgroup_v2_is_rejected_and_nothing_attached() {
+    let net = TestNet::new();
+    let dirs = Dirs::new();
+    let policy = policy(&net, "");
+    let not_cgroup = std::env::temp_dir().join(unique("not-a-cgroup-"));
+    std::fs::create_dir(&not_cgroup).unwrap();
+    let out = dirs
+        .guard()
+        .args([
+            "run",
+            "--policy",
+            policy.arg(),
+            "--cgroup",
+            not_cgroup.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir(&not_cgroup);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("is not a cgroup v2 directory") && err.contains(not_cgroup.to_str().unwrap()),
+        "{err}"
+    );
+    assert!(!net.has_xdp(), "nothing attached");
+    let _ = ErrorKind::NotFound;
+}
