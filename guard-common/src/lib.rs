@@ -10,8 +10,9 @@
 pub mod maps {
     /// `Array<GuardConfig>`, one entry: mode and default action.
     pub const CONFIG: &str = "GUARD_CONFIG";
-    /// `Array<u32>`, `2 * 65536` entries indexed by [`super::port_index`]: the port class of
-    /// each (protocol, destination port), or'd with [`super::PORT_FAILSAFE`].
+    /// `Array<u32>`, [`super::POLICY_PORTS_LEN`] entries indexed by [`super::port_index`]
+    /// (ingress and egress protocol slots): the port class of each (slot, port), or'd with
+    /// [`super::PORT_FAILSAFE`], or a direct rule ([`super::PORT_DIRECT`]).
     pub const PORTS: &str = "GUARD_PORTS";
     /// `Array<ClassLens>` indexed by port class: the source prefix lengths the class uses.
     pub const CLASS_LENS: &str = "GUARD_CLASSLEN";
@@ -104,6 +105,11 @@ pub mod programs {
     /// cgroup `bind()` hooks enforcing `[listen]`.
     pub const BIND4: &str = "guard_bind4";
     pub const BIND6: &str = "guard_bind6";
+    /// cgroup `connect()` and UDP `sendmsg()` hooks enforcing `[[egress]]`.
+    pub const CONNECT4: &str = "guard_connect4";
+    pub const CONNECT6: &str = "guard_connect6";
+    pub const SENDMSG4: &str = "guard_sendmsg4";
+    pub const SENDMSG6: &str = "guard_sendmsg6";
     /// cgroup sock_ops connection accounting.
     pub const SOCK_OPS: &str = "guard_sock_ops";
 }
@@ -124,8 +130,11 @@ pub const ACTION_AUDIT: u32 = 3;
 pub const RULE_DEFAULT: u32 = 0;
 /// Rule index of the failsafe (anti-lockout) ports.
 pub const RULE_FAILSAFE: u32 = 1;
-/// Index of the first `[[ingress]]` rule; rules follow in file order.
-pub const RULE_FIRST_POLICY: u32 = 3;
+/// Rule index of the egress default (connections no `[[egress]]` rule matches: allowed).
+pub const RULE_EGRESS_DEFAULT: u32 = 3;
+/// Index of the first `[[ingress]]` rule; ingress rules follow in file order, then the
+/// `[[egress]]` rules.
+pub const RULE_FIRST_POLICY: u32 = 4;
 /// Rule index of replies to flows the host started (passed whatever the policy says).
 pub const RULE_REPLY: u32 = 2;
 /// Default capacity of the per-rule counters (the loader may raise it).
@@ -133,9 +142,14 @@ pub const MAX_RULES: u32 = 4096;
 /// Default capacity of each source trie (the loader may raise it).
 pub const MAX_SRC_ENTRIES: u32 = 65536;
 
-/// Protocol slot in [`maps::PORTS`].
+/// Protocol slot in [`maps::PORTS`] (and the other per-port arrays, which have only these).
 pub const PROTO_IDX_TCP: u32 = 0;
 pub const PROTO_IDX_UDP: u32 = 1;
+/// Egress protocol slots, only in [`maps::PORTS`]: `[[egress]]` rules by destination port.
+pub const PROTO_IDX_EGRESS_TCP: u32 = 2;
+pub const PROTO_IDX_EGRESS_UDP: u32 = 3;
+/// Entries in [`maps::PORTS`]: ingress and egress slots.
+pub const POLICY_PORTS_LEN: u32 = 4 * 65536;
 /// Entries in [`maps::PORTS`].
 pub const PORTS_LEN: u32 = 2 * 65536;
 /// Flag in a [`maps::PORTS`] value: the port is a failsafe port (always passes).
@@ -205,6 +219,8 @@ pub const EVENT_DROP: u32 = 1;
 pub const EVENT_AUDIT_DROP: u32 = 2;
 /// A `bind()` to a port `[listen]` does not allow (audit mode: allowed, reported).
 pub const EVENT_BIND_DENIED: u32 = 3;
+/// A `connect()` or UDP `sendmsg()` an `[[egress]]` rule denies (audit mode: allowed).
+pub const EVENT_CONNECT_DENIED: u32 = 4;
 /// Flag in [`Event::flags`]: audit mode, nothing was denied.
 pub const EVENT_FLAG_AUDIT: u16 = 1;
 

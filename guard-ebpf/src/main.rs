@@ -9,6 +9,8 @@
 #[cfg(target_arch = "bpf")]
 mod cgroup_bind;
 #[cfg(target_arch = "bpf")]
+mod cgroup_connect;
+#[cfg(target_arch = "bpf")]
 mod events;
 #[cfg(target_arch = "bpf")]
 mod maps;
@@ -18,6 +20,8 @@ mod packet;
 mod sock_ops;
 #[cfg(target_arch = "bpf")]
 mod tc_egress;
+#[cfg(target_arch = "bpf")]
+mod verdict;
 #[cfg(target_arch = "bpf")]
 mod xdp_ingress;
 
@@ -51,6 +55,30 @@ mod entry {
     #[cgroup_sock_addr(bind6)]
     pub fn guard_bind6(ctx: SockAddrContext) -> i32 {
         crate::cgroup_bind::run(&ctx, true)
+    }
+
+    /// `connect()` of IPv4 sockets in the guarded cgroup: `[[egress]]`.
+    #[cgroup_sock_addr(connect4)]
+    pub fn guard_connect4(ctx: SockAddrContext) -> i32 {
+        crate::cgroup_connect::run(&ctx, false)
+    }
+
+    /// `connect()` of IPv6 sockets in the guarded cgroup.
+    #[cgroup_sock_addr(connect6)]
+    pub fn guard_connect6(ctx: SockAddrContext) -> i32 {
+        crate::cgroup_connect::run(&ctx, true)
+    }
+
+    /// UDP `sendmsg()` with a destination, IPv4.
+    #[cgroup_sock_addr(sendmsg4)]
+    pub fn guard_sendmsg4(ctx: SockAddrContext) -> i32 {
+        crate::cgroup_connect::run(&ctx, false)
+    }
+
+    /// UDP `sendmsg()` with a destination, IPv6.
+    #[cgroup_sock_addr(sendmsg6)]
+    pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
+        crate::cgroup_connect::run(&ctx, true)
     }
 
     /// TCP connection accounting for the guarded cgroup.

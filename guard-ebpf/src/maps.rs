@@ -9,14 +9,14 @@ use aya_ebpf::{
 use guard_common::{
     ClassLens, ConnStats, EVENT_STATS_LEN, EVENTS_BYTES, EventBucket, FlowKey, FlowState,
     GuardConfig, MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS, MAX_RULES, MAX_SOCKETS,
-    MAX_SRC_ENTRIES, PORTS_LEN, PortStats, REASONS_LEN, RttHist, RuleRef, RuleStats, SrcHashKeyV4,
-    SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
+    MAX_SRC_ENTRIES, POLICY_PORTS_LEN, PORTS_LEN, PortStats, REASONS_LEN, RttHist, RuleRef,
+    RuleStats, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
 };
 
 #[map]
 pub static GUARD_CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);
 #[map]
-pub static GUARD_PORTS: Array<u32> = Array::with_max_entries(PORTS_LEN, 0);
+pub static GUARD_PORTS: Array<u32> = Array::with_max_entries(POLICY_PORTS_LEN, 0);
 #[map]
 pub static GUARD_CLASSLEN: Array<ClassLens> = Array::with_max_entries(MAX_CLASSES, 0);
 #[map]

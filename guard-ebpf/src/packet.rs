@@ -98,11 +98,6 @@ impl Flow {
             _pad: [0; 3],
         }
     }
-
-    /// The IPv4 source address (meaningful when `v4`).
-    pub fn src_v4(&self) -> [u8; 4] {
-        [self.src[12], self.src[13], self.src[14], self.src[15]]
-    }
 }
 
 pub enum Parsed {

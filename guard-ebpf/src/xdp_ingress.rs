@@ -22,26 +22,20 @@
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
     helpers::bpf_ktime_get_coarse_ns,
-    maps::lpm_trie::Key,
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use guard_common::{
-    ACTION_ALLOW, ACTION_DENY, CLASS_BITS, CLASS_LENS_USE_TRIE, EVENT_AUDIT_DROP, EVENT_DROP,
-    GuardConfig, MAX_CLASS_PREFIX_LENS, MODE_ENFORCE, MODE_UNSET, PORT_ACTION_MASK,
-    PORT_ACTION_SHIFT, PORT_DIRECT, PORT_FAILSAFE, PORT_VALUE_MASK, PROTO_IDX_TCP,
-    REASON_FRAGMENT_PASSED, REASON_MALFORMED, REASON_NOT_TCP_UDP, REASON_POLICY,
-    REASON_REPLY_PASSED, REASON_UNSUPPORTED, RULE_DEFAULT, RULE_FAILSAFE, RULE_REPLY, RuleRef,
-    SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, port_index,
+    ACTION_ALLOW, ACTION_DENY, EVENT_AUDIT_DROP, EVENT_DROP, GuardConfig, MODE_ENFORCE, MODE_UNSET,
+    PROTO_IDX_TCP, REASON_FRAGMENT_PASSED, REASON_MALFORMED, REASON_NOT_TCP_UDP, REASON_POLICY,
+    REASON_REPLY_PASSED, REASON_UNSUPPORTED, RULE_DEFAULT, RULE_REPLY, port_index,
 };
 
 use crate::{
     events,
-    maps::{
-        GUARD_CLASSLEN, GUARD_CONFIG, GUARD_FLOWS, GUARD_PORTS, GUARD_PORTSLOT, GUARD_PORTSTAT,
-        GUARD_REASONS, GUARD_RULES, GUARD_SRC_V4, GUARD_SRC_V6, GUARD_SRCH_V4, GUARD_SRCH_V6, bump,
-    },
+    maps::{GUARD_CONFIG, GUARD_FLOWS, GUARD_PORTSLOT, GUARD_PORTSTAT, GUARD_REASONS, bump},
     packet::{self, Flow, ParseError, Parsed, TCP_ACK, TCP_SYN},
+    verdict,
 };
 
 #[inline(always)]
@@ -68,12 +62,23 @@ pub fn run(ctx: &XdpContext) -> u32 {
             return if enforce { XDP_DROP } else { XDP_PASS };
         }
     };
-    let (mut rule, mut action) = decide(&flow, config.default_action);
+    let default_action = if config.default_action == ACTION_ALLOW {
+        ACTION_ALLOW
+    } else {
+        ACTION_DENY
+    };
+    let (mut rule, mut action) = verdict::decide(
+        flow.proto_idx,
+        flow.dport,
+        flow.v4,
+        &flow.src,
+        (RULE_DEFAULT, default_action),
+    );
     if action != ACTION_ALLOW && is_reply(&flow, config) {
         bump(&GUARD_REASONS, REASON_REPLY_PASSED);
         (rule, action) = (RULE_REPLY, ACTION_ALLOW);
     }
-    count_rule(rule, (ctx.data_end() - ctx.data()) as u64);
+    verdict::count_rule(rule, (ctx.data_end() - ctx.data()) as u64);
     let drop = enforce && action == ACTION_DENY;
     count_port(&flow, drop);
     if action == ACTION_ALLOW {
@@ -104,120 +109,6 @@ fn pass_unjudged(reason: u32) -> u32 {
     XDP_PASS
 }
 
-/// The rule index and action for a flow.
-#[inline(always)]
-fn decide(flow: &Flow, default_action: u32) -> (u32, u32) {
-    let entry = GUARD_PORTS
-        .get(port_index(flow.proto_idx, flow.dport))
-        .copied()
-        .unwrap_or(0);
-    if entry & PORT_FAILSAFE != 0 {
-        return (RULE_FAILSAFE, ACTION_ALLOW);
-    }
-    if entry & PORT_DIRECT != 0 {
-        return (
-            entry & PORT_VALUE_MASK,
-            (entry & PORT_ACTION_MASK) >> PORT_ACTION_SHIFT,
-        );
-    }
-    let class = entry & PORT_VALUE_MASK;
-    if class != 0
-        && let Some(hit) = lookup_source(class, flow)
-    {
-        return (hit.rule, hit.action);
-    }
-    // Anything but an explicit allow default is a deny: fail closed.
-    (
-        RULE_DEFAULT,
-        if default_action == ACTION_ALLOW {
-            ACTION_ALLOW
-        } else {
-            ACTION_DENY
-        },
-    )
-}
-
-/// The most specific rule of `class` whose source prefix contains the flow's source: one
-/// hash lookup per prefix length the class uses, longest first; the LPM trie for classes
-/// with more lengths than that.
-#[inline(always)]
-fn lookup_source(class: u32, flow: &Flow) -> Option<RuleRef> {
-    let lens = GUARD_CLASSLEN.get(class)?;
-    if flow.v4 {
-        if lens.v4_count == CLASS_LENS_USE_TRIE {
-            let key = Key::new(
-                CLASS_BITS + 32,
-                SrcKeyV4 {
-                    class: class.to_be_bytes(),
-                    addr: flow.src_v4(),
-                },
-            );
-            return GUARD_SRC_V4.get(key).copied();
-        }
-        let addr = u32::from_be_bytes(flow.src_v4());
-        for i in 0..MAX_CLASS_PREFIX_LENS {
-            if i >= lens.v4_count as usize {
-                break;
-            }
-            let len = u32::from(lens.v4[i]) & 63;
-            let masked = if len == 0 {
-                0
-            } else if len >= 32 {
-                addr
-            } else {
-                addr & (u32::MAX << (32 - len))
-            };
-            let key = SrcHashKeyV4 {
-                class,
-                prefix_len: len,
-                addr: masked.to_be_bytes(),
-            };
-            if let Some(hit) = GUARD_SRCH_V4.get_ptr(&key) {
-                // SAFETY: a live map value, copied out.
-                return Some(unsafe { *hit });
-            }
-        }
-        None
-    } else {
-        if lens.v6_count == CLASS_LENS_USE_TRIE {
-            let key = Key::new(
-                CLASS_BITS + 128,
-                SrcKeyV6 {
-                    class: class.to_be_bytes(),
-                    addr: flow.src,
-                },
-            );
-            return GUARD_SRC_V6.get(key).copied();
-        }
-        for i in 0..MAX_CLASS_PREFIX_LENS {
-            if i >= lens.v6_count as usize {
-                break;
-            }
-            let len = u32::from(lens.v6[i]) & 255;
-            let mut addr = flow.src;
-            let whole = (len / 8) as usize;
-            let rest = len % 8;
-            for (j, byte) in addr.iter_mut().enumerate() {
-                if j > whole || (j == whole && rest == 0) {
-                    *byte = 0;
-                } else if j == whole {
-                    *byte &= 0xffu8 << (8 - rest);
-                }
-            }
-            let key = SrcHashKeyV6 {
-                class,
-                prefix_len: len,
-                addr,
-            };
-            if let Some(hit) = GUARD_SRCH_V6.get_ptr(&key) {
-                // SAFETY: a live map value, copied out.
-                return Some(unsafe { *hit });
-            }
-        }
-        None
-    }
-}
-
 /// True when `flow` answers a flow the host started recently (recorded by the TC egress
 /// program). A TCP SYN without ACK opens a connection and is never a reply.
 #[inline(always)]
@@ -240,17 +131,6 @@ fn is_reply(flow: &Flow, config: &GuardConfig) -> bool {
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     now.saturating_sub(last) <= timeout
-}
-
-#[inline(always)]
-fn count_rule(rule: u32, bytes: u64) {
-    if let Some(stats) = GUARD_RULES.get_ptr_mut(rule) {
-        // SAFETY: this CPU's slot; BPF programs are not preempted on their CPU.
-        unsafe {
-            (*stats).packets += 1;
-            (*stats).bytes += bytes;
-        }
-    }
 }
 
 /// Counts a connection attempt (TCP SYN without ACK; any UDP datagram) and its rejection,

@@ -146,9 +146,19 @@ pub struct Guard {
     cgroup_links: Vec<CgroupLink>,
 }
 
+/// The cgroup socket-address hooks: `[listen]` at bind, `[[egress]]` at connect and sendmsg.
+const SOCK_ADDR_PROGRAMS: [&str; 6] = [
+    programs::BIND4,
+    programs::BIND6,
+    programs::CONNECT4,
+    programs::CONNECT6,
+    programs::SENDMSG4,
+    programs::SENDMSG6,
+];
+
 /// A program guard attached to a cgroup.
 enum CgroupLink {
-    Bind(&'static str, CgroupSockAddrLinkId),
+    SockAddr(&'static str, CgroupSockAddrLinkId),
     SockOps(SockOpsLinkId),
 }
 
@@ -211,9 +221,9 @@ impl Guard {
         xdp.load().map_err(program_err(programs::XDP_INGRESS))?;
         let tc: &mut SchedClassifier = program_mut(&mut ebpf, programs::TC_EGRESS)?;
         tc.load().map_err(program_err(programs::TC_EGRESS))?;
-        for name in [programs::BIND4, programs::BIND6] {
-            let bind: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
-            bind.load().map_err(program_err(name))?;
+        for name in SOCK_ADDR_PROGRAMS {
+            let hook: &mut CgroupSockAddr = program_mut(&mut ebpf, name)?;
+            hook.load().map_err(program_err(name))?;
         }
         let sock_ops: &mut SockOps = program_mut(&mut ebpf, programs::SOCK_OPS)?;
         sock_ops.load().map_err(program_err(programs::SOCK_OPS))?;
@@ -310,12 +320,12 @@ impl Guard {
             path: cgroup.display().to_string(),
             source,
         };
-        for name in [programs::BIND4, programs::BIND6] {
-            let bind: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
-            let id = bind
+        for name in SOCK_ADDR_PROGRAMS {
+            let hook: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
+            let id = hook
                 .attach(&dir, CgroupAttachMode::Single)
                 .map_err(attach_err)?;
-            self.cgroup_links.push(CgroupLink::Bind(name, id));
+            self.cgroup_links.push(CgroupLink::SockAddr(name, id));
         }
         let sock_ops: &mut SockOps = program_mut(&mut self.ebpf, programs::SOCK_OPS)?;
         let id = sock_ops
@@ -334,7 +344,7 @@ impl Guard {
     pub fn detach_all(&mut self) {
         for link in std::mem::take(&mut self.cgroup_links) {
             let result = match link {
-                CgroupLink::Bind(name, id) => {
+                CgroupLink::SockAddr(name, id) => {
                     program_mut::<CgroupSockAddr>(&mut self.ebpf, name).map(|p| p.detach(id))
                 }
                 CgroupLink::SockOps(id) => {

@@ -3,7 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use guard_common::{EVENT_AUDIT_DROP, EVENT_BIND_DENIED, EVENT_DROP, EVENT_FLAG_AUDIT, Event};
+use guard_common::{
+    EVENT_AUDIT_DROP, EVENT_BIND_DENIED, EVENT_CONNECT_DENIED, EVENT_DROP, EVENT_FLAG_AUDIT, Event,
+};
 use serde::Serialize;
 
 use crate::policy::RuleInfo;
@@ -77,9 +79,10 @@ impl Decoder {
             EVENT_DROP => "drop",
             EVENT_AUDIT_DROP => "audit_drop",
             EVENT_BIND_DENIED => "bind_denied",
+            EVENT_CONNECT_DENIED => "connect_denied",
             _ => return None,
         };
-        let socket_event = ev.kind == EVENT_BIND_DENIED;
+        let socket_event = matches!(ev.kind, EVENT_BIND_DENIED | EVENT_CONNECT_DENIED);
         let comm_len = ev
             .comm
             .iter()
@@ -92,7 +95,11 @@ impl Decoder {
         Some(DenyEvent {
             ts: (i128::from(ev.ts_ns) + self.realtime_offset_ns) as f64 / 1e9,
             kind,
-            rule: if socket_event { String::new() } else { rule },
+            rule: if ev.kind == EVENT_BIND_DENIED {
+                String::new()
+            } else {
+                rule
+            },
             audit: ev.flags & EVENT_FLAG_AUDIT != 0,
             pid: socket_event.then_some(ev.pid),
             comm: socket_event.then(|| String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned()),
@@ -109,6 +116,25 @@ impl Decoder {
 
 /// Logs one event.
 pub fn log(ev: &DenyEvent) {
+    if let (Some(pid), Some(comm)) = (ev.pid, &ev.comm)
+        && ev.kind == "connect_denied"
+    {
+        tracing::info!(
+            target: "guard::event",
+            ts = ev.ts,
+            kind = ev.kind,
+            audit = ev.audit,
+            rule = ev.rule,
+            proto = ev.proto,
+            dst = %ev.dst,
+            dport = ev.dport,
+            pid,
+            comm = comm.as_str(),
+            suppressed = ev.suppressed,
+            "{}{}", ev.kind, if ev.audit { " (audit: allowed)" } else { "" }
+        );
+        return;
+    }
     if let (Some(pid), Some(comm)) = (ev.pid, &ev.comm) {
         tracing::info!(
             target: "guard::event",

@@ -3,7 +3,7 @@
 //! and RTT histograms, and attach/detach leaving nothing behind.
 
 use std::{
-    io::{ErrorKind, Read as _, Write as _},
+    io::{Read as _, Write as _},
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket},
     thread,
     time::{Duration, Instant},
@@ -340,5 +340,115 @@ fn a_cgroup_that_is_not_cgroup_v2_is_rejected_and_nothing_attached() {
         "{err}"
     );
     assert!(!net.has_xdp(), "nothing attached");
-    let _ = ErrorKind::NotFound;
+}
+
+fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, i32> {
+    TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| e.raw_os_error().unwrap_or(-1))
+}
+
+#[test]
+fn egress_rules_deny_connect_and_sendmsg_with_eperm() {
+    let net = TestNet::new();
+    let db4 = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let db6 = TcpListener::bind((Ipv6Addr::LOCALHOST, 0)).unwrap();
+    let web = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let (db4, db6, web) = (
+        db4.local_addr().unwrap(),
+        db6.local_addr().unwrap(),
+        web.local_addr().unwrap(),
+    );
+    let udp_target = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let udp_other = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let policy = policy(
+        &net,
+        &format!(
+            "[zones]\nlocal = [\"127.0.0.0/8\", \"::1/128\"]\n\
+             [[egress]]\nname = \"no-db\"\nproto = \"tcp\"\nports = [{}, {}]\nto = [\"local\"]\naction = \"deny\"\n\
+             [[egress]]\nname = \"no-udp\"\nproto = \"udp\"\nports = [{}]\naction = \"deny\"\n",
+            db4.port(),
+            db6.port(),
+            udp_target.port()
+        ),
+    );
+    let mut daemon = Daemon::start(&["--policy", policy.arg()]);
+    daemon.cgroup.run(|| {
+        assert_eq!(
+            connect_tcp(db4).err(),
+            Some(EPERM),
+            "IPv4 TCP connect to a denied port"
+        );
+        assert_eq!(
+            connect_tcp(db6).err(),
+            Some(EPERM),
+            "IPv6 TCP connect to a denied port"
+        );
+        assert!(
+            connect_tcp(web).is_ok(),
+            "other destinations are allowed (egress default)"
+        );
+        let u = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        assert_eq!(
+            u.send_to(b"x", udp_target)
+                .map_err(|e| e.raw_os_error())
+                .err(),
+            Some(Some(EPERM)),
+            "UDP sendmsg"
+        );
+        assert!(u.send_to(b"x", udp_other).is_ok());
+        assert_eq!(
+            u.connect(udp_target).map_err(|e| e.raw_os_error()).err(),
+            Some(Some(EPERM)),
+            "UDP connect"
+        );
+    });
+    assert!(
+        connect_tcp(db4).is_ok(),
+        "outside the cgroup nothing is enforced"
+    );
+    let stats = daemon.dirs.stats();
+    assert_eq!(rule_packets(&stats, "no-db"), 2, "{stats}");
+    assert_eq!(rule_packets(&stats, "no-udp"), 2, "{stats}");
+    assert!(rule_packets(&stats, "egress-default") >= 2, "{stats}");
+    assert!(daemon.stop().success());
+    let log = daemon.log_text();
+    let pid = std::process::id();
+    assert!(
+        log.lines().any(|l| l.contains("connect_denied")
+            && l.contains("rule=\"no-db\"")
+            && l.contains(&format!("dport={}", db4.port()))
+            && l.contains(&format!("pid={pid}"))),
+        "{log}"
+    );
+}
+
+#[test]
+fn egress_audit_rules_allow_and_report() {
+    let net = TestNet::new();
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let target = listener.local_addr().unwrap();
+    let policy = policy(
+        &net,
+        &format!(
+            "[[egress]]\nname = \"trial\"\nproto = \"tcp\"\nports = [{}]\naction = \"audit\"\n",
+            target.port()
+        ),
+    );
+    let mut daemon = Daemon::start(&["--policy", policy.arg()]);
+    daemon
+        .cgroup
+        .run(|| assert!(connect_tcp(target).is_ok(), "an audit rule denies nothing"));
+    assert_eq!(rule_packets(&daemon.dirs.stats(), "trial"), 1);
+    assert!(daemon.stop().success());
+    let log = daemon.log_text();
+    assert!(
+        log.contains("connect_denied (audit: allowed)") && log.contains("rule=\"trial\""),
+        "{log}"
+    );
 }

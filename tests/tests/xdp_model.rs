@@ -201,7 +201,7 @@ fn model_decide(policy: &Policy, tcp: bool, src: IpAddr, dport: u16) -> (String,
         if rule.proto != proto || !rule.ports.iter().any(|r| r.contains(dport)) {
             continue;
         }
-        for net in rule.sources.iter().filter(|n| n.contains(&src)) {
+        for net in rule.nets.iter().filter(|n| n.contains(&src)) {
             let cand = (
                 net.prefix_len(),
                 rule.action,

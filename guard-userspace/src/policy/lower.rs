@@ -12,14 +12,15 @@ use guard_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, CLASS_LENS_USE_TRIE, ClassLens,
     GuardConfig, MAX_CLASS_PREFIX_LENS, MAX_PORT_SLOTS, MODE_AUDIT, MODE_ENFORCE,
     PORT_ACTION_SHIFT, PORT_DIRECT, PORT_FAILSAFE, PORT_SLOT_FIRST_NAMED, PORT_SLOT_OTHER_TCP,
-    PORT_SLOT_OTHER_UDP, PORT_VALUE_MASK, PROTO_IDX_TCP, PROTO_IDX_UDP, RULE_DEFAULT,
-    RULE_FAILSAFE, RULE_FIRST_POLICY, RULE_REPLY, RuleRef, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4,
-    SrcKeyV6, port_index,
+    PORT_SLOT_OTHER_UDP, PORT_VALUE_MASK, PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP,
+    PROTO_IDX_TCP, PROTO_IDX_UDP, RULE_DEFAULT, RULE_EGRESS_DEFAULT, RULE_FAILSAFE,
+    RULE_FIRST_POLICY, RULE_REPLY, RuleRef, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
+    port_index,
 };
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::model::{DefaultAction, Mode, Policy, PortRange, Proto, RuleAction};
+use super::model::{DefaultAction, Mode, Policy, PortRange, Proto, Rule, RuleAction};
 
 /// What a rule's counters mean, for `guard stats` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -94,6 +95,7 @@ pub fn lower(policy: &Policy) -> Lowered {
         (RULE_DEFAULT, "default", label(default_rule, policy.mode)),
         (RULE_FAILSAFE, "failsafe", "allow".to_owned()),
         (RULE_REPLY, "reply", "allow".to_owned()),
+        (RULE_EGRESS_DEFAULT, "egress-default", "allow".to_owned()),
     ];
     let mut rules: Vec<RuleInfo> = synthetic
         .into_iter()
@@ -107,25 +109,50 @@ pub fn lower(policy: &Policy) -> Lowered {
         })
         .collect();
     debug_assert_eq!(rules.len() as u32, RULE_FIRST_POLICY);
-    rules.extend(policy.ingress.iter().map(|r| RuleInfo {
+    // Ingress rules, then egress rules: rule index = RULE_FIRST_POLICY + position here.
+    let all_rules: Vec<&Rule> = policy.ingress.iter().chain(&policy.egress).collect();
+    rules.extend(all_rules.iter().map(|r| RuleInfo {
         name: r.name.clone(),
         action: label(r.action, policy.mode),
     }));
+    let egress_first = RULE_FIRST_POLICY + policy.ingress.len() as u32;
 
     // Port segments and their classes.
     let mut class_of_set: HashMap<Vec<u32>, u32> = HashMap::new();
     let mut segment_classes: Vec<(u32, PortRange, u32)> = Vec::new();
-    for (proto, proto_idx) in [(Proto::Tcp, PROTO_IDX_TCP), (Proto::Udp, PROTO_IDX_UDP)] {
-        let ranges: Vec<(PortRange, u32)> = policy
-            .ingress
+    // (rules, index of the first, protocol, port-array slot) for both directions.
+    let slots = [
+        (
+            &policy.ingress,
+            RULE_FIRST_POLICY,
+            Proto::Tcp,
+            PROTO_IDX_TCP,
+        ),
+        (
+            &policy.ingress,
+            RULE_FIRST_POLICY,
+            Proto::Udp,
+            PROTO_IDX_UDP,
+        ),
+        (
+            &policy.egress,
+            egress_first,
+            Proto::Tcp,
+            PROTO_IDX_EGRESS_TCP,
+        ),
+        (
+            &policy.egress,
+            egress_first,
+            Proto::Udp,
+            PROTO_IDX_EGRESS_UDP,
+        ),
+    ];
+    for (list, first, proto, proto_idx) in slots {
+        let ranges: Vec<(PortRange, u32)> = list
             .iter()
             .enumerate()
             .filter(|(_, r)| r.proto == proto)
-            .flat_map(|(i, r)| {
-                r.ports
-                    .iter()
-                    .map(move |p| (*p, RULE_FIRST_POLICY + i as u32))
-            })
+            .flat_map(|(i, r)| r.ports.iter().map(move |p| (*p, first + i as u32)))
             .collect();
         for (segment, set) in segments(&ranges) {
             let next = class_of_set.len() as u32 + 1;
@@ -138,8 +165,8 @@ pub fn lower(policy: &Policy) -> Lowered {
     let mut best: BTreeMap<(u32, IpNet), (RuleAction, u32)> = BTreeMap::new();
     for (set, &class) in &class_of_set {
         for &rule in set {
-            let r = &policy.ingress[(rule - RULE_FIRST_POLICY) as usize];
-            for net in &r.sources {
+            let r = all_rules[(rule - RULE_FIRST_POLICY) as usize];
+            for net in &r.nets {
                 best.entry((class, *net))
                     .and_modify(|cur| {
                         // Stronger action wins; at equal action the earlier rule keeps it.

@@ -61,15 +61,17 @@ pub enum InterfaceSpec {
     DefaultRoute,
 }
 
+/// An `[[ingress]]` rule (peers = sources, `from`) or `[[egress]]` rule (peers =
+/// destinations, `to`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IngressRule {
+pub struct Rule {
     pub name: String,
     pub proto: Proto,
     pub ports: Vec<PortRange>,
-    /// The `from` entries as written (zone names, `any`, CIDRs), for display.
-    pub from: Vec<String>,
-    /// The source networks `from` resolves to, normalised and de-duplicated.
-    pub sources: Vec<IpNet>,
+    /// The `from`/`to` entries as written (zone names, `any`, CIDRs), for display.
+    pub peers: Vec<String>,
+    /// The networks they resolve to, normalised and de-duplicated.
+    pub nets: Vec<IpNet>,
     pub action: RuleAction,
 }
 
@@ -81,7 +83,9 @@ pub struct Policy {
     /// TCP ports that always pass (anti-lockout).
     pub failsafe_ports: Vec<PortRange>,
     pub zones: BTreeMap<String, Vec<IpNet>>,
-    pub ingress: Vec<IngressRule>,
+    pub ingress: Vec<Rule>,
+    /// `[[egress]]`: judged at `connect()` and UDP `sendmsg()`; no match means allowed.
+    pub egress: Vec<Rule>,
     /// The cgroup v2 directory the cgroup programs attach to (`None`: the cgroup2 root).
     pub cgroup: Option<std::path::PathBuf>,
     /// `[listen]`: the ports processes in the cgroup may `bind()`; `None` when absent (no

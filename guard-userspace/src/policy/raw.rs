@@ -18,6 +18,8 @@ pub struct RawPolicy {
     pub zones: BTreeMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub ingress: Vec<Spanned<RawIngress>>,
+    #[serde(default)]
+    pub egress: Vec<Spanned<RawEgress>>,
     pub cgroup: Option<Spanned<String>>,
     pub listen: Option<Spanned<RawListen>>,
     pub events: Option<Spanned<RawEvents>>,
@@ -45,6 +47,16 @@ pub struct RawIngress {
     pub proto: Spanned<String>,
     pub ports: Spanned<Vec<Spanned<RawPort>>>,
     pub from: Option<Spanned<Vec<Spanned<String>>>>,
+    pub action: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgress {
+    pub name: Spanned<String>,
+    pub proto: Spanned<String>,
+    pub ports: Spanned<Vec<Spanned<RawPort>>>,
+    pub to: Option<Spanned<Vec<Spanned<String>>>>,
     pub action: Option<Spanned<String>>,
 }
 

@@ -3,7 +3,8 @@
 use guard_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, CLASS_LENS_USE_TRIE, MODE_AUDIT,
     MODE_ENFORCE, PORT_ACTION_MASK, PORT_ACTION_SHIFT, PORT_CLASS_MASK, PORT_DIRECT, PORT_FAILSAFE,
-    PORT_VALUE_MASK, PROTO_IDX_TCP, PROTO_IDX_UDP, RULE_FIRST_POLICY, port_index,
+    PORT_VALUE_MASK, PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP, PROTO_IDX_TCP, PROTO_IDX_UDP,
+    RULE_FIRST_POLICY, port_index,
 };
 use proptest::prelude::*;
 
@@ -64,8 +65,8 @@ fn minimal_policy_validates_with_defaults() {
             }
         ]
     );
-    assert_eq!(p.ingress[0].from, vec!["any"]);
-    assert_eq!(p.ingress[0].sources.len(), 2, "any = 0.0.0.0/0 and ::/0");
+    assert_eq!(p.ingress[0].peers, vec!["any"]);
+    assert_eq!(p.ingress[0].nets.len(), 2, "any = 0.0.0.0/0 and ::/0");
     assert_eq!(p.ingress[0].action, RuleAction::Allow);
     assert!(c.warnings.is_empty(), "{:?}", c.warnings);
     assert_eq!(c.hash.len(), 64);
@@ -282,7 +283,7 @@ from = ["lan", "192.0.2.7", "2001:db8::/32", "lan"]
     )
     .unwrap();
     let got: Vec<String> = c.policy.ingress[0]
-        .sources
+        .nets
         .iter()
         .map(|n| n.to_string())
         .collect();
@@ -300,7 +301,10 @@ fn lowering_assigns_classes_and_failsafe_flags() {
     assert_eq!(l.config.mode, MODE_ENFORCE);
     assert_eq!(l.config.default_action, ACTION_DENY);
     let names: Vec<&str> = l.rules.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["default", "failsafe", "reply", "web"]);
+    assert_eq!(
+        names,
+        ["default", "failsafe", "reply", "egress-default", "web"]
+    );
     // `web` is from any: every source resolves to it, so the port entry holds the rule.
     let direct_web = PORT_DIRECT | (ACTION_ALLOW << PORT_ACTION_SHIFT) | RULE_FIRST_POLICY;
     assert_eq!(port_entry(&l, PROTO_IDX_TCP, 80), direct_web);
@@ -368,9 +372,9 @@ action = "deny"
             .find(|(k, _)| k.prefix_len == prefix && k.class == class)
             .map(|(_, v)| (v.rule, v.action))
     };
-    assert_eq!(at(class443, 8), Some((5, ACTION_DENY)));
-    assert_eq!(at(class443, 16), Some((4, ACTION_AUDIT)));
-    assert_eq!(at(class400, 8), Some((5, ACTION_DENY)));
+    assert_eq!(at(class443, 8), Some((6, ACTION_DENY)));
+    assert_eq!(at(class443, 16), Some((5, ACTION_AUDIT)));
+    assert_eq!(at(class400, 8), Some((6, ACTION_DENY)));
     let lens = l.class_lens.iter().find(|(c, _)| *c == class443).unwrap().1;
     assert_eq!(
         (lens.v4_count, &lens.v4[..2]),
@@ -378,10 +382,10 @@ action = "deny"
         "longest first"
     );
     assert_eq!(
-        l.rules[5].action, "audit",
+        l.rules[6].action, "audit",
         "deny is reported as audit in audit mode"
     );
-    assert_eq!(l.rules[3].action, "allow");
+    assert_eq!(l.rules[4].action, "allow");
 }
 
 #[test]
@@ -395,6 +399,98 @@ fn equal_actions_keep_the_first_rule() {
         port_entry(&l, PROTO_IDX_UDP, 9),
         direct,
         "rule a, the first"
+    );
+}
+
+#[test]
+fn egress_rules_use_their_own_port_slots_and_follow_ingress_rules() {
+    let c = check(
+        "p.toml",
+        r#"interfaces = ["eth0"]
+[zones]
+db = ["10.9.0.0/16"]
+[[ingress]]
+name = "web"
+proto = "tcp"
+ports = [443]
+[[egress]]
+name = "no-db"
+proto = "tcp"
+ports = [5432]
+to = ["db"]
+action = "deny"
+[[egress]]
+name = "dns-anywhere"
+proto = "udp"
+ports = [53]
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.policy.egress.len(), 2);
+    assert_eq!(c.policy.egress[0].peers, vec!["db"]);
+    let l = lower(&c.policy);
+    let names: Vec<&str> = l.rules.iter().map(|r| r.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "default",
+            "failsafe",
+            "reply",
+            "egress-default",
+            "web",
+            "no-db",
+            "dns-anywhere"
+        ]
+    );
+    let no_db = port_entry(&l, PROTO_IDX_EGRESS_TCP, 5432);
+    assert!(
+        no_db != 0 && no_db & PORT_DIRECT == 0,
+        "a zone rule: looked up by destination"
+    );
+    assert!(l.src_hash_v4.iter().any(|(k, v)| k.class == no_db
+        && k.prefix_len == 16
+        && v.rule == 5
+        && v.action == ACTION_DENY));
+    assert_eq!(
+        port_entry(&l, PROTO_IDX_EGRESS_UDP, 53),
+        PORT_DIRECT | (ACTION_ALLOW << PORT_ACTION_SHIFT) | 6
+    );
+    assert_eq!(
+        port_entry(&l, PROTO_IDX_TCP, 5432),
+        0,
+        "egress rules do not open ingress ports"
+    );
+    assert_eq!(
+        port_entry(&l, PROTO_IDX_EGRESS_TCP, 443),
+        0,
+        "and ingress rules do not touch egress"
+    );
+
+    let e = errors(
+        "interfaces = [\"eth0\"]\n[[ingress]]\nname = \"x\"\nproto = \"tcp\"\nports = [1]\n[[egress]]\nname = \"x\"\nproto = \"tcp\"\nports = [70000]\nto = [\"nowhere\"]\nfrom = [\"any\"]\n",
+    );
+    assert!(
+        e.iter().any(|l| l.contains("unknown field `from`")),
+        "egress rules take `to`: {e:?}"
+    );
+    let e = errors(
+        "interfaces = [\"eth0\"]\n[[ingress]]\nname = \"x\"\nproto = \"tcp\"\nports = [1]\n[[egress]]\nname = \"x\"\nproto = \"tcp\"\nports = [70000]\nto = [\"nowhere\"]\n",
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("p.toml:7:8:") && l.contains("duplicate rule name `x`")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("p.toml:9:10:") && l.contains("port 70000")),
+        "{e:?}"
+    );
+    assert!(
+        e.iter()
+            .any(|l| l.starts_with("p.toml:10:7:")
+                && l.contains("unknown zone `nowhere` in rule `x`")),
+        "{e:?}"
     );
 }
 
@@ -441,7 +537,7 @@ fn model_decision(
         if r.proto != proto || !r.ports.iter().any(|p| p.contains(port)) {
             continue;
         }
-        for net in r.sources.iter().filter(|n| n.contains(&src)) {
+        for net in r.nets.iter().filter(|n| n.contains(&src)) {
             let cand = (net.prefix_len(), r.action, RULE_FIRST_POLICY + i as u32);
             best = Some(match best {
                 None => cand,

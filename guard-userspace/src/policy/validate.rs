@@ -12,10 +12,10 @@ use toml::Spanned;
 use super::{
     Diagnostic,
     model::{
-        DefaultAction, EventLimits, FlowTimeouts, IngressRule, InterfaceSpec, ListenPolicy, Mode,
-        Policy, PortRange, Proto, RuleAction,
+        DefaultAction, EventLimits, FlowTimeouts, InterfaceSpec, ListenPolicy, Mode, Policy,
+        PortRange, Proto, Rule, RuleAction,
     },
-    raw::{RawIngress, RawPolicy, RawPort},
+    raw::{RawEgress, RawIngress, RawPolicy, RawPort},
 };
 
 /// The interface token that resolves to the default-route interfaces at start.
@@ -103,20 +103,24 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
 
     let zones = zones(&raw, &mut f);
 
+    // Rule names are unique across ingress and egress: they name the counters.
     let mut names = HashSet::new();
-    let ingress = raw
+    let mut checked = |view: RawRuleView<'_>, f: &mut Findings| {
+        let name = view.name.get_ref();
+        if !names.insert(name.clone()) {
+            f.error(view.name.span(), format!("duplicate rule name `{name}`"));
+        }
+        rule(view, &zones, f)
+    };
+    let ingress: Vec<Rule> = raw
         .ingress
         .iter()
-        .filter_map(|rule| {
-            let name = rule.get_ref().name.get_ref();
-            if !names.insert(name.clone()) {
-                f.error(
-                    rule.get_ref().name.span(),
-                    format!("duplicate rule name `{name}`"),
-                );
-            }
-            ingress_rule(rule, &zones, &mut f)
-        })
+        .filter_map(|r| checked(r.get_ref().into(), &mut f))
+        .collect();
+    let egress: Vec<Rule> = raw
+        .egress
+        .iter()
+        .filter_map(|r| checked(r.get_ref().into(), &mut f))
         .collect();
 
     let listen = raw.listen.as_ref().map(|l| {
@@ -166,6 +170,7 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
             failsafe_ports,
             zones: zones.into_iter().map(|(k, (_, v))| (k, v)).collect(),
             ingress,
+            egress,
             cgroup,
             listen,
             events,
@@ -440,12 +445,43 @@ fn port(p: &Spanned<RawPort>, f: &mut Findings) -> Option<PortRange> {
     }
 }
 
-fn ingress_rule(
-    rule: &Spanned<RawIngress>,
-    zones: &ZoneTable,
-    f: &mut Findings,
-) -> Option<IngressRule> {
-    let r = rule.get_ref();
+/// The fields of an ingress or egress rule as written; `peer_key` is `from` or `to`.
+struct RawRuleView<'a> {
+    name: &'a Spanned<String>,
+    proto: &'a Spanned<String>,
+    ports: &'a Spanned<Vec<Spanned<RawPort>>>,
+    peers: Option<&'a Spanned<Vec<Spanned<String>>>>,
+    peer_key: &'static str,
+    action: Option<&'a Spanned<String>>,
+}
+
+impl<'a> From<&'a RawIngress> for RawRuleView<'a> {
+    fn from(r: &'a RawIngress) -> Self {
+        Self {
+            name: &r.name,
+            proto: &r.proto,
+            ports: &r.ports,
+            peers: r.from.as_ref(),
+            peer_key: "from",
+            action: r.action.as_ref(),
+        }
+    }
+}
+
+impl<'a> From<&'a RawEgress> for RawRuleView<'a> {
+    fn from(r: &'a RawEgress) -> Self {
+        Self {
+            name: &r.name,
+            proto: &r.proto,
+            ports: &r.ports,
+            peers: r.to.as_ref(),
+            peer_key: "to",
+            action: r.action.as_ref(),
+        }
+    }
+}
+
+fn rule(r: RawRuleView<'_>, zones: &ZoneTable, f: &mut Findings) -> Option<Rule> {
     let errors_before = f.errors.len();
     let name = r.name.get_ref().clone();
     if name.trim().is_empty() {
@@ -479,13 +515,16 @@ fn ingress_rule(
     }
     let ports = ports(r.ports.get_ref(), f);
 
-    let (from, sources) = match &r.from {
+    let peer_key = r.peer_key;
+    let (peers, nets) = match r.peers {
         None => (vec![ANY.to_owned()], vec![any_v4(), any_v6()]),
         Some(list) => {
             if list.get_ref().is_empty() {
                 f.error(
                     list.span(),
-                    format!("rule `{name}` has an empty `from`: name zones, CIDRs or \"any\""),
+                    format!(
+                        "rule `{name}` has an empty `{peer_key}`: name zones, CIDRs or \"any\""
+                    ),
                 );
             }
             let mut sources = Vec::new();
@@ -529,12 +568,12 @@ fn ingress_rule(
     if f.errors.len() != errors_before {
         return None;
     }
-    Some(IngressRule {
+    Some(Rule {
         name,
         proto: proto?,
         ports,
-        from,
-        sources,
+        peers,
+        nets,
         action,
     })
 }

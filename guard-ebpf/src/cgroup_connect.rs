@@ -1,0 +1,85 @@
+//! cgroup `connect()` (TCP and UDP, IPv4 and IPv6) and UDP `sendmsg()` hooks enforcing
+//! `[[egress]]` for processes in the guarded cgroup, by destination port and address.
+//!
+//! Verdicts, chosen on purpose: 1 lets the call proceed, 0 makes it fail with EPERM. No
+//! `[[egress]]` rule naming the destination means allowed (egress defaults to allow), and so
+//! do protocols other than TCP and UDP, an unconfigured program, and audit mode. Every
+//! decision is counted under its rule (`egress-default` when none matched); each denial (or
+//! audit-mode would-be denial) is an event with pid and command, limited per process.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
+    programs::SockAddrContext,
+};
+use guard_common::{
+    ACTION_ALLOW, ACTION_DENY, EVENT_CONNECT_DENIED, EVENT_FLAG_AUDIT, Event, MODE_ENFORCE,
+    MODE_UNSET, PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP, RULE_EGRESS_DEFAULT,
+};
+
+use crate::{
+    events,
+    maps::GUARD_CONFIG,
+    packet::{IPPROTO_TCP, IPPROTO_UDP},
+    verdict,
+};
+
+const ALLOW: i32 = 1;
+const DENY: i32 = 0;
+
+#[inline(always)]
+pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
+    let Some(config) = GUARD_CONFIG.get(0) else {
+        return ALLOW;
+    };
+    if config.mode == MODE_UNSET {
+        return ALLOW;
+    }
+    // SAFETY: the context pointer the kernel passed in.
+    let sa = unsafe { &*ctx.sock_addr };
+    let proto = sa.protocol as u8;
+    let slot = match proto {
+        IPPROTO_TCP => PROTO_IDX_EGRESS_TCP,
+        IPPROTO_UDP => PROTO_IDX_EGRESS_UDP,
+        _ => return ALLOW,
+    };
+    // user_port holds the port in network byte order in its low 16 bits.
+    let port = u16::from_be(sa.user_port as u16);
+    let mut peer = [0u8; 16];
+    if v6 {
+        for (i, word) in sa.user_ip6.iter().enumerate() {
+            peer[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
+        }
+    } else {
+        peer[10] = 0xff;
+        peer[11] = 0xff;
+        peer[12..].copy_from_slice(&sa.user_ip4.to_ne_bytes());
+    }
+    let (rule, action) =
+        verdict::decide(slot, port, !v6, &peer, (RULE_EGRESS_DEFAULT, ACTION_ALLOW));
+    verdict::count_rule(rule, 0);
+    if action == ACTION_ALLOW {
+        return ALLOW;
+    }
+    let deny = config.mode == MODE_ENFORCE && action == ACTION_DENY;
+    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let mut limit_key = [0u8; 16];
+    limit_key[..4].copy_from_slice(&pid.to_ne_bytes());
+    limit_key[15] = 0xc0; // not an address: a per-process bucket
+    events::send(
+        Event {
+            kind: EVENT_CONNECT_DENIED,
+            rule,
+            dst: peer,
+            dport: port,
+            family: if v6 { 6 } else { 4 },
+            proto,
+            flags: if deny { 0 } else { EVENT_FLAG_AUDIT },
+            pid,
+            comm: bpf_get_current_comm().unwrap_or_default(),
+            ..Event::default()
+        },
+        &limit_key,
+        config,
+    );
+    if deny { DENY } else { ALLOW }
+}
