@@ -238,6 +238,87 @@ fn xdp_filter() -> (f64, f64) {
     (pass, drop)
 }
 
+/// Nanoseconds per call of `f`, over `n` calls.
+fn per_call(n: u32, mut f: impl FnMut()) -> f64 {
+    let started = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    started.elapsed().as_nanos() as f64 / f64::from(n)
+}
+
+struct Sockets {
+    connect_without: f64,
+    connect_with: f64,
+    bind_without: f64,
+    bind_with: f64,
+}
+
+/// connect()+close() and bind()+close() on loopback from a test cgroup, without and with
+/// guard's cgroup programs attached there (1000 egress rules covering the port but not
+/// loopback, so every connect takes the lookup path and is allowed), rounds alternating.
+fn sockets() -> Sockets {
+    const CONNECTS: u32 = 1000;
+    const BINDS: u32 = 10_000;
+    const SOCKET_ROUNDS: usize = 5;
+    let cgroup = guard_tests::Cgroup::new();
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let target = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
+    let bind_port = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut text = format!(
+        "mode = \"enforce\"\ninterfaces = [\"unused0\"]\n[events]\nrate_per_second = 0\n[listen]\nallow = [{bind_port}]\n"
+    );
+    for i in 0..1000u32 {
+        let port = if i == 0 {
+            target.port()
+        } else {
+            20_000 + (i % 1000) as u16
+        };
+        let _ = write!(
+            text,
+            "[[egress]]\nname = \"e{i}\"\nproto = \"tcp\"\nports = [{port}]\nto = [\"10.{}.{}.0/24\"]\naction = \"deny\"\n",
+            i / 256,
+            i % 256
+        );
+    }
+    let mut g = load(&text);
+    let connect = || {
+        drop(std::net::TcpStream::connect(target).expect("connect"));
+    };
+    let bind = || {
+        drop(std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, bind_port)).expect("bind"));
+    };
+    let (mut cw, mut cg, mut bw, mut bg) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    cgroup.run(|| {
+        per_call(CONNECTS / 2, connect);
+        for _ in 0..SOCKET_ROUNDS {
+            cw.push(per_call(CONNECTS, connect));
+            bw.push(per_call(BINDS, bind));
+            g.guard
+                .attach_cgroup(&cgroup.path)
+                .expect("attach to the bench cgroup");
+            cg.push(per_call(CONNECTS, connect));
+            bg.push(per_call(BINDS, bind));
+            g.guard.detach_all();
+        }
+    });
+    Sockets {
+        connect_without: median(&mut cw),
+        connect_with: median(&mut cg),
+        bind_without: median(&mut bw),
+        bind_with: median(&mut bg),
+    }
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -273,6 +354,14 @@ fn main() {
             r
         })
         .collect();
+    eprintln!(
+        "==> sockets: connect()+close() and bind()+close() on loopback, without and with the cgroup programs"
+    );
+    let so = sockets();
+    eprintln!(
+        "    connect {:.0} -> {:.0} ns, bind {:.0} -> {:.0} ns",
+        so.connect_without, so.connect_with, so.bind_without, so.bind_with
+    );
     eprintln!("==> xdp-filter (Debian xdp-tools), deny policy, port 80 allowed");
     let (xf_pass, xf_drop) = xdp_filter();
     eprintln!("    pass {xf_pass:.0} ns, drop {xf_drop:.0} ns");
@@ -379,6 +468,38 @@ fn main() {
     let _ = writeln!(
         md,
         "\nThe floor is {floor:.0} ns on this machine: BPF_PROG_TEST_RUN's own cost per run."
+    );
+    let overhead = |without: f64, with: f64| (with - without) / without * 100.0;
+    let (co, bo) = (
+        overhead(so.connect_without, so.connect_with),
+        overhead(so.bind_without, so.bind_with),
+    );
+    let _ = writeln!(md, "\n## Sockets (issue C)\n");
+    let _ = writeln!(
+        md,
+        "Wall-clock ns per call from a process in a test cgroup, median of 5 rounds (1000 \
+         `connect()`+`close()` to a loopback listener; 10 000 `bind()`+`close()` of a UDP socket \
+         to a port `[listen]` allows), rounds alternating without and with guard's cgroup \
+         programs (bind/connect/sendmsg hooks and sock_ops) and a policy of 1000 egress rules.\n"
+    );
+    let _ = writeln!(
+        md,
+        "| call | without | with guard | overhead | target <= 5 % |"
+    );
+    let _ = writeln!(md, "| --- | ---: | ---: | ---: | --- |");
+    let _ = writeln!(
+        md,
+        "| connect()+close() | {:.0} | {:.0} | {co:+.1} % | {} |",
+        so.connect_without,
+        so.connect_with,
+        verdict(co <= 5.0)
+    );
+    let _ = writeln!(
+        md,
+        "| bind()+close() | {:.0} | {:.0} | {bo:+.1} % | {} |",
+        so.bind_without,
+        so.bind_with,
+        verdict(bo <= 5.0)
     );
     std::fs::write(&out_path, &md).unwrap_or_else(|e| panic!("write {out_path}: {e}"));
     println!("{md}");
