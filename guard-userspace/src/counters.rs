@@ -156,11 +156,10 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
     pub fn read(&self, rules: &[RuleInfo], slots: &[PortSlot]) -> Result<Counters, MapError> {
         let rule_counters = rules
             .iter()
-            .enumerate()
-            .map(|(i, info)| {
+            .map(|info| {
                 let total =
                     self.rules
-                        .get(&(i as u32), 0)?
+                        .get(&info.index, 0)?
                         .iter()
                         .fold(RuleStats::default(), |a, s| RuleStats {
                             packets: a.packets + s.packets,
@@ -185,9 +184,8 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
             .collect::<Result<_, MapError>>()?;
         let ports = slots
             .iter()
-            .enumerate()
-            .map(|(i, slot)| {
-                let per_cpu = self.ports.get(&(i as u32), 0)?;
+            .map(|slot| {
+                let per_cpu = self.ports.get(&slot.slot, 0)?;
                 let (attempted, rejected) = per_cpu
                     .iter()
                     .fold((0, 0), |(a, r), s| (a + s.attempted, r + s.rejected));

@@ -90,7 +90,8 @@ impl Decoder {
             .unwrap_or(ev.comm.len());
         let rule = self
             .rules
-            .get(ev.rule as usize)
+            .iter()
+            .find(|r| r.index == ev.rule)
             .map_or_else(|| format!("#{}", ev.rule), |r| r.name.clone());
         Some(DenyEvent {
             ts: (i128::from(ev.ts_ns) + self.realtime_offset_ns) as f64 / 1e9,
@@ -181,10 +182,12 @@ mod tests {
     fn decodes_ipv4_and_ipv6_events_with_rule_names() {
         let d = Decoder::new(vec![
             RuleInfo {
+                index: 0,
                 name: "default".into(),
                 action: "deny".into(),
             },
             RuleInfo {
+                index: 1,
                 name: "failsafe".into(),
                 action: "allow".into(),
             },

@@ -25,6 +25,8 @@ use super::model::{DefaultAction, Mode, Policy, PortRange, Proto, Rule, RuleActi
 /// What a rule's counters mean, for `guard stats` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct RuleInfo {
+    /// The rule's counter slot; stable across policy changes for a rule of the same name.
+    pub index: u32,
     pub name: String,
     /// `allow`, `deny` or `audit`: what happens to the packets the rule counts. In audit mode
     /// denials are reported as `audit`.
@@ -34,6 +36,8 @@ pub struct RuleInfo {
 /// What a per-port counter slot counts, for `guard stats` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct PortSlot {
+    /// The counter slot; stable across policy changes for the same (protocol, port).
+    pub slot: u32,
     pub proto: String,
     /// The port number, or `other` for the ports the policy does not name.
     pub port: String,
@@ -46,9 +50,14 @@ pub const MAX_SLOTTED_RANGE: u32 = 256;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lowered {
     pub config: GuardConfig,
-    /// Indexed by rule index: [`RULE_DEFAULT`], [`RULE_FAILSAFE`], [`RULE_REPLY`], then the
-    /// ingress rules.
+    /// Every rule with its index: [`RULE_DEFAULT`], [`RULE_FAILSAFE`], [`RULE_REPLY`],
+    /// [`RULE_EGRESS_DEFAULT`], then the ingress and egress rules, by index.
     pub rules: Vec<RuleInfo>,
+    /// Rule indices given to names the previous policy did not have: their counters must be
+    /// zeroed before the new policy runs.
+    pub fresh_rules: Vec<u32>,
+    /// Port slots likewise.
+    pub fresh_slots: Vec<u32>,
     /// Non-zero entries of the ports array: (index, class | flags).
     pub ports: Vec<(u32, u32)>,
     /// Entries of the class-lengths array: (class, prefix lengths).
@@ -86,7 +95,44 @@ fn label(action: RuleAction, mode: Mode) -> String {
     }
 }
 
+/// Lowers a policy with no previous one (every index fresh).
 pub fn lower(policy: &Policy) -> Lowered {
+    lower_after(policy, &[], &[])
+}
+
+/// Gives each key the index it had before, or else the smallest index from `first` on
+/// that no key holds. Returns the indices and which of them are fresh.
+fn assign<K: PartialEq>(keys: &[K], previous: &[(K, u32)], first: u32) -> (Vec<u32>, Vec<u32>) {
+    let kept: Vec<Option<u32>> = keys
+        .iter()
+        .map(|k| previous.iter().find(|(pk, _)| pk == k).map(|&(_, i)| i))
+        .collect();
+    let mut used: std::collections::BTreeSet<u32> = kept.iter().flatten().copied().collect();
+    let mut next = first;
+    let mut fresh = Vec::new();
+    let indices = kept
+        .into_iter()
+        .map(|k| {
+            k.unwrap_or_else(|| {
+                while used.contains(&next) {
+                    next += 1;
+                }
+                used.insert(next);
+                fresh.push(next);
+                next
+            })
+        })
+        .collect();
+    (indices, fresh)
+}
+
+/// Lowers a policy that replaces one whose rules and port slots were `previous_rules` and
+/// `previous_slots`: rules and ports that stay keep their counter slots.
+pub fn lower_after(
+    policy: &Policy,
+    previous_rules: &[RuleInfo],
+    previous_slots: &[PortSlot],
+) -> Lowered {
     let default_rule = match policy.default_action {
         DefaultAction::Allow => RuleAction::Allow,
         DefaultAction::Deny => RuleAction::Deny,
@@ -103,56 +149,62 @@ pub fn lower(policy: &Policy) -> Lowered {
         .map(|(i, (index, name, action))| {
             debug_assert_eq!(i as u32, index);
             RuleInfo {
+                index,
                 name: name.into(),
                 action,
             }
         })
         .collect();
     debug_assert_eq!(rules.len() as u32, RULE_FIRST_POLICY);
-    // Ingress rules, then egress rules: rule index = RULE_FIRST_POLICY + position here.
+    // Ingress rules, then egress rules; names are unique across both.
     let all_rules: Vec<&Rule> = policy.ingress.iter().chain(&policy.egress).collect();
-    rules.extend(all_rules.iter().map(|r| RuleInfo {
+    let names: Vec<&str> = all_rules.iter().map(|r| r.name.as_str()).collect();
+    let previous: Vec<(&str, u32)> = previous_rules
+        .iter()
+        .filter(|r| r.index >= RULE_FIRST_POLICY)
+        .map(|r| (r.name.as_str(), r.index))
+        .collect();
+    let (index_of, fresh_rules) = assign(&names, &previous, RULE_FIRST_POLICY);
+    let rule_by_index: HashMap<u32, &Rule> = index_of
+        .iter()
+        .copied()
+        .zip(all_rules.iter().copied())
+        .collect();
+    rules.extend(all_rules.iter().zip(&index_of).map(|(r, &index)| RuleInfo {
+        index,
         name: r.name.clone(),
         action: label(r.action, policy.mode),
     }));
-    let egress_first = RULE_FIRST_POLICY + policy.ingress.len() as u32;
+    rules.sort_by_key(|r| r.index);
+    let ingress_index = &index_of[..policy.ingress.len()];
+    let egress_index = &index_of[policy.ingress.len()..];
 
     // Port segments and their classes.
     let mut class_of_set: HashMap<Vec<u32>, u32> = HashMap::new();
     let mut segment_classes: Vec<(u32, PortRange, u32)> = Vec::new();
-    // (rules, index of the first, protocol, port-array slot) for both directions.
+    // (rules, their indices, protocol, port-array slot) for both directions.
     let slots = [
-        (
-            &policy.ingress,
-            RULE_FIRST_POLICY,
-            Proto::Tcp,
-            PROTO_IDX_TCP,
-        ),
-        (
-            &policy.ingress,
-            RULE_FIRST_POLICY,
-            Proto::Udp,
-            PROTO_IDX_UDP,
-        ),
+        (&policy.ingress, ingress_index, Proto::Tcp, PROTO_IDX_TCP),
+        (&policy.ingress, ingress_index, Proto::Udp, PROTO_IDX_UDP),
         (
             &policy.egress,
-            egress_first,
+            egress_index,
             Proto::Tcp,
             PROTO_IDX_EGRESS_TCP,
         ),
         (
             &policy.egress,
-            egress_first,
+            egress_index,
             Proto::Udp,
             PROTO_IDX_EGRESS_UDP,
         ),
     ];
-    for (list, first, proto, proto_idx) in slots {
+    for (list, indices, proto, proto_idx) in slots {
         let ranges: Vec<(PortRange, u32)> = list
             .iter()
-            .enumerate()
-            .filter(|(_, r)| r.proto == proto)
-            .flat_map(|(i, r)| r.ports.iter().map(move |p| (*p, first + i as u32)))
+            .zip(indices)
+            .filter(|(r, _)| r.proto == proto)
+            .flat_map(|(r, &index)| r.ports.iter().map(move |p| (*p, index)))
             .collect();
         for (segment, set) in segments(&ranges) {
             let next = class_of_set.len() as u32 + 1;
@@ -165,7 +217,7 @@ pub fn lower(policy: &Policy) -> Lowered {
     let mut best: BTreeMap<(u32, IpNet), (RuleAction, u32)> = BTreeMap::new();
     for (set, &class) in &class_of_set {
         for &rule in set {
-            let r = all_rules[(rule - RULE_FIRST_POLICY) as usize];
+            let r = rule_by_index[&rule];
             for net in &r.nets {
                 best.entry((class, *net))
                     .and_modify(|cur| {
@@ -303,7 +355,7 @@ pub fn lower(policy: &Policy) -> Lowered {
         }
     }
 
-    let (port_slots, slots) = port_slots(policy);
+    let (port_slots, slots, fresh_slots) = port_slots(policy, previous_slots);
     let listen: Vec<u32> = policy.listen.as_ref().map_or_else(Vec::new, |l| {
         [(PROTO_IDX_TCP, &l.tcp), (PROTO_IDX_UDP, &l.udp)]
             .into_iter()
@@ -341,6 +393,8 @@ pub fn lower(policy: &Policy) -> Lowered {
             _pad: 0,
         },
         rules,
+        fresh_rules,
+        fresh_slots,
         ports: ports.into_iter().collect(),
         class_lens,
         src_hash_v4,
@@ -358,7 +412,10 @@ pub fn lower(policy: &Policy) -> Lowered {
 /// Counter slots for the ports the policy names (rule ports and failsafe ports; ranges of
 /// at most [`MAX_SLOTTED_RANGE`] ports), after the two "other" slots, up to
 /// [`MAX_PORT_SLOTS`]. Returns the slot array entries and the slot names.
-fn port_slots(policy: &Policy) -> (Vec<(u32, u32)>, Vec<PortSlot>) {
+fn port_slots(
+    policy: &Policy,
+    previous: &[PortSlot],
+) -> (Vec<(u32, u32)>, Vec<PortSlot>, Vec<u32>) {
     let mut named: Vec<(u32, u16)> = Vec::new();
     let mut add = |proto_idx: u32, range: &PortRange| {
         if u32::from(range.last) - u32::from(range.first) < MAX_SLOTTED_RANGE {
@@ -380,28 +437,39 @@ fn port_slots(policy: &Policy) -> (Vec<(u32, u32)>, Vec<PortSlot>) {
     named.dedup();
     named.truncate((MAX_PORT_SLOTS - PORT_SLOT_FIRST_NAMED) as usize);
     let proto_name = |idx: u32| if idx == PROTO_IDX_TCP { "tcp" } else { "udp" }.to_owned();
+    let keys: Vec<(String, String)> = named
+        .iter()
+        .map(|&(p, port)| (proto_name(p), port.to_string()))
+        .collect();
+    let previous: Vec<((String, String), u32)> = previous
+        .iter()
+        .filter(|s| s.slot >= PORT_SLOT_FIRST_NAMED)
+        .map(|s| ((s.proto.clone(), s.port.clone()), s.slot))
+        .collect();
+    let (indices, fresh) = assign(&keys, &previous, PORT_SLOT_FIRST_NAMED);
     let mut slots = vec![
         PortSlot {
+            slot: PORT_SLOT_OTHER_TCP,
             proto: proto_name(PORT_SLOT_OTHER_TCP),
             port: "other".into(),
         },
         PortSlot {
+            slot: PORT_SLOT_OTHER_UDP,
             proto: proto_name(PORT_SLOT_OTHER_UDP),
             port: "other".into(),
         },
     ];
     let mut entries = Vec::with_capacity(named.len());
-    for (i, (proto_idx, port)) in named.into_iter().enumerate() {
-        entries.push((
-            port_index(proto_idx, port),
-            PORT_SLOT_FIRST_NAMED + i as u32,
-        ));
+    for ((&(proto_idx, port), (proto, port_text)), slot) in named.iter().zip(keys).zip(indices) {
+        entries.push((port_index(proto_idx, port), slot));
         slots.push(PortSlot {
-            proto: proto_name(proto_idx),
-            port: port.to_string(),
+            slot,
+            proto,
+            port: port_text,
         });
     }
-    (entries, slots)
+    slots.sort_by_key(|s| s.slot);
+    (entries, slots, fresh)
 }
 
 /// Splits the port space into maximal segments covered by the same non-empty set of rules,

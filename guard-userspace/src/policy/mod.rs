@@ -11,7 +11,7 @@ mod tests;
 
 use std::{fmt, ops::Range, path::Path};
 
-pub use lower::{Lowered, PortSlot, RuleInfo, lower};
+pub use lower::{Lowered, PortSlot, RuleInfo, lower, lower_after};
 pub use model::Policy;
 use sha2::{Digest, Sha256};
 

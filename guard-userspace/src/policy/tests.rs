@@ -677,3 +677,40 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn rules_and_port_slots_keep_their_indices_across_policy_changes() {
+    let before = lowered(
+        "interfaces = [\"eth0\"]\n[[ingress]]\nname = \"a\"\nproto = \"tcp\"\nports = [80]\n\
+         [[ingress]]\nname = \"b\"\nproto = \"tcp\"\nports = [81]\n[[ingress]]\nname = \"c\"\nproto = \"udp\"\nports = [53]\n",
+    );
+    let index = |l: &Lowered, name: &str| l.rules.iter().find(|r| r.name == name).map(|r| r.index);
+    let slot = |l: &Lowered, port: &str| l.slots.iter().find(|s| s.port == port).map(|s| s.slot);
+    assert_eq!(
+        (
+            index(&before, "a"),
+            index(&before, "b"),
+            index(&before, "c")
+        ),
+        (Some(4), Some(5), Some(6))
+    );
+    let after_policy = check(
+        "p.toml",
+        "interfaces = [\"eth0\"]\n[[ingress]]\nname = \"new\"\nproto = \"tcp\"\nports = [8080]\n\
+         [[ingress]]\nname = \"c\"\nproto = \"udp\"\nports = [53]\n[[ingress]]\nname = \"a\"\nproto = \"tcp\"\nports = [80]\n",
+    )
+    .unwrap()
+    .policy;
+    let after = super::lower_after(&after_policy, &before.rules, &before.slots);
+    assert_eq!(index(&after, "a"), Some(4), "a keeps its counters");
+    assert_eq!(index(&after, "c"), Some(6));
+    assert_eq!(index(&after, "new"), Some(5), "b's index is reused");
+    assert_eq!(after.fresh_rules, vec![5], "and zeroed before use");
+    assert_eq!(slot(&after, "80"), slot(&before, "80"));
+    assert_eq!(slot(&after, "53"), slot(&before, "53"));
+    assert_eq!(after.fresh_slots.len(), 1, "8080 is new");
+    // The lowered maps agree with the new indices.
+    let direct = PORT_DIRECT | (ACTION_ALLOW << PORT_ACTION_SHIFT);
+    assert_eq!(port_entry(&after, PROTO_IDX_TCP, 8080), direct | 5);
+    assert_eq!(port_entry(&after, PROTO_IDX_TCP, 80), direct | 4);
+}
