@@ -81,8 +81,10 @@ pub mod maps {
         EVENT_BUCKETS,
         EVENT_STATS,
     ];
-    /// Maps holding counters or state that must survive a policy change (pinned).
-    pub const PINNED: [&str; 8] = [
+    /// Maps whose contents outlive a policy and the daemon: counters, flows, sockets, the
+    /// event ring and limiter. Every load shares them through their pins; the policy maps
+    /// (config, ports, classes, sources, listen, slots) are new for every policy.
+    pub const STATE: [&str; 11] = [
         RULE_STATS,
         REASONS,
         PORT_STATS,
@@ -91,6 +93,9 @@ pub mod maps {
         BIND_DENIED,
         CONN_STATS,
         RTT_HIST,
+        SOCKETS,
+        EVENTS,
+        EVENT_BUCKETS,
     ];
 }
 

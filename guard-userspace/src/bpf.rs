@@ -3,7 +3,7 @@
 //!
 //! Every map is taken by its name from `guard_common::maps`; a missing one is an error.
 
-use std::path::Path;
+use std::{os::fd::AsFd as _, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -82,6 +82,28 @@ pub enum LoadError {
         #[source]
         source: ProgramError,
     },
+    #[error("counting the possible CPUs: {0}")]
+    Cpus(#[source] std::io::Error),
+    #[error("pinning a link at {path}: {source}")]
+    PinLink {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("replacing the program of the pinned link {path}: {source}")]
+    Replace {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "the pinned {map} map has {capacity} slots but this policy needs slot {needed}; run `guard unload` and start again"
+    )]
+    Capacity {
+        map: &'static str,
+        capacity: u32,
+        needed: u32,
+    },
     #[error("pinning map {map} at {path}: {source}")]
     Pin {
         map: &'static str,
@@ -136,7 +158,82 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// aya-log's ring buffer map (its name inside aya-log is private).
+const AYA_LOGS_MAP: &str = "AYA_LOGS";
+
 pub type KernelLogger = aya_log::EbpfLogger<&'static dyn log::Log>;
+
+/// What guard keeps in bpffs so enforcement and counters outlive the daemon:
+/// `PIN_DIR/maps/<map>` (the state maps every load shares) and `PIN_DIR/links/<hook>`.
+#[derive(Debug, Clone)]
+pub struct Pins {
+    dir: std::path::PathBuf,
+}
+
+impl Pins {
+    pub fn new(dir: &Path) -> Self {
+        Self {
+            dir: dir.to_path_buf(),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn map(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join("maps").join(name)
+    }
+
+    pub fn link(&self, hook: &str) -> std::path::PathBuf {
+        self.dir.join("links").join(hook)
+    }
+
+    /// Creates the directories (mounting bpffs at /sys/fs/bpf when needed).
+    pub fn prepare(&self) -> std::io::Result<()> {
+        crate::host::prepare_pin_dir(&self.dir)?;
+        std::fs::create_dir_all(self.dir.join("maps"))?;
+        std::fs::create_dir_all(self.dir.join("links"))
+    }
+
+    /// True when links are pinned: a daemon ran and its programs are still attached.
+    pub fn has_links(&self) -> bool {
+        std::fs::read_dir(self.dir.join("links")).is_ok_and(|mut d| d.next().is_some())
+    }
+
+    /// Unpins one hook's link; the kernel detaches it once nothing else holds it.
+    pub fn remove_link(&self, hook: &str) {
+        let _ = std::fs::remove_file(self.link(hook));
+    }
+
+    /// Unpins everything: the links detach, the maps are freed (`guard unload`).
+    pub fn remove_all(&self) -> std::io::Result<()> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Pin names of the links on an interface and on the cgroup.
+pub fn xdp_hook(iface: &str) -> String {
+    format!("xdp-{iface}")
+}
+pub fn tc_hook(iface: &str) -> String {
+    format!("tc-{iface}")
+}
+pub fn cgroup_hook(program: &str) -> String {
+    format!("cgroup-{program}")
+}
+
+/// What attaching to a hook did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Attach {
+    /// A new link, in this XDP mode (cgroup hooks report `Default`).
+    New(AttachMode),
+    /// The pinned link was kept and now runs the new program.
+    Replaced,
+}
 
 /// A loaded, configured (not yet attached) guard.
 pub struct Guard {
@@ -145,6 +242,17 @@ pub struct Guard {
     links: Vec<Link>,
     cgroup_links: Vec<CgroupLink>,
 }
+
+/// Every program guard attaches to the cgroup.
+pub const CGROUP_PROGRAMS: [&str; 7] = [
+    programs::BIND4,
+    programs::BIND6,
+    programs::CONNECT4,
+    programs::CONNECT6,
+    programs::SENDMSG4,
+    programs::SENDMSG6,
+    programs::SOCK_OPS,
+];
 
 /// The cgroup socket-address hooks: `[listen]` at bind, `[[egress]]` at connect and sendmsg.
 const SOCK_ADDR_PROGRAMS: [&str; 6] = [
@@ -185,7 +293,11 @@ fn program_err(name: &'static str) -> impl FnOnce(ProgramError) -> LoadError {
 impl Guard {
     /// Loads the object, fills every map from `lowered` (the config entry last) and loads the
     /// XDP and TC programs. Nothing is attached yet.
-    pub fn load(lowered: &Lowered, kernel_log: KernelLog) -> Result<Self, LoadError> {
+    pub fn load(
+        lowered: &Lowered,
+        kernel_log: KernelLog,
+        pins: Option<&Pins>,
+    ) -> Result<Self, LoadError> {
         if EBPF_OBJECT.is_empty() {
             return Err(LoadError::NoObject);
         }
@@ -198,7 +310,17 @@ impl Guard {
             MAX_SRC_ENTRIES.max((lowered.src_hash_v4.len() as u32).next_power_of_two());
         let hash_v6_capacity =
             MAX_SRC_ENTRIES.max((lowered.src_hash_v6.len() as u32).next_power_of_two());
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if let Some(pins) = pins {
+            // Shared with every other load: created and pinned by the first, reused after.
+            for name in maps::STATE {
+                loader.map_pin_path(name, pins.map(name));
+            }
+            if kernel_log != KernelLog::Off {
+                loader.map_pin_path(AYA_LOGS_MAP, pins.map(AYA_LOGS_MAP));
+            }
+        }
+        let mut ebpf = loader
             .override_global(aya_log::LEVEL, &level, true)
             .map_max_entries(maps::RULE_STATS, rule_capacity)
             .map_max_entries(maps::SRC_V4, v4_capacity)
@@ -261,11 +383,25 @@ impl Guard {
 
     /// Attaches to `iface`: the XDP filter on ingress (native when the driver supports it,
     /// else generic (skb) XDP, e.g. virtio_net without spare TX queues) and the flow recorder
-    /// on TC egress. Returns the XDP mode used. Links are owned by `self`: dropping it
-    /// detaches them.
-    pub fn attach(&mut self, iface: &str) -> Result<AttachMode, LoadError> {
+    /// on TC egress.
+    ///
+    /// With `pins`, the links are pinned so they outlive the daemon; when both are pinned
+    /// already (a previous load or daemon), they are kept and switched to this load's
+    /// programs atomically. Without `pins`, `self` owns the links: dropping it detaches them.
+    pub fn attach(&mut self, iface: &str, pins: Option<&Pins>) -> Result<Attach, LoadError> {
         if crate::host::if_index(iface).is_none() {
             return Err(LoadError::NoSuchInterface(iface.to_owned()));
+        }
+        if let Some(pins) = pins {
+            let (xdp_pin, tc_pin) = (pins.link(&xdp_hook(iface)), pins.link(&tc_hook(iface)));
+            if xdp_pin.exists() && tc_pin.exists() {
+                self.replace(&xdp_pin, programs::XDP_INGRESS)?;
+                self.replace(&tc_pin, programs::TC_EGRESS)?;
+                return Ok(Attach::Replaced);
+            }
+            // A half-pinned interface (a crash between the two pins): start over.
+            pins.remove_link(&xdp_hook(iface));
+            pins.remove_link(&tc_hook(iface));
         }
         let attach_err = |source| LoadError::Attach {
             iface: iface.to_owned(),
@@ -284,13 +420,18 @@ impl Guard {
                 (id, AttachMode::Generic)
             }
         };
-        // Recorded now, so the XDP link is detached even if the TC attach fails.
-        self.links.push(Link {
-            iface: iface.to_owned(),
-            xdp: xdp_link,
-            mode,
-            tc: None,
-        });
+        if let Some(pins) = pins {
+            let link = xdp.take_link(xdp_link).map_err(attach_err)?;
+            pin_link(link, &pins.link(&xdp_hook(iface)))?;
+        } else {
+            // Recorded now, so the XDP link is detached even if the TC attach fails.
+            self.links.push(Link {
+                iface: iface.to_owned(),
+                xdp: xdp_link,
+                mode,
+                tc: None,
+            });
+        }
         // Kernels before 6.6 have no TCX and need a clsact qdisc for TC programs.
         let has_tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         if !has_tcx && let Err(err) = tc::qdisc_add_clsact(iface) {
@@ -298,17 +439,37 @@ impl Guard {
         }
         let tc: &mut SchedClassifier = program_mut(&mut self.ebpf, programs::TC_EGRESS)?;
         let tc_link = tc.attach(iface, TcAttachType::Egress).map_err(attach_err)?;
-        if let Some(link) = self.links.last_mut() {
+        if let Some(pins) = pins {
+            let link = tc.take_link(tc_link).map_err(attach_err)?;
+            pin_link(link, &pins.link(&tc_hook(iface)))?;
+        } else if let Some(link) = self.links.last_mut() {
             link.tc = Some(tc_link);
         }
-        Ok(mode)
+        Ok(Attach::New(mode))
     }
 
-    /// Attaches the `bind()` hooks and sock_ops accounting to the cgroup v2 directory
-    /// `cgroup`. Links are owned by `self`. The mode is `Single` (flags 0) because that is
-    /// what `bpf_link_create` accepts for cgroups; cgroup links always sit alongside the
-    /// other programs attached there (the kernel attaches them with BPF_F_ALLOW_MULTI).
-    pub fn attach_cgroup(&mut self, cgroup: &Path) -> Result<(), LoadError> {
+    /// Switches the pinned link at `pin` to this load's program `name`.
+    fn replace(&self, pin: &Path, name: &'static str) -> Result<(), LoadError> {
+        let err = |source| LoadError::Replace {
+            path: pin.display().to_string(),
+            source,
+        };
+        let link = crate::sys::obj_get(pin).map_err(err)?;
+        let prog = self
+            .ebpf
+            .program(name)
+            .ok_or(LoadError::MissingProgram(name))?;
+        let prog_fd = prog.fd().map_err(program_err(name))?;
+        crate::sys::link_update(link.as_fd(), prog_fd.as_fd()).map_err(err)
+    }
+
+    /// Attaches the socket-address hooks (`[listen]` at bind, `[[egress]]` at connect and
+    /// sendmsg) and sock_ops accounting to the cgroup v2 directory `cgroup`. With `pins`,
+    /// as [`Guard::attach`]: pinned links are kept and switched to this load's programs (the
+    /// caller unpins them first when the cgroup changes). The mode is `Single` (flags 0)
+    /// because that is what `bpf_link_create` accepts for cgroups; cgroup links always sit
+    /// alongside the other programs attached there (the kernel uses BPF_F_ALLOW_MULTI).
+    pub fn attach_cgroup(&mut self, cgroup: &Path, pins: Option<&Pins>) -> Result<(), LoadError> {
         if !crate::host::is_cgroup2(cgroup) {
             return Err(LoadError::NotCgroup2(cgroup.display().to_string()));
         }
@@ -320,18 +481,74 @@ impl Guard {
             path: cgroup.display().to_string(),
             source,
         };
-        for name in SOCK_ADDR_PROGRAMS {
-            let hook: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
-            let id = hook
-                .attach(&dir, CgroupAttachMode::Single)
-                .map_err(attach_err)?;
-            self.cgroup_links.push(CgroupLink::SockAddr(name, id));
+        for name in SOCK_ADDR_PROGRAMS.into_iter().chain([programs::SOCK_OPS]) {
+            if let Some(pins) = pins {
+                let pin = pins.link(&cgroup_hook(name));
+                if pin.exists() {
+                    self.replace(&pin, name)?;
+                    continue;
+                }
+            }
+            if name == programs::SOCK_OPS {
+                let sock_ops: &mut SockOps = program_mut(&mut self.ebpf, name)?;
+                let id = sock_ops
+                    .attach(&dir, CgroupAttachMode::Single)
+                    .map_err(attach_err)?;
+                match pins {
+                    Some(pins) => pin_link(
+                        sock_ops.take_link(id).map_err(attach_err)?,
+                        &pins.link(&cgroup_hook(name)),
+                    )?,
+                    None => self.cgroup_links.push(CgroupLink::SockOps(id)),
+                }
+            } else {
+                let hook: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
+                let id = hook
+                    .attach(&dir, CgroupAttachMode::Single)
+                    .map_err(attach_err)?;
+                match pins {
+                    Some(pins) => pin_link(
+                        hook.take_link(id).map_err(attach_err)?,
+                        &pins.link(&cgroup_hook(name)),
+                    )?,
+                    None => self.cgroup_links.push(CgroupLink::SockAddr(name, id)),
+                }
+            }
         }
-        let sock_ops: &mut SockOps = program_mut(&mut self.ebpf, programs::SOCK_OPS)?;
-        let id = sock_ops
-            .attach(&dir, CgroupAttachMode::Single)
-            .map_err(attach_err)?;
-        self.cgroup_links.push(CgroupLink::SockOps(id));
+        Ok(())
+    }
+
+    /// Zeroes the counters of rule indices and port slots the policy gives to new names
+    /// (they may hold a removed rule's counts).
+    pub fn zero_fresh(&mut self, lowered: &Lowered) -> Result<(), LoadError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
+        let mut rules =
+            PerCpuArray::<_, RuleStats>::try_from(map_mut(&mut self.ebpf, maps::RULE_STATS)?)
+                .map_err(map_err(maps::RULE_STATS))?;
+        for &index in &lowered.fresh_rules {
+            if index >= rules.len() {
+                return Err(LoadError::Capacity {
+                    map: maps::RULE_STATS,
+                    capacity: rules.len(),
+                    needed: index,
+                });
+            }
+            let zero = aya::maps::PerCpuValues::try_from(vec![RuleStats::default(); cpus])
+                .map_err(LoadError::Cpus)?;
+            rules
+                .set(index, zero, 0)
+                .map_err(map_err(maps::RULE_STATS))?;
+        }
+        let mut ports =
+            PerCpuArray::<_, PortStats>::try_from(map_mut(&mut self.ebpf, maps::PORT_STATS)?)
+                .map_err(map_err(maps::PORT_STATS))?;
+        for &slot in &lowered.fresh_slots {
+            let zero = aya::maps::PerCpuValues::try_from(vec![PortStats::default(); cpus])
+                .map_err(LoadError::Cpus)?;
+            ports
+                .set(slot, zero, 0)
+                .map_err(map_err(maps::PORT_STATS))?;
+        }
         Ok(())
     }
 
@@ -381,10 +598,10 @@ impl Guard {
         }
     }
 
-    /// Pins the counter and flow maps under `dir` (which must be on a bpffs), so
-    /// `guard stats` can read them.
+    /// Pins the state maps under `dir` (which must be on a bpffs), so `guard stats` can
+    /// read them (loads without [`Pins`], e.g. in tests).
     pub fn pin_maps(&self, dir: &Path) -> Result<(), LoadError> {
-        for name in maps::PINNED {
+        for name in maps::STATE {
             let path = dir.join(name);
             let map = self.ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
             map.pin(&path).map_err(|source| LoadError::Pin {
@@ -416,6 +633,20 @@ impl Guard {
             .read(rules, slots)
             .map_err(map_err(maps::RULE_STATS))
     }
+}
+
+/// Pins a link (any type aya can turn into an fd link) at `path`.
+fn pin_link<L>(link: L, path: &Path) -> Result<(), LoadError>
+where
+    aya::programs::links::FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    let err = |e: &dyn std::fmt::Display| LoadError::PinLink {
+        path: path.display().to_string(),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let fd_link = aya::programs::links::FdLink::try_from(link).map_err(|e| err(&e))?;
+    fd_link.pin(path).map_err(|e| err(&e))?;
+    Ok(())
 }
 
 fn program<'a, P>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a P, LoadError>
@@ -508,12 +739,12 @@ fn fill_trie<K: aya::Pod>(
 
 /// Counters read from maps pinned by a running (or crashed) daemon.
 pub fn pinned_counters(
-    dir: &Path,
+    pins: &Pins,
     rules: &[RuleInfo],
     slots: &[PortSlot],
 ) -> Result<Counters, LoadError> {
     counter_maps(|name| {
-        let data = MapData::from_pin(dir.join(name)).map_err(map_err(name))?;
+        let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
         Map::from_map_data(data).map_err(map_err(name))
     })?
     .read(rules, slots)

@@ -60,12 +60,32 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// What the daemon runs: policy, hash, mode, interfaces, uptime.
+    /// What the daemon runs: policy, hash, generation, mode, interfaces, uptime.
     Status {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
+    /// Hand a new policy to the running daemon; atomic, and a rejected policy changes
+    /// nothing.
+    ///
+    /// With --confirm-within SECS the daemon rolls back to the previous policy unless
+    /// `guard confirm` arrives in time (for changes that could cut off your own access).
+    ///
+    /// Example: guard apply new.toml --confirm-within 60 && guard confirm
+    Apply {
+        /// The policy file.
+        file: PathBuf,
+        /// Roll back unless `guard confirm` comes within this many seconds.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=86400))]
+        confirm_within: Option<u64>,
+    },
+    /// Keep the policy applied with --confirm-within.
+    Confirm,
+    /// Detach guard's programs and remove its pins (and stop the daemon if it runs).
+    ///
+    /// Stopping the daemon leaves enforcement in place; this is the way to remove it.
+    Unload,
 }
 
 #[derive(Debug, Args)]

@@ -1,18 +1,24 @@
-//! The read-only commands: `check`, `stats`, `status`.
+//! The client commands: `check`, `stats`, `status`, `apply`, `confirm`, `unload`. Commands
+//! that need the daemon talk to it through the control socket; `stats` and `status` read
+//! the pinned maps and state directly when it is not running, and say so.
 
 use std::{
     path::Path,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use serde::Serialize;
+use serde_json::Value;
 
 use crate::{
-    bpf::{self, AttachMode},
+    bpf::{self, Pins},
     cli::Failure,
     counters::Counters,
-    policy, state,
+    ctl::{self, CallError, Request},
+    policy,
+    state::{self, State},
 };
+
+const TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn check(file: &Path) -> Result<(), Failure> {
     let text = std::fs::read_to_string(file)
@@ -24,7 +30,7 @@ pub fn check(file: &Path) -> Result<(), Failure> {
     }
     let p = &checked.policy;
     println!(
-        "{}: ok: mode {}, default {}, {} ingress rules, {} zones",
+        "{}: ok: mode {}, default {}, {} ingress and {} egress rules, {} zones",
         file.display(),
         p.mode,
         match p.default_action {
@@ -32,43 +38,80 @@ pub fn check(file: &Path) -> Result<(), Failure> {
             policy::model::DefaultAction::Deny => "deny",
         },
         p.ingress.len(),
+        p.egress.len(),
         p.zones.len()
     );
     Ok(())
 }
 
-#[derive(Serialize)]
-struct StatsOut<'a> {
-    policy: &'a str,
-    policy_hash: &'a str,
-    mode: &'a str,
-    #[serde(flatten)]
-    counters: &'a Counters,
+/// The JSON `guard stats --json` prints (also the control socket's `stats` data).
+pub fn stats_json(st: &State, counters: &Counters) -> Value {
+    let mut v = serde_json::to_value(counters).expect("serialisable");
+    v["policy"] = st.policy.clone().into();
+    v["policy_hash"] = st.policy_hash.clone().into();
+    v["generation"] = st.generation.into();
+    v["mode"] = st.mode.clone().into();
+    v
+}
+
+/// Sends `request`; `Ok(None)` when the daemon is not running.
+fn call(run_dir: &Path, request: &Request) -> Result<Option<ctl::Reply>, Failure> {
+    match ctl::call(run_dir, request, TIMEOUT) {
+        Ok(reply) => Ok(Some(reply)),
+        Err(CallError::NotRunning(_)) => Ok(None),
+        Err(e) => Err(Failure::Runtime(e.to_string())),
+    }
+}
+
+fn data(reply: ctl::Reply) -> Result<Value, Failure> {
+    if reply.ok {
+        Ok(reply.data.unwrap_or(Value::Null))
+    } else if !reply.errors.is_empty() {
+        Err(Failure::Invalid(reply.errors.join("\n")))
+    } else {
+        Err(Failure::Runtime(
+            reply.error.unwrap_or_else(|| "the daemon refused".into()),
+        ))
+    }
 }
 
 pub fn stats(run_dir: &Path, json: bool) -> Result<(), Failure> {
-    let st = state::read(run_dir).map_err(|e| Failure::Runtime(e.to_string()))?;
-    let counters = bpf::pinned_counters(&st.pin_dir, &st.rules, &st.port_slots)
-        .map_err(|e| Failure::Runtime(bpf::error_chain(&e)))?;
+    let (v, live) = match call(run_dir, &Request::Stats {})? {
+        Some(reply) => (data(reply)?, true),
+        None => {
+            let st = state::read(run_dir).map_err(|e| Failure::Runtime(e.to_string()))?;
+            let counters = bpf::pinned_counters(&Pins::new(&st.pin_dir), &st.rules, &st.port_slots)
+                .map_err(|e| Failure::Runtime(bpf::error_chain(&e)))?;
+            (stats_json(&st, &counters), false)
+        }
+    };
+    if !live {
+        eprintln!(
+            "guard: the daemon is not running; counters read from the pinned maps (enforcement continues)"
+        );
+    }
     if json {
-        let out = StatsOut {
-            policy: &st.policy,
-            policy_hash: &st.policy_hash,
-            mode: &st.mode,
-            counters: &counters,
-        };
         println!(
             "{}",
-            serde_json::to_string_pretty(&out).expect("serialisable")
+            serde_json::to_string_pretty(&v).expect("serialisable")
         );
         return Ok(());
     }
+    let counters: Counters = serde_json::from_value(v.clone())
+        .map_err(|e| Failure::Runtime(format!("bad stats: {e}")))?;
+    let hash = v["policy_hash"].as_str().unwrap_or("");
     println!(
-        "policy {} ({}), mode {}",
-        st.policy,
-        &st.policy_hash[..16],
-        st.mode
+        "policy {} ({}, generation {}), mode {}",
+        v["policy"].as_str().unwrap_or("?"),
+        &hash[..hash.len().min(16)],
+        v["generation"],
+        v["mode"].as_str().unwrap_or("?")
     );
+    print_counters(&counters);
+    Ok(())
+}
+
+fn print_counters(counters: &Counters) {
     let width = counters
         .rules
         .iter()
@@ -136,48 +179,121 @@ pub fn stats(run_dir: &Path, json: bool) -> Result<(), Failure> {
         "events: sent={} suppressed={} lost={}",
         ev.sent, ev.suppressed, ev.lost
     );
-    Ok(())
 }
 
 pub fn status(run_dir: &Path, json: bool) -> Result<(), Failure> {
-    let st = state::read(run_dir).map_err(|e| Failure::Runtime(e.to_string()))?;
-    // SAFETY: kill with signal 0 only checks that the process exists.
-    let alive = unsafe { libc::kill(st.pid as i32, 0) } == 0;
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let v = match call(run_dir, &Request::Status {})? {
+        Some(reply) => data(reply)?,
+        None => {
+            let st = state::read(run_dir).map_err(|e| Failure::Runtime(e.to_string()))?;
+            let mut v = serde_json::to_value(&st).expect("serialisable");
+            v["running"] = false.into();
+            v["enforcing"] = Pins::new(&st.pin_dir).has_links().into();
+            v
+        }
+    };
     if json {
-        let mut v = serde_json::to_value(&st).expect("serialisable");
-        v["running"] = alive.into();
-        v["uptime_seconds"] = now.saturating_sub(st.started_at).into();
         println!(
             "{}",
             serde_json::to_string_pretty(&v).expect("serialisable")
         );
-    } else {
-        println!(
-            "guard {} pid {} ({})",
-            st.version,
-            st.pid,
-            if alive { "running" } else { "NOT running" }
-        );
-        println!("mode       {}", st.mode);
-        println!("policy     {} (sha256 {})", st.policy, st.policy_hash);
-        let ifaces: Vec<String> = st
-            .interfaces
-            .iter()
-            .map(|i| {
-                let mode = match i.xdp_mode {
-                    AttachMode::Default => "XDP",
-                    AttachMode::Generic => "XDP generic",
-                };
-                format!("{} ({mode})", i.name)
-            })
-            .collect();
-        println!("interfaces {}", ifaces.join(", "));
-        println!("cgroup     {} (bind hooks, sock_ops)", st.cgroup.display());
-        println!("uptime     {}s", now.saturating_sub(st.started_at));
-        println!("rules      {}", st.rules.len());
+        return Ok(());
     }
+    let st: State = serde_json::from_value(v.clone())
+        .map_err(|e| Failure::Runtime(format!("bad status: {e}")))?;
+    let running = v["running"].as_bool().unwrap_or(false);
+    println!(
+        "guard {} pid {} ({})",
+        st.version,
+        st.pid,
+        if running {
+            "running"
+        } else if v["enforcing"].as_bool().unwrap_or(false) {
+            "daemon NOT running; the pinned programs keep enforcing"
+        } else {
+            "NOT running"
+        }
+    );
+    println!("mode       {}", st.mode);
+    println!(
+        "policy     {} (sha256 {}, generation {})",
+        st.policy, st.policy_hash, st.generation
+    );
+    let ifaces: Vec<String> = st
+        .interfaces
+        .iter()
+        .map(|i| {
+            let mode = match i.xdp_mode {
+                bpf::AttachMode::Default => "XDP",
+                bpf::AttachMode::Generic => "XDP generic",
+            };
+            format!("{} ({mode})", i.name)
+        })
+        .collect();
+    println!("interfaces {}", ifaces.join(", "));
+    println!(
+        "cgroup     {} (bind/connect/sendmsg hooks, sock_ops)",
+        st.cgroup.display()
+    );
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    println!("uptime     {}s", now.saturating_sub(st.started_at));
+    println!("rules      {}", st.rules.len());
+    if v["pending_confirm"].as_bool() == Some(true) {
+        println!("pending    a policy applied with --confirm-within awaits `guard confirm`");
+    }
+    Ok(())
+}
+
+pub fn apply(run_dir: &Path, file: &Path, confirm_within: Option<u64>) -> Result<(), Failure> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| Failure::Runtime(format!("cannot read policy {}: {e}", file.display())))?;
+    // Validate here first: precise errors even when the daemon is down.
+    policy::check(&file.display().to_string(), &text)
+        .map_err(|e| Failure::Invalid(e.to_string()))?;
+    let request = Request::Apply {
+        name: file.display().to_string(),
+        policy: text,
+        confirm_within,
+    };
+    let reply = call(run_dir, &request)?.ok_or_else(|| {
+        Failure::Runtime("guard is not running: start it with `guard run`".into())
+    })?;
+    let v = data(reply)?;
+    let hash = v["policy_hash"].as_str().unwrap_or("");
+    println!(
+        "applied {} (sha256 {}, generation {})",
+        file.display(),
+        &hash[..hash.len().min(16)],
+        v["generation"]
+    );
+    if let Some(secs) = confirm_within {
+        println!(
+            "run `guard confirm` within {secs}s to keep it; otherwise the previous policy comes back"
+        );
+    }
+    Ok(())
+}
+
+pub fn confirm(run_dir: &Path) -> Result<(), Failure> {
+    let reply = call(run_dir, &Request::Confirm {})?
+        .ok_or_else(|| Failure::Runtime("guard is not running".into()))?;
+    data(reply)?;
+    println!("confirmed");
+    Ok(())
+}
+
+pub fn unload(pin_dir: &Path, run_dir: &Path) -> Result<(), Failure> {
+    if let Some(reply) = call(run_dir, &Request::Unload {})? {
+        data(reply)?;
+    } else {
+        let pins =
+            state::read(run_dir).map_or_else(|_| Pins::new(pin_dir), |st| Pins::new(&st.pin_dir));
+        pins.remove_all()
+            .map_err(|e| Failure::Runtime(format!("removing {}: {e}", pins.dir().display())))?;
+        state::remove(run_dir);
+    }
+    println!("guard unloaded: programs detached, pins removed");
     Ok(())
 }

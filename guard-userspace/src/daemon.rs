@@ -1,25 +1,50 @@
-//! `guard run`: load the policy, attach, pin, serve until SIGINT/SIGTERM, then detach.
+//! `guard run`: the daemon.
+//!
+//! Every policy (at start, on SIGHUP, when the policy file changes, on `guard apply`, on a
+//! commit-confirm rollback) takes the same path: validate, lower (rules and ports keep their
+//! counter slots), load a new instance of the programs with its own policy maps and the
+//! shared state maps (counters, flows, events), then switch each pinned link to the new
+//! programs atomically (`BPF_LINK_UPDATE`). A packet or socket call is judged entirely by the
+//! old policy or entirely by the new one. A rejected policy changes nothing.
+//!
+//! Fail-static: the links and state maps are pinned in bpffs, so enforcement does not depend
+//! on the daemon. SIGTERM, SIGINT or SIGKILL stop the daemon and leave the last policy
+//! enforcing; a new daemon adopts the pinned links without detaching them. Only
+//! `guard unload` detaches.
 
 use std::{
+    ffi::OsString,
     fs,
-    os::fd::AsRawFd as _,
-    path::Path,
-    time::{SystemTime, UNIX_EPOCH},
+    os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use aya::maps::{MapData, RingBuf};
+use futures_util::StreamExt as _;
+use serde_json::json;
 use tokio::{
-    io::{Interest, unix::AsyncFd},
+    io::{
+        AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader, Interest,
+        unix::AsyncFd,
+    },
+    net::{UnixListener, UnixStream},
     signal::unix::{SignalKind, signal},
+    sync::{mpsc, oneshot},
+    time::Instant,
 };
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::{
-    bpf::{Guard, KernelLogger, error_chain},
+    bpf::{
+        Attach, AttachMode, Guard, KernelLog, KernelLogger, Pins, cgroup_hook, error_chain,
+        tc_hook, xdp_hook,
+    },
     cli::{Failure, RunArgs},
+    ctl::{self, Reply, Request},
     events::{self, Decoder},
     host, logging,
-    policy::{self, PolicySource, model::InterfaceSpec},
+    policy::{self, Checked, PolicySource, model::InterfaceSpec},
     state::{self, Attached, State},
 };
 
@@ -32,125 +57,405 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
         })?;
     let checked =
         policy::check(&source.label(), &text).map_err(|e| Failure::Invalid(e.to_string()))?;
-    for warning in &checked.warnings {
-        warn!("{warning}");
-    }
     if source == PolicySource::Embedded {
         info!(
             "no {} found: running the embedded default policy in audit mode (nothing is dropped)",
             args.system_policy.display()
         );
     }
-    let interfaces = if args.interfaces.is_empty() {
-        resolve_interfaces(&checked.policy.interfaces)?
-    } else {
-        let mut specs = Vec::new();
-        for name in &args.interfaces {
-            if let Some(problem) = policy::validate::interface_name_problem(name) {
-                return Err(Failure::Runtime(format!(
-                    "invalid --interface `{name}`: {problem}"
-                )));
-            }
-            specs.push(InterfaceSpec::Name(name.clone()));
+    for name in &args.interfaces {
+        if let Some(problem) = policy::validate::interface_name_problem(name) {
+            return Err(Failure::Runtime(format!(
+                "invalid --interface `{name}`: {problem}"
+            )));
         }
-        resolve_interfaces(&specs)?
-    };
-    let cgroup = match args
-        .cgroup
-        .clone()
-        .or_else(|| checked.policy.cgroup.clone())
-    {
-        Some(path) => path,
-        None => host::cgroup2_root()
-            .map_err(|e| Failure::Runtime(format!("finding the cgroup2 root: {e}")))?,
-    };
-    if !host::is_cgroup2(&cgroup) {
-        return Err(Failure::Runtime(format!(
-            "{} is not a cgroup v2 directory",
-            cgroup.display()
-        )));
     }
-    let lowered = policy::lower(&checked.policy);
 
     state::create_run_dir(run_dir).map_err(|e| runtime("creating", run_dir, e))?;
     let _lock = lock(run_dir)?;
-
-    let mut guard =
-        Guard::load(&lowered, args.kernel_log).map_err(|e| Failure::Runtime(error_chain(&e)))?;
-    let mut attached = Vec::new();
-    for iface in &interfaces {
-        // On error `guard` is dropped, which detaches what was attached.
-        let mode = guard
-            .attach(iface)
-            .map_err(|e| Failure::Runtime(error_chain(&e)))?;
-        attached.push(Attached {
-            name: iface.clone(),
-            xdp_mode: mode,
-        });
-    }
-    // On error `guard` is dropped, which detaches everything attached so far.
-    guard
-        .attach_cgroup(&cgroup)
-        .map_err(|e| Failure::Runtime(error_chain(&e)))?;
-    if pin_dir.exists() {
-        // We hold the lock, so these are a dead daemon's pins.
-        fs::remove_dir_all(pin_dir).map_err(|e| runtime("removing stale pins in", pin_dir, e))?;
-    }
-    host::prepare_pin_dir(pin_dir).map_err(|e| runtime("preparing", pin_dir, e))?;
-    guard
-        .pin_maps(pin_dir)
-        .map_err(|e| Failure::Runtime(error_chain(&e)))?;
-
-    let mode = checked.policy.mode.to_string();
-    let started_at = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    let state = State {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        pid: std::process::id(),
-        started_at,
-        policy: source.label(),
-        policy_hash: checked.hash.clone(),
-        mode: mode.clone(),
-        interfaces: attached,
-        cgroup: cgroup.clone(),
-        pin_dir: pin_dir.to_path_buf(),
-        rules: lowered.rules.clone(),
-        port_slots: lowered.slots.clone(),
+    let pins = Pins::new(pin_dir);
+    pins.prepare()
+        .map_err(|e| runtime("preparing", pin_dir, e))?;
+    let adopting = pins.has_links();
+    // The previous daemon's rule and port identities, so counters continue.
+    let previous = if adopting {
+        state::read(run_dir).ok()
+    } else {
+        None
     };
-    state::write(run_dir, &state).map_err(|e| runtime("writing state in", run_dir, e))?;
-    info!(
-        mode,
-        interfaces = interfaces.join(","),
-        cgroup = %cgroup.display(),
-        listen_enforced = checked.policy.listen.is_some(),
-        policy = source.label(),
-        policy_hash = &checked.hash[..16],
-        rules = checked.policy.ingress.len(),
-        port_classes = lowered.classes,
-        "guard {}",
-        if mode == "audit" {
-            "auditing: counting what the policy would drop, dropping nothing"
-        } else {
-            "enforcing"
+    if adopting {
+        info!(pins = %pin_dir.display(), "adopting the pinned programs of a previous daemon: enforcement continues without a gap");
+    }
+    let mut daemon = Daemon {
+        pins,
+        run_dir: run_dir.to_path_buf(),
+        interface_override: args.interfaces.clone(),
+        cgroup_override: args.cgroup.clone(),
+        kernel_log: args.kernel_log,
+        policy_file: match &source {
+            PolicySource::File(p) => Some(p.clone()),
+            PolicySource::Embedded => None,
+        },
+        guard: None,
+        state: previous,
+        current: None,
+        pending: None,
+        started_at: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        readers: None,
+    };
+    if let Err(err) = daemon.apply(source, text, checked, "start") {
+        if !adopting {
+            // Nothing may stay attached after a failed first start.
+            let _ = daemon.pins.remove_all();
+            state::remove(run_dir);
         }
-    );
+        return Err(err);
+    }
+    serve(daemon)
+}
 
-    let logger = guard.take_logger();
-    let events = guard
-        .take_events()
-        .map_err(|e| Failure::Runtime(error_chain(&e)))?;
-    let result = serve(logger, events, Decoder::new(lowered.rules.clone()));
-    guard.detach_all();
-    drop(guard);
-    let _ = fs::remove_dir_all(pin_dir);
-    state::remove(run_dir);
-    info!("detached from {}; exiting", interfaces.join(","));
-    result
+/// A policy that is running, kept for rollbacks.
+struct Current {
+    source: PolicySource,
+    text: String,
+}
+
+/// An applied policy waiting for `guard confirm`.
+struct Pending {
+    deadline: Instant,
+    rollback_to: Current,
+}
+
+struct Daemon {
+    pins: Pins,
+    run_dir: PathBuf,
+    interface_override: Vec<String>,
+    cgroup_override: Option<PathBuf>,
+    kernel_log: KernelLog,
+    /// The file watched for changes and read on SIGHUP.
+    policy_file: Option<PathBuf>,
+    /// The instance whose programs the links run; dropping an older one after the switch
+    /// frees its programs and policy maps.
+    guard: Option<Guard>,
+    state: Option<State>,
+    current: Option<Current>,
+    pending: Option<Pending>,
+    started_at: u64,
+    /// Taken from the first instance: the pinned event ring and kernel log every later
+    /// instance writes to as well.
+    readers: Option<(Option<KernelLogger>, RingBuf<MapData>, Decoder)>,
 }
 
 fn runtime(what: &str, path: &Path, e: std::io::Error) -> Failure {
     Failure::Runtime(format!("{what} {}: {e}", path.display()))
+}
+
+impl Daemon {
+    fn interfaces(&self, checked: &Checked) -> Result<Vec<String>, Failure> {
+        if self.interface_override.is_empty() {
+            resolve_interfaces(&checked.policy.interfaces)
+        } else {
+            let specs: Vec<InterfaceSpec> = self
+                .interface_override
+                .iter()
+                .cloned()
+                .map(InterfaceSpec::Name)
+                .collect();
+            resolve_interfaces(&specs)
+        }
+    }
+
+    fn cgroup(&self, checked: &Checked) -> Result<PathBuf, Failure> {
+        let cgroup = match self
+            .cgroup_override
+            .clone()
+            .or_else(|| checked.policy.cgroup.clone())
+        {
+            Some(path) => path,
+            None => host::cgroup2_root()
+                .map_err(|e| Failure::Runtime(format!("finding the cgroup2 root: {e}")))?,
+        };
+        if !host::is_cgroup2(&cgroup) {
+            return Err(Failure::Runtime(format!(
+                "{} is not a cgroup v2 directory",
+                cgroup.display()
+            )));
+        }
+        Ok(cgroup)
+    }
+
+    /// Makes `checked` the running policy (see the module documentation).
+    fn apply(
+        &mut self,
+        source: PolicySource,
+        text: String,
+        checked: Checked,
+        how: &str,
+    ) -> Result<(), Failure> {
+        let rt = |e: crate::bpf::LoadError| Failure::Runtime(error_chain(&e));
+        for warning in &checked.warnings {
+            warn!("{warning}");
+        }
+        let interfaces = self.interfaces(&checked)?;
+        let cgroup = self.cgroup(&checked)?;
+        let (prev_rules, prev_slots) = self
+            .state
+            .as_ref()
+            .map(|s| (s.rules.as_slice(), s.port_slots.as_slice()))
+            .unwrap_or_default();
+        let lowered = policy::lower_after(&checked.policy, prev_rules, prev_slots);
+        let mut guard = Guard::load(&lowered, self.kernel_log, Some(&self.pins)).map_err(rt)?;
+        guard.zero_fresh(&lowered).map_err(rt)?;
+        if let Some(prev) = &self.state {
+            for gone in prev
+                .interfaces
+                .iter()
+                .filter(|a| !interfaces.contains(&a.name))
+            {
+                self.pins.remove_link(&xdp_hook(&gone.name));
+                self.pins.remove_link(&tc_hook(&gone.name));
+            }
+            if prev.cgroup != cgroup {
+                for name in crate::bpf::CGROUP_PROGRAMS {
+                    self.pins.remove_link(&cgroup_hook(name));
+                }
+            }
+        }
+        let mut attached = Vec::new();
+        for iface in &interfaces {
+            let xdp_mode = match guard.attach(iface, Some(&self.pins)).map_err(rt)? {
+                Attach::New(mode) => mode,
+                Attach::Replaced => self
+                    .state
+                    .as_ref()
+                    .and_then(|s| s.interfaces.iter().find(|a| &a.name == iface))
+                    .map_or(AttachMode::Default, |a| a.xdp_mode),
+            };
+            attached.push(Attached {
+                name: iface.clone(),
+                xdp_mode,
+            });
+        }
+        guard.attach_cgroup(&cgroup, Some(&self.pins)).map_err(rt)?;
+        if self.readers.is_none() {
+            let logger = guard.take_logger();
+            let ring = guard.take_events().map_err(rt)?;
+            self.readers = Some((logger, ring, Decoder::new(lowered.rules.clone())));
+        }
+        // Every link runs the new programs now; the previous instance can go.
+        self.guard = Some(guard);
+
+        let before = self.state.as_ref().map(|s| s.policy_hash.clone());
+        let generation = self.state.as_ref().map_or(0, |s| s.generation) + 1;
+        let mode = checked.policy.mode.to_string();
+        let summary = diff_summary(self.state.as_ref(), &lowered.rules);
+        let state = State {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            pid: std::process::id(),
+            started_at: self.started_at,
+            policy: source.label(),
+            policy_hash: checked.hash.clone(),
+            generation,
+            mode: mode.clone(),
+            interfaces: attached,
+            cgroup: cgroup.clone(),
+            pin_dir: self.pins.dir().to_path_buf(),
+            rules: lowered.rules.clone(),
+            port_slots: lowered.slots.clone(),
+        };
+        state::write(&self.run_dir, &state)
+            .map_err(|e| runtime("writing state in", &self.run_dir, e))?;
+        self.state = Some(state);
+        info!(
+            target: "guard::event",
+            kind = "policy_applied",
+            how,
+            policy = source.label(),
+            hash_before = before.as_deref().map_or("-", |h| &h[..16]),
+            hash_after = &checked.hash[..16],
+            generation,
+            changes = summary,
+            "policy applied"
+        );
+        info!(
+            mode,
+            interfaces = interfaces.join(","),
+            cgroup = %cgroup.display(),
+            listen_enforced = checked.policy.listen.is_some(),
+            rules = checked.policy.ingress.len() + checked.policy.egress.len(),
+            port_classes = lowered.classes,
+            "guard {}",
+            if mode == "audit" { "auditing: counting what the policy would drop, dropping nothing" } else { "enforcing" }
+        );
+        self.current = Some(Current { source, text });
+        Ok(())
+    }
+
+    /// Validates and applies a policy text; a rejected one is logged and changes nothing.
+    fn try_apply(
+        &mut self,
+        source: PolicySource,
+        text: String,
+        how: &str,
+    ) -> Result<(), (String, Vec<String>)> {
+        let checked = match policy::check(&source.label(), &text) {
+            Ok(c) => c,
+            Err(e) => {
+                error!(target: "guard::event", kind = "policy_rejected", how, policy = source.label(), errors = e.lines.join("; "), "policy rejected; the running policy stays");
+                return Err(("policy rejected".into(), e.lines));
+            }
+        };
+        self.apply(source, text, checked, how).map_err(|e| {
+            error!(target: "guard::event", kind = "policy_rejected", how, error = %e, "applying the policy failed");
+            (e.to_string(), Vec::new())
+        })
+    }
+
+    fn reload_file(&mut self, how: &str) {
+        let Some(path) = self.policy_file.clone() else {
+            info!(
+                how,
+                "no policy file to reload (running the embedded default)"
+            );
+            return;
+        };
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                if self.current.as_ref().is_some_and(|c| c.text == text) {
+                    return;
+                }
+                let _ = self.try_apply(PolicySource::File(path), text, how);
+            }
+            Err(e) => {
+                error!(target: "guard::event", kind = "policy_rejected", how, policy = %path.display(), error = %e, "cannot read the policy file; the running policy stays")
+            }
+        }
+    }
+
+    fn rollback(&mut self) {
+        if let Some(pending) = self.pending.take() {
+            warn!("no `guard confirm` in time: rolling back");
+            let Current { source, text } = pending.rollback_to;
+            let _ = self.try_apply(source, text, "rollback");
+        }
+    }
+
+    fn handle(&mut self, request: Request) -> (Reply, bool) {
+        match request {
+            Request::Status {} => match &self.state {
+                Some(st) => {
+                    let mut v = serde_json::to_value(st).expect("serialisable");
+                    v["running"] = true.into();
+                    let now = SystemTime::now()
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs());
+                    v["uptime_seconds"] = now.saturating_sub(st.started_at).into();
+                    v["pending_confirm"] = self.pending.is_some().into();
+                    (Reply::ok(v), false)
+                }
+                None => (Reply::error("no policy loaded"), false),
+            },
+            Request::Stats {} => match (&self.guard, &self.state) {
+                (Some(guard), Some(st)) => match guard.counters(&st.rules, &st.port_slots) {
+                    Ok(c) => (Reply::ok(crate::commands::stats_json(st, &c)), false),
+                    Err(e) => (Reply::error(error_chain(&e)), false),
+                },
+                _ => (Reply::error("no policy loaded"), false),
+            },
+            Request::Apply {
+                name,
+                policy,
+                confirm_within,
+            } => {
+                let rollback_to = self.current.as_ref().map(|c| Current {
+                    source: c.source.clone(),
+                    text: c.text.clone(),
+                });
+                match self.try_apply(PolicySource::File(PathBuf::from(&name)), policy, "apply") {
+                    Ok(()) => {
+                        if let (Some(secs), Some(rollback_to)) = (confirm_within, rollback_to) {
+                            // A newer apply keeps the oldest rollback target: the last confirmed policy.
+                            let rollback_to =
+                                self.pending.take().map_or(rollback_to, |p| p.rollback_to);
+                            self.pending = Some(Pending {
+                                deadline: Instant::now() + Duration::from_secs(secs),
+                                rollback_to,
+                            });
+                        } else {
+                            self.pending = None;
+                        }
+                        let st = self.state.as_ref().expect("applied");
+                        (
+                            Reply::ok(
+                                json!({"policy_hash": st.policy_hash, "generation": st.generation, "confirm_within": confirm_within}),
+                            ),
+                            false,
+                        )
+                    }
+                    Err((message, errors)) => (Reply::invalid(message, errors), false),
+                }
+            }
+            Request::Confirm {} => match self.pending.take() {
+                Some(_) => {
+                    info!("policy confirmed");
+                    (Reply::ok(json!({"confirmed": true})), false)
+                }
+                None => (Reply::error("nothing to confirm"), false),
+            },
+            Request::Unload {} => match self.pins.remove_all() {
+                Ok(()) => {
+                    state::remove(&self.run_dir);
+                    info!("unloaded: programs detached, pins removed");
+                    (Reply::ok(json!({"unloaded": true})), true)
+                }
+                Err(e) => (
+                    Reply::error(format!("removing {}: {e}", self.pins.dir().display())),
+                    false,
+                ),
+            },
+        }
+    }
+}
+
+/// "+added -removed" rule names between the running policy and a new rule set.
+fn diff_summary(before: Option<&State>, after: &[policy::RuleInfo]) -> String {
+    let Some(before) = before else {
+        return "initial".into();
+    };
+    let added: Vec<&str> = after
+        .iter()
+        .filter(|r| !before.rules.iter().any(|b| b.name == r.name))
+        .map(|r| r.name.as_str())
+        .collect();
+    let removed: Vec<&str> = before
+        .rules
+        .iter()
+        .filter(|b| !after.iter().any(|r| r.name == b.name))
+        .map(|r| r.name.as_str())
+        .collect();
+    let changed = after
+        .iter()
+        .filter(|r| {
+            before
+                .rules
+                .iter()
+                .any(|b| b.name == r.name && b.action != r.action)
+        })
+        .count();
+    format!(
+        "+{} -{} ~{} ({}{})",
+        added.len(),
+        removed.len(),
+        changed,
+        added.iter().map(|n| format!("+{n} ")).collect::<String>(),
+        removed
+            .iter()
+            .map(|n| format!("-{n} "))
+            .collect::<String>()
+            .trim_end()
+    )
 }
 
 fn resolve_interfaces(specs: &[InterfaceSpec]) -> Result<Vec<String>, Failure> {
@@ -172,7 +477,7 @@ fn resolve_interfaces(specs: &[InterfaceSpec]) -> Result<Vec<String>, Failure> {
     }
     names.sort();
     names.dedup();
-    // Every interface must exist before anything is attached.
+    // Every interface must exist before anything is loaded or switched.
     if let Some(missing) = names.iter().find(|n| host::if_index(n).is_none()) {
         return Err(Failure::Runtime(format!(
             "interface `{missing}` does not exist"
@@ -203,41 +508,174 @@ fn lock(run_dir: &Path) -> Result<fs::File, Failure> {
     Ok(file)
 }
 
-fn serve(
-    logger: Option<KernelLogger>,
-    events: RingBuf<MapData>,
-    decoder: Decoder,
-) -> Result<(), Failure> {
+type Call = (Request, oneshot::Sender<Reply>);
+
+fn serve(mut daemon: Daemon) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| Failure::Runtime(format!("starting the runtime: {e}")))?;
-    runtime.block_on(async {
-        let mut term =
-            signal(SignalKind::terminate()).map_err(|e| Failure::Runtime(e.to_string()))?;
-        let mut int =
-            signal(SignalKind::interrupt()).map_err(|e| Failure::Runtime(e.to_string()))?;
-        if let Some(logger) = logger {
-            // SAFETY: the logger owns its ring buffer's fd, which stays open and the same for
-            // as long as the logger lives, and the AsyncFd owns the logger.
-            let fd = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
-                .map_err(|e| Failure::Runtime(format!("polling the kernel log: {e}")))?;
-            tokio::spawn(pump_kernel_log(fd));
+    runtime.block_on(async move {
+        let sig = |kind| signal(kind).map_err(|e| Failure::Runtime(e.to_string()));
+        let (mut term, mut int, mut hup) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::hangup())?);
+        if let Some((logger, ring, decoder)) = daemon.readers.take() {
+            if let Some(logger) = logger {
+                // SAFETY: the logger owns its ring buffer's fd for as long as it lives; the
+                // AsyncFd owns the logger.
+                let fd = unsafe { AsyncFd::register_with_interest(logger, Interest::READABLE) }
+                    .map_err(|e| Failure::Runtime(format!("polling the kernel log: {e}")))?;
+                tokio::spawn(pump_kernel_log(fd));
+            }
+            // SAFETY: as above, for the event ring buffer.
+            let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
+                .map_err(|e| Failure::Runtime(format!("polling the event ring buffer: {e}")))?;
+            tokio::spawn(pump_events(ring, decoder));
         }
-        // SAFETY: the ring buffer owns its fd for as long as it lives; the AsyncFd owns it.
-        let events = unsafe { AsyncFd::register_with_interest(events, Interest::READABLE) }
-            .map_err(|e| Failure::Runtime(format!("polling the event ring buffer: {e}")))?;
-        tokio::spawn(pump_events(events, decoder));
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
-        };
-        info!(signal = name, "shutting down");
+        let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
+        let listener = control_socket(&daemon.run_dir)?;
+        tokio::spawn(accept_loop(listener, calls_tx));
+        let (watch_tx, mut watch) = mpsc::channel::<()>(4);
+        if let Some(path) = daemon.policy_file.clone() {
+            match watch_file(&path) {
+                Ok(stream) => {
+                    tokio::spawn(forward_changes(stream, path, watch_tx));
+                }
+                Err(e) => warn!(policy = %path.display(), error = %e, "cannot watch the policy file; reload with SIGHUP or guard apply"),
+            }
+        }
+        loop {
+            let deadline = daemon.pending.as_ref().map(|p| p.deadline);
+            tokio::select! {
+                _ = term.recv() => { stop("SIGTERM", &daemon); break; }
+                _ = int.recv() => { stop("SIGINT", &daemon); break; }
+                _ = hup.recv() => daemon.reload_file("SIGHUP"),
+                Some(()) = watch.recv() => daemon.reload_file("file watch"),
+                Some((request, reply)) = calls.recv() => {
+                    let (answer, exit) = daemon.handle(request);
+                    let _ = reply.send(answer);
+                    if exit {
+                        break;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => daemon.rollback(),
+            }
+        }
+        let _ = fs::remove_file(ctl::socket_path(&daemon.run_dir));
         Ok(())
     })
 }
 
-/// Logs every deny event the kernel sends.
+fn stop(signal: &str, daemon: &Daemon) {
+    info!(
+        signal,
+        pins = %daemon.pins.dir().display(),
+        "daemon stopping; guard's programs stay attached and enforcing the last policy (`guard unload` removes them)"
+    );
+}
+
+fn control_socket(run_dir: &Path) -> Result<UnixListener, Failure> {
+    let path = ctl::socket_path(run_dir);
+    // We hold the run-dir lock: a socket file left here is a dead daemon's.
+    let _ = fs::remove_file(&path);
+    let listener =
+        UnixListener::bind(&path).map_err(|e| runtime("binding the control socket", &path, e))?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600))
+        .map_err(|e| runtime("chmod", &path, e))?;
+    Ok(listener)
+}
+
+async fn accept_loop(listener: UnixListener, calls: mpsc::Sender<Call>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(connection(stream, calls.clone()));
+            }
+            Err(e) => {
+                warn!(error = %e, "control socket accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+/// Serves one client: a request per line, a reply per request, until it hangs up. An
+/// oversized message gets an error reply and closes the connection.
+async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    loop {
+        let mut line = Vec::new();
+        let n = match (&mut reader)
+            .take(ctl::MAX_MESSAGE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let reply = if n > ctl::MAX_MESSAGE {
+            let _ = write
+                .write_all(
+                    &Reply::error(format!("message larger than {} bytes", ctl::MAX_MESSAGE))
+                        .to_line(),
+                )
+                .await;
+            return;
+        } else if line.last() != Some(&b'\n') {
+            Reply::error("truncated message: expected one JSON object ending in a newline")
+        } else {
+            match ctl::parse_request(&line) {
+                Err(message) => Reply::error(message),
+                Ok(request) => {
+                    let (tx, rx) = oneshot::channel();
+                    if calls.send((request, tx)).await.is_err() {
+                        return;
+                    }
+                    rx.await
+                        .unwrap_or_else(|_| Reply::error("the daemon is stopping"))
+                }
+            }
+        };
+        if write.write_all(&reply.to_line()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// An inotify stream on the policy file's directory: editors that write a new file and
+/// rename it over the old one are seen too.
+fn watch_file(path: &Path) -> std::io::Result<inotify::EventStream<[u8; 4096]>> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let inotify = inotify::Inotify::init()?;
+    inotify.watches().add(
+        dir,
+        inotify::WatchMask::CLOSE_WRITE | inotify::WatchMask::MOVED_TO | inotify::WatchMask::CREATE,
+    )?;
+    inotify.into_event_stream([0u8; 4096])
+}
+
+async fn forward_changes(
+    mut stream: inotify::EventStream<[u8; 4096]>,
+    path: PathBuf,
+    changed: mpsc::Sender<()>,
+) {
+    let name: Option<OsString> = path.file_name().map(Into::into);
+    while let Some(event) = stream.next().await {
+        let Ok(event) = event else { continue };
+        if event.name.as_deref() == name.as_deref() {
+            // Let a burst of writes settle into one reload.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if changed.send(()).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Logs every event the kernel sends.
 async fn pump_events(mut fd: AsyncFd<RingBuf<MapData>>, decoder: Decoder) {
     loop {
         let Ok(mut ready) = fd.readable_mut().await else {

@@ -10,6 +10,12 @@ fn main() -> ExitCode {
         Command::Check { file } => guard::commands::check(file),
         Command::Stats { json } => guard::commands::stats(&cli.run_dir, *json),
         Command::Status { json } => guard::commands::status(&cli.run_dir, *json),
+        Command::Apply {
+            file,
+            confirm_within,
+        } => guard::commands::apply(&cli.run_dir, file, *confirm_within),
+        Command::Confirm => guard::commands::confirm(&cli.run_dir),
+        Command::Unload => guard::commands::unload(&cli.pin_dir, &cli.run_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,6 +25,9 @@ pub struct State {
     pub started_at: u64,
     pub policy: String,
     pub policy_hash: String,
+    /// Policies applied since the daemon started (1 = the first).
+    #[serde(default)]
+    pub generation: u64,
     pub mode: String,
     pub interfaces: Vec<Attached>,
     /// The cgroup v2 directory the cgroup programs are attached to.

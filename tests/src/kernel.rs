@@ -26,7 +26,7 @@ pub fn load(text: &str) -> Loaded {
     require_root();
     let checked = policy::check("test.toml", text).unwrap_or_else(|e| panic!("{e}"));
     let lowered = policy::lower(&checked.policy);
-    let guard = Guard::load(&lowered, KernelLog::Off).unwrap_or_else(|e| panic!("load: {e}"));
+    let guard = Guard::load(&lowered, KernelLog::Off, None).unwrap_or_else(|e| panic!("load: {e}"));
     Loaded {
         guard,
         rules: lowered.rules,

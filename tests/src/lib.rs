@@ -339,17 +339,20 @@ pub fn rule_packets(stats: &serde_json::Value, name: &str) -> u64 {
         .expect("packets")
 }
 
-/// A running `guard run`, stopped (SIGTERM) and reaped on drop. Its cgroup programs are
-/// attached to a cgroup of its own (`cgroup`), never to the host's root cgroup.
+/// A running `guard run`. On drop it is stopped (SIGTERM) and `guard unload` removes what
+/// it left pinned. Its cgroup programs are attached to a cgroup of its own (`cgroup`), never
+/// to the host's root cgroup.
 pub struct Daemon {
     child: Option<Child>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
     pub log: PathBuf,
     pub dirs: Dirs,
     pub cgroup: Cgroup,
 }
 
 impl Daemon {
-    /// Starts `guard run ARGS` and waits until it has attached (its state file exists).
+    /// Starts `guard run ARGS` and waits until it has attached and answers on its socket.
     pub fn start(args: &[&str]) -> Self {
         Self::start_with_env(args, &[])
     }
@@ -358,49 +361,77 @@ impl Daemon {
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         require_root();
         let dirs = Dirs::new();
-        let cgroup = Cgroup::new();
         std::fs::create_dir_all(&dirs.run_dir).expect("create run dir");
-        let log = dirs.run_dir.with_extension("log");
-        let out = File::create(&log).expect("create daemon log");
-        let child = dirs
+        let mut daemon = Self {
+            child: None,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            log: dirs.run_dir.with_extension("log"),
+            dirs,
+            cgroup: Cgroup::new(),
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    fn spawn(&mut self) {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open daemon log");
+        let child = self
+            .dirs
             .guard()
             .arg("run")
-            .args(["--cgroup", cgroup.arg()])
-            .args(args)
-            .envs(env.iter().copied())
+            .args(["--cgroup", self.cgroup.arg()])
+            .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(out.try_clone().expect("dup"))
             .stderr(out)
             .stdin(Stdio::null())
             .spawn()
             .expect("spawn guard run");
-        let mut daemon = Self {
-            child: Some(child),
-            log,
-            dirs,
-            cgroup,
-        };
-        let state = daemon.dirs.run_dir.join("state.json");
+        let pid = child.id();
+        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !state.exists() {
-            if let Some(status) = daemon
+        loop {
+            if let Some(status) = self
                 .child
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("guard run exited early ({status}):\n{}", daemon.log_text());
+                panic!("guard run exited early ({status}):\n{}", self.log_text());
+            }
+            let status = guard::ctl::call(
+                &self.dirs.run_dir,
+                &guard::ctl::Request::Status {},
+                Duration::from_secs(2),
+            );
+            if let Ok(reply) = status
+                && reply.ok
+                && reply.data.as_ref().and_then(|d| d["pid"].as_u64()) == Some(u64::from(pid))
+            {
+                return;
             }
             assert!(
                 Instant::now() < deadline,
                 "guard run not ready in 20 s:\n{}",
-                daemon.log_text()
+                self.log_text()
             );
             thread::sleep(Duration::from_millis(20));
         }
-        daemon
     }
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
     }
 
     /// Sends SIGTERM and waits for the exit status.
@@ -410,9 +441,15 @@ impl Daemon {
 
     /// Sends `signal` and waits for the exit status.
     pub fn stop_with(&mut self, signal: i32) -> ExitStatus {
-        let mut child = self.child.take().expect("daemon already stopped");
+        let child = self.child.as_ref().expect("daemon already stopped");
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, signal) };
+        self.wait_exit()
+    }
+
+    /// Waits (10 s at most) for the daemon to exit.
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
@@ -420,13 +457,25 @@ impl Daemon {
             }
             if Instant::now() > deadline {
                 let _ = child.kill();
-                panic!(
-                    "guard did not exit within 10 s of SIGTERM:\n{}",
-                    self.log_text()
-                );
+                panic!("guard did not exit within 10 s:\n{}", self.log_text());
             }
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Starts the daemon again with the same arguments, directories and cgroup.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the daemon first");
+        self.spawn();
+    }
+
+    /// `guard unload` for this daemon's directories.
+    pub fn unload(&self) -> Output {
+        self.dirs
+            .guard()
+            .arg("unload")
+            .output()
+            .expect("run guard unload")
     }
 }
 
@@ -435,6 +484,7 @@ impl Drop for Daemon {
         if self.child.is_some() {
             let _ = self.stop();
         }
+        let _ = self.unload();
         let _ = std::fs::remove_file(&self.log);
     }
 }

@@ -295,6 +295,12 @@ fn attach_and_detach_leave_nothing_behind() {
     }
     assert!(net.has_xdp());
     assert!(daemon.stop().success());
+    assert!(
+        daemon.cgroup.attached_programs().contains("guard_bind4"),
+        "stopping keeps enforcement"
+    );
+    assert!(net.has_xdp());
+    assert!(daemon.unload().status.success());
     assert_eq!(
         daemon
             .cgroup

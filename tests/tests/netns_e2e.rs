@@ -115,6 +115,18 @@ fn allowed_port_connects_denied_port_times_out_and_counters_say_so() {
     assert_eq!(policy_reason["packets"].as_u64(), Some(default), "{stats}");
 
     let status = daemon.stop();
+    // Fail-static: the stopped daemon's programs keep enforcing until `guard unload`.
+    assert!(net.has_xdp(), "SIGTERM leaves enforcement in place");
+    assert_eq!(
+        net.connect(tcp_no_addr, Duration::from_millis(1000)),
+        Err(ErrorKind::TimedOut)
+    );
+    let out = daemon.unload();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         status.success(),
         "guard exits 0 on SIGTERM: {status}\n{}",
@@ -126,9 +138,15 @@ fn allowed_port_connects_denied_port_times_out_and_counters_say_so() {
             && log.contains(&format!("drop rule=0 proto=0 dport={}", tcp_no_addr.port())),
         "kernel log records (aya-log) should reach the daemon's log:\n{log}"
     );
-    assert!(log.contains("shutting down signal=\"SIGTERM\""), "{log}");
-    assert!(!net.has_xdp(), "SIGTERM must detach");
-    assert!(!daemon.dirs.pin_dir.exists(), "pins removed on shutdown");
+    assert!(
+        log.contains("daemon stopping") && log.contains("signal=\"SIGTERM\""),
+        "{log}"
+    );
+    assert!(!net.has_xdp(), "guard unload detaches");
+    assert!(
+        !daemon.dirs.pin_dir.exists(),
+        "guard unload removes the pins"
+    );
     assert_eq!(
         net.connect(tcp_no_addr, Duration::from_secs(3)),
         Ok(()),
@@ -172,7 +190,9 @@ fn embedded_default_policy_audits_and_drops_nothing() {
         "the would-drop SYN is counted: {stats}"
     );
     assert!(daemon.stop_with(libc::SIGINT).success());
-    assert!(!net.has_xdp(), "SIGINT must detach");
+    assert!(net.has_xdp(), "SIGINT leaves enforcement in place");
+    assert!(daemon.unload().status.success());
+    assert!(!net.has_xdp(), "guard unload detaches");
 }
 
 fn run_guard(dirs: &Dirs, args: &[&str]) -> Output {

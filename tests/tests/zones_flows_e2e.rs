@@ -187,7 +187,7 @@ fn deny_events_are_json_lines_and_a_flood_stays_bounded() {
     let events: Vec<serde_json::Value> = log
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter(|v| v["target"] == "guard::event")
+        .filter(|v| v["target"] == "guard::event" && v["kind"] == "drop")
         .collect();
     // Burst 3, then 2 per second.
     let bound = 3 + (2.0 * elapsed).ceil() as usize;

@@ -304,7 +304,7 @@ fn sockets() -> Sockets {
             cw.push(per_call(CONNECTS, connect));
             bw.push(per_call(BINDS, bind));
             g.guard
-                .attach_cgroup(&cgroup.path)
+                .attach_cgroup(&cgroup.path, None)
                 .expect("attach to the bench cgroup");
             cg.push(per_call(CONNECTS, connect));
             bg.push(per_call(BINDS, bind));

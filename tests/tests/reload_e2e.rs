@@ -1,0 +1,329 @@
+//! Tier 3: the controller. Live policy changes (file edit, SIGHUP, `guard apply`), rejected
+//! policies, commit-confirm, SIGKILL and restart without a gap, and the control socket,
+//! with the `guard` binary on a veth pair into a test namespace and real sockets.
+
+use std::{
+    io::{BufRead as _, BufReader, ErrorKind, Write as _},
+    net::{SocketAddr, TcpListener},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    path::Path,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use guard_tests::{Daemon, PolicyFile, TestNet, rule_packets};
+
+/// A policy allowing TCP to `ports` on the test veth, default deny.
+fn policy_text(net: &TestNet, ports: &[u16]) -> String {
+    let mut s = format!(
+        "mode = \"enforce\"\ninterfaces = [\"{}\"]\ndefault = \"deny\"\nfailsafe_ports = []\n",
+        net.host_if
+    );
+    for port in ports {
+        s += &format!("[[ingress]]\nname = \"p{port}\"\nproto = \"tcp\"\nports = [{port}]\n");
+    }
+    s
+}
+
+/// Replaces `path` the way editors do: write a new file, rename it over the old one.
+fn write_rename(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp~");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+fn listener(net: &TestNet) -> (TcpListener, SocketAddr) {
+    let l = TcpListener::bind((net.host_ip, 0)).unwrap();
+    let a = l.local_addr().unwrap();
+    (l, a)
+}
+
+fn open(net: &TestNet, to: SocketAddr) -> bool {
+    net.connect(to, Duration::from_millis(300)).is_ok()
+}
+
+/// Polls until `to` is reachable (true) or `within` passes (false).
+fn opens_within(net: &TestNet, to: SocketAddr, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if net.connect(to, Duration::from_millis(100)).is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
+fn guard_cmd(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    daemon.dirs.guard().args(args).output().unwrap()
+}
+
+#[test]
+fn editing_the_policy_file_opens_a_port_within_a_second() {
+    let net = TestNet::new();
+    let (_a, a) = listener(&net);
+    let (_b, b) = listener(&net);
+    let policy = PolicyFile::new(&policy_text(&net, &[a.port()]));
+    let daemon = Daemon::start(&["--policy", policy.arg()]);
+    assert!(open(&net, a));
+    assert!(!open(&net, b));
+    let before = rule_packets(&daemon.dirs.stats(), &format!("p{}", a.port()));
+    assert!(before >= 1);
+
+    write_rename(&policy.path, &policy_text(&net, &[a.port(), b.port()]));
+    assert!(
+        opens_within(&net, b, Duration::from_secs(1)),
+        "the edit opens the port within 1 s:\n{}",
+        daemon.log_text()
+    );
+    let stats = daemon.dirs.stats();
+    assert_eq!(stats["generation"], 2, "{stats}");
+    assert!(
+        rule_packets(&stats, &format!("p{}", a.port())) >= before,
+        "a rule that stays keeps its counters"
+    );
+    let log = daemon.log_text();
+    assert!(
+        log.contains("policy applied")
+            && log.contains("how=\"file watch\"")
+            && log.contains(&format!("+p{}", b.port())),
+        "{log}"
+    );
+}
+
+#[test]
+fn sighup_reloads_and_a_rejected_policy_keeps_the_old_one() {
+    let net = TestNet::new();
+    let (_a, a) = listener(&net);
+    let (_b, b) = listener(&net);
+    let policy = PolicyFile::new(&policy_text(&net, &[a.port()]));
+    let mut daemon = Daemon::start(&["--policy", policy.arg()]);
+    // An invalid file: rejected, the running policy stays.
+    write_rename(
+        &policy.path,
+        "interfaces = [\"x\"]\n[[ingress]]\nname = \"bad\"\nproto = \"tcp\"\nports = [70000]\n",
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !daemon.log_text().contains("policy rejected") {
+        assert!(
+            Instant::now() < deadline,
+            "the rejection is logged:\n{}",
+            daemon.log_text()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        daemon
+            .log_text()
+            .contains(":5:10: port 70000 is out of range"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        open(&net, a) && !open(&net, b),
+        "the old policy still enforces"
+    );
+    assert_eq!(daemon.dirs.stats()["generation"], 1);
+    // A file that cannot be read at all: also kept.
+    std::fs::remove_file(&policy.path).unwrap();
+    // SIGHUP after a valid edit.
+    std::fs::write(&policy.path, policy_text(&net, &[b.port()])).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+    assert!(
+        opens_within(&net, b, Duration::from_secs(2)),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(!open(&net, a), "a is no longer allowed");
+    assert!(daemon.stop().success());
+}
+
+#[test]
+fn apply_with_confirm_rolls_back_unless_confirmed() {
+    let net = TestNet::new();
+    let (_a, a) = listener(&net);
+    let (_b, b) = listener(&net);
+    let policy = PolicyFile::new(&policy_text(&net, &[a.port()]));
+    let daemon = Daemon::start(&["--policy", policy.arg()]);
+    let candidate = PolicyFile::new(&policy_text(&net, &[a.port(), b.port()]));
+
+    let out = guard_cmd(
+        &daemon,
+        &["apply", candidate.arg(), "--confirm-within", "2"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(open(&net, b), "applied at once");
+    let status = guard_cmd(&daemon, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["pending_confirm"], true);
+    // The rollback is due 2 s after the apply; loading it takes a moment more.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while open(&net, b) {
+        assert!(
+            Instant::now() < deadline,
+            "no confirm: rolled back:\n{}",
+            daemon.log_text()
+        );
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(open(&net, a));
+    assert!(
+        daemon.log_text().contains("how=\"rollback\""),
+        "{}",
+        daemon.log_text()
+    );
+
+    let out = guard_cmd(
+        &daemon,
+        &["apply", candidate.arg(), "--confirm-within", "2"],
+    );
+    assert!(out.status.success());
+    assert!(guard_cmd(&daemon, &["confirm"]).status.success());
+    thread::sleep(Duration::from_millis(2500));
+    assert!(open(&net, b), "confirmed: kept");
+    assert_eq!(
+        guard_cmd(&daemon, &["confirm"]).status.code(),
+        Some(2),
+        "nothing left to confirm"
+    );
+
+    // An invalid policy: precise errors, exit 1, nothing changes.
+    let bad = PolicyFile::new("interfaces = [\"x\"]\nmode = \"block\"\n");
+    let out = guard_cmd(&daemon, &["apply", bad.arg()]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .starts_with(&format!("{}:2:8: unknown mode", bad.arg()))
+    );
+    assert!(open(&net, b));
+}
+
+#[test]
+fn sigkill_and_restart_under_load_keep_enforcing_without_a_gap() {
+    let net = Arc::new(TestNet::new());
+    let (allowed_l, allowed) = listener(&net);
+    let (_denied_l, denied) = listener(&net);
+    thread::spawn(move || {
+        for s in allowed_l.incoming() {
+            drop(s);
+        }
+    });
+    let policy = PolicyFile::new(&policy_text(&net, &[allowed.port()]));
+    let mut daemon = Daemon::start(&["--policy", policy.arg()]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, leaked) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let load = {
+        let (net, stop, ok, failed, leaked) = (
+            net.clone(),
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            leaked.clone(),
+        );
+        thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match net.connect(allowed, Duration::from_millis(1000)) {
+                    Ok(()) => ok.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                };
+                if net.connect(denied, Duration::from_millis(100)) != Err(ErrorKind::TimedOut) {
+                    leaked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    thread::sleep(Duration::from_millis(500));
+    let before = rule_packets(&daemon.dirs.stats(), &format!("p{}", allowed.port()));
+    assert!(daemon.stop_with(libc::SIGKILL).code().is_none(), "killed");
+    assert!(net.has_xdp(), "enforcement outlives the daemon");
+    thread::sleep(Duration::from_millis(700));
+    let while_down = daemon.dirs.stats();
+    daemon.restart();
+    thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    let (ok, failed, leaked) = (
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        leaked.load(Ordering::Relaxed),
+    );
+    assert!(ok >= 5, "the load ran: {ok} ok");
+    assert_eq!(
+        leaked, 0,
+        "no attempt to the denied port succeeded or was refused"
+    );
+    assert_eq!(failed, 0, "the allowed port kept working ({ok} ok)");
+    let after = daemon.dirs.stats();
+    let rule = format!("p{}", allowed.port());
+    assert!(
+        rule_packets(&while_down, &rule) > before,
+        "counting went on without the daemon: {while_down}"
+    );
+    assert!(
+        rule_packets(&after, &rule) >= rule_packets(&while_down, &rule),
+        "counters continue after restart"
+    );
+    assert!(
+        daemon.log_text().contains("adopting the pinned programs"),
+        "{}",
+        daemon.log_text()
+    );
+}
+
+#[test]
+fn the_control_socket_is_root_only_and_survives_garbage() {
+    let net = TestNet::new();
+    let policy = PolicyFile::new(&policy_text(&net, &[]));
+    let daemon = Daemon::start(&["--policy", policy.arg()]);
+    let path = daemon.dirs.run_dir.join("guard.sock");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let ask = |payload: &[u8]| -> serde_json::Value {
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(payload).unwrap();
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or(serde_json::Value::Null)
+    };
+    for (payload, want) in [
+        (&b"not json at all\n"[..], "not JSON"),
+        (b"{\"version\":1,\"cmd\":\"reboot\"}\n", "bad request"),
+        (
+            b"{\"version\":9,\"cmd\":\"status\"}\n",
+            "unsupported protocol version 9",
+        ),
+        (b"{\"version\":1,\"cmd\":\"status\"", "truncated message"),
+    ] {
+        let reply = ask(payload);
+        assert_eq!(reply["ok"], false, "{reply}");
+        assert!(reply["error"].as_str().unwrap().contains(want), "{reply}");
+    }
+    let huge = vec![b'x'; guard::ctl::MAX_MESSAGE + 10];
+    let reply = ask(&huge);
+    assert!(
+        reply["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("larger than"),
+        "{reply}"
+    );
+    let reply = ask(b"{\"version\":1,\"cmd\":\"status\"}\n");
+    assert_eq!(reply["ok"], true, "the daemon still answers: {reply}");
+    assert_eq!(reply["version"], 1);
+}
