@@ -419,42 +419,47 @@ impl Daemon {
     }
 }
 
-/// "+added -removed" rule names between the running policy and a new rule set.
+/// "+added -removed ~changed" rule names between the running policy and a new rule set.
 fn diff_summary(before: Option<&State>, after: &[policy::RuleInfo]) -> String {
     let Some(before) = before else {
         return "initial".into();
     };
+    let old: std::collections::HashMap<&str, &str> = before
+        .rules
+        .iter()
+        .map(|r| (r.name.as_str(), r.action.as_str()))
+        .collect();
+    let new: std::collections::HashMap<&str, &str> = after
+        .iter()
+        .map(|r| (r.name.as_str(), r.action.as_str()))
+        .collect();
     let added: Vec<&str> = after
         .iter()
-        .filter(|r| !before.rules.iter().any(|b| b.name == r.name))
         .map(|r| r.name.as_str())
+        .filter(|n| !old.contains_key(n))
         .collect();
     let removed: Vec<&str> = before
         .rules
         .iter()
-        .filter(|b| !after.iter().any(|r| r.name == b.name))
         .map(|r| r.name.as_str())
+        .filter(|n| !new.contains_key(n))
         .collect();
     let changed = after
         .iter()
-        .filter(|r| {
-            before
-                .rules
-                .iter()
-                .any(|b| b.name == r.name && b.action != r.action)
-        })
+        .filter(|r| old.get(r.name.as_str()).is_some_and(|a| *a != r.action))
         .count();
+    // Name at most a few rules; the counts say the rest.
+    let names: Vec<String> = added
+        .iter()
+        .take(5)
+        .map(|n| format!("+{n}"))
+        .chain(removed.iter().take(5).map(|n| format!("-{n}")))
+        .collect();
     format!(
-        "+{} -{} ~{} ({}{})",
+        "+{} -{} ~{changed} ({})",
         added.len(),
         removed.len(),
-        changed,
-        added.iter().map(|n| format!("+{n} ")).collect::<String>(),
-        removed
-            .iter()
-            .map(|n| format!("-{n} "))
-            .collect::<String>()
-            .trim_end()
+        names.join(" ")
     )
 }
 

@@ -13,7 +13,7 @@ use std::{
     fs::File,
     net::Ipv4Addr,
     os::fd::AsRawFd as _,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
     thread,
@@ -257,20 +257,24 @@ impl Drop for Cgroup {
     }
 }
 
-/// The `guard` binary next to this test executable (`cargo xtask test` builds it first).
+/// The `guard` binary built beside this executable: next to it (a binary such as the
+/// benchmark harness), or one level up (a test, which lives in `deps/`).
+fn find_guard_bin() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join("guard"), dir.parent()?.join("guard")]
+        .into_iter()
+        .find(|p| p.exists())
+}
+
+/// The `guard` binary (`cargo xtask test` builds it first); panics with a hint if missing.
 pub fn guard_bin() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>/deps/..");
-    let bin = dir.join("guard");
-    assert!(
-        bin.exists(),
-        "{} not found: build it first (`cargo xtask test` does)",
-        bin.display()
-    );
-    bin
+    find_guard_bin().unwrap_or_else(|| {
+        panic!(
+            "the guard binary was not found next to {:?}: build it first (`cargo xtask test` does)",
+            std::env::current_exe()
+        )
+    })
 }
 
 /// A `guard` command with this test's own pin and run directories.

@@ -95,24 +95,44 @@ fn run(cmd: Cmd) -> Result<()> {
         }
         Cmd::Bench { out } => {
             setup::ensure(setup::Needs::Bench)?;
-            step("building the benchmark harness");
+            step("building guard and the benchmark harness (release: what users run)");
             check(
                 cargo(&root)
-                    .args(["build", "--package", "guard-tests", "--bin", "guard-bench"])
+                    .args([
+                        "build",
+                        "--release",
+                        "--package",
+                        "guard-userspace",
+                        "--bins",
+                    ])
                     .status()?,
-                "cargo build (bench)",
+                "cargo build --release (guard)",
+            )?;
+            check(
+                cargo(&root)
+                    .args([
+                        "build",
+                        "--release",
+                        "--package",
+                        "guard-tests",
+                        "--bin",
+                        "guard-bench",
+                    ])
+                    .status()?,
+                "cargo build --release (bench)",
             )?;
             // SAFETY: geteuid has no preconditions.
             if unsafe { libc::geteuid() } != 0 {
                 bail!("the benchmark loads BPF programs: run `sudo -E cargo xtask bench`");
             }
-            step("running the benchmark (about a minute)");
+            step("running the benchmark (a few minutes)");
             let out = if out.is_absolute() {
                 out
             } else {
                 root.join(out)
             };
-            let status = Command::new(root.join("target/debug/guard-bench"))
+            // The harness runs the `guard` binary next to itself (target/release).
+            let status = Command::new(root.join("target/release/guard-bench"))
                 .arg(&out)
                 .status()
                 .context("failed to run guard-bench")?;

@@ -102,11 +102,13 @@ pub fn lower(policy: &Policy) -> Lowered {
 
 /// Gives each key the index it had before, or else the smallest index from `first` on
 /// that no key holds. Returns the indices and which of them are fresh.
-fn assign<K: PartialEq>(keys: &[K], previous: &[(K, u32)], first: u32) -> (Vec<u32>, Vec<u32>) {
-    let kept: Vec<Option<u32>> = keys
-        .iter()
-        .map(|k| previous.iter().find(|(pk, _)| pk == k).map(|&(_, i)| i))
-        .collect();
+fn assign<K: Eq + std::hash::Hash>(
+    keys: &[K],
+    previous: &[(K, u32)],
+    first: u32,
+) -> (Vec<u32>, Vec<u32>) {
+    let previous: HashMap<&K, u32> = previous.iter().map(|(k, i)| (k, *i)).collect();
+    let kept: Vec<Option<u32>> = keys.iter().map(|k| previous.get(k).copied()).collect();
     let mut used: std::collections::BTreeSet<u32> = kept.iter().flatten().copied().collect();
     let mut next = first;
     let mut fresh = Vec::new();

@@ -714,3 +714,81 @@ fn rules_and_port_slots_keep_their_indices_across_policy_changes() {
     assert_eq!(port_entry(&after, PROTO_IDX_TCP, 8080), direct | 5);
     assert_eq!(port_entry(&after, PROTO_IDX_TCP, 80), direct | 4);
 }
+
+#[test]
+fn suspicious_policies_get_warnings() {
+    let c = check(
+        "p.toml",
+        r#"interfaces = ["eth0"]
+[zones]
+internal = ["10.0.0.0/8"]
+[[ingress]]
+name = "public"
+proto = "tcp"
+ports = [9443, 9763]
+[[ingress]]
+name = "mgmt"
+proto = "tcp"
+ports = [9763]
+from = ["internal"]
+[[ingress]]
+name = "tie-allow"
+proto = "udp"
+ports = [53]
+from = ["internal"]
+[[ingress]]
+name = "tie-deny"
+proto = "udp"
+ports = ["50-60"]
+from = ["internal"]
+action = "deny"
+[[ingress]]
+name = "dead"
+proto = "tcp"
+ports = [9443]
+action = "audit"
+[[ingress]]
+name = "alive"
+proto = "tcp"
+ports = [9443, 8443]
+action = "deny"
+"#,
+    )
+    .unwrap();
+    let w = &c.warnings;
+    let has = |place: &str, text: &str| w.iter().any(|l| l.starts_with(place) && l.contains(text));
+    assert!(
+        has(
+            "p.toml:9:8:",
+            "`public` allows tcp ports from any source that `mgmt` limits to internal"
+        ),
+        "{w:#?}"
+    );
+    assert!(
+        has(
+            "p.toml:14:8:",
+            "rule `tie-allow` is fully shadowed (by tie-deny): it never matches"
+        ),
+        "{w:#?}"
+    );
+    assert!(
+        has(
+            "p.toml:25:8:",
+            "rule `dead` is fully shadowed (by alive): it never matches"
+        ),
+        "{w:#?}"
+    );
+    assert!(
+        has(
+            "p.toml:30:8:",
+            "rules `public` (allow) and `alive` (deny) both name 0.0.0.0/0 for tcp ports they share: `alive` wins"
+        ),
+        "{w:#?}"
+    );
+    assert!(
+        !w.iter()
+            .any(|l| l.contains("rule `alive` is fully shadowed")),
+        "{w:#?}"
+    );
+    assert!(check("p.toml", MINIMAL).unwrap().warnings.is_empty());
+}
