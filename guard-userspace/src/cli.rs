@@ -82,6 +82,19 @@ pub enum Command {
     },
     /// Keep the policy applied with --confirm-within.
     Confirm,
+    /// Recent deny, violation and policy events (one JSON object per line).
+    ///
+    /// The daemon keeps the last 1000; older ones are in its log.
+    ///
+    /// Example: guard events --follow
+    Events {
+        /// Keep printing new events as they come (until Ctrl-C).
+        #[arg(long)]
+        follow: bool,
+        /// JSON lines (the only format; accepted for symmetry with the other read commands).
+        #[arg(long)]
+        json: bool,
+    },
     /// Detach guard's programs and remove its pins (and stop the daemon if it runs).
     ///
     /// Stopping the daemon leaves enforcement in place; this is the way to remove it.

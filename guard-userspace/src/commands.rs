@@ -276,6 +276,26 @@ pub fn apply(run_dir: &Path, file: &Path, confirm_within: Option<u64>) -> Result
     Ok(())
 }
 
+pub fn events(run_dir: &Path, follow: bool) -> Result<(), Failure> {
+    let mut since = 0;
+    loop {
+        let reply = call(run_dir, &Request::Events { since })?.ok_or_else(|| {
+            Failure::Runtime(
+                "guard is not running: events are kept by the daemon (see also its log)".into(),
+            )
+        })?;
+        let v = data(reply)?;
+        for e in v["events"].as_array().into_iter().flatten() {
+            println!("{e}");
+        }
+        since = v["next"].as_u64().unwrap_or(since);
+        if !follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
 pub fn confirm(run_dir: &Path) -> Result<(), Failure> {
     let reply = call(run_dir, &Request::Confirm {})?
         .ok_or_else(|| Failure::Runtime("guard is not running".into()))?;

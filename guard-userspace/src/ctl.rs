@@ -3,7 +3,8 @@
 //! `"version": 1`. A request the daemon cannot parse gets an error reply; the connection
 //! stays usable, and the daemon is never harmed by what a client sends.
 //!
-//! Requests: `{"version":1,"cmd":"status"}`, `"stats"`, `"confirm"`, `"unload"`, and
+//! Requests: `{"version":1,"cmd":"status"}`, `"stats"`, `"confirm"`, `"unload"`,
+//! `{"version":1,"cmd":"events","since":0}`, and
 //! `{"version":1,"cmd":"apply","name":"FILE","policy":"<toml>","confirm_within":30}`.
 //! Replies: `{"version":1,"ok":true,"data":{...}}` or
 //! `{"version":1,"ok":false,"error":"...","errors":["FILE:LINE:COL: ..."]}`.
@@ -40,6 +41,11 @@ pub enum Request {
         confirm_within: Option<u64>,
     },
     Confirm {},
+    /// Recent events numbered above `since` (0: every kept one).
+    Events {
+        #[serde(default)]
+        since: u64,
+    },
     /// Detach everything, remove guard's pins, and stop the daemon.
     Unload {},
 }

@@ -17,6 +17,7 @@ use std::{
     fs,
     os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -42,7 +43,7 @@ use crate::{
     },
     cli::{Failure, RunArgs},
     ctl::{self, Reply, Request},
-    events::{self, Decoder},
+    events::{self, Decoder, Recent},
     host, logging,
     policy::{self, Checked, PolicySource, model::InterfaceSpec},
     state::{self, Attached, State},
@@ -104,6 +105,7 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         readers: None,
+        recent: Arc::default(),
     };
     if let Err(err) = daemon.apply(source, text, checked, "start") {
         if !adopting {
@@ -146,6 +148,8 @@ struct Daemon {
     /// Taken from the first instance: the pinned event ring and kernel log every later
     /// instance writes to as well.
     readers: Option<(Option<KernelLogger>, RingBuf<MapData>, Decoder)>,
+    /// Recent events for `guard events`, filled by the event reader and by policy changes.
+    recent: Arc<Mutex<Recent>>,
 }
 
 fn runtime(what: &str, path: &Path, e: std::io::Error) -> Failure {
@@ -268,6 +272,16 @@ impl Daemon {
         state::write(&self.run_dir, &state)
             .map_err(|e| runtime("writing state in", &self.run_dir, e))?;
         self.state = Some(state);
+        self.record(json!({
+            "ts": now_secs(),
+            "kind": "policy_applied",
+            "how": how,
+            "policy": source.label(),
+            "hash_before": before,
+            "hash_after": checked.hash,
+            "generation": generation,
+            "changes": summary,
+        }));
         info!(
             target: "guard::event",
             kind = "policy_applied",
@@ -294,6 +308,12 @@ impl Daemon {
     }
 
     /// Validates and applies a policy text; a rejected one is logged and changes nothing.
+    fn record(&self, event: serde_json::Value) {
+        if let Ok(mut recent) = self.recent.lock() {
+            recent.push(event);
+        }
+    }
+
     fn try_apply(
         &mut self,
         source: PolicySource,
@@ -303,6 +323,7 @@ impl Daemon {
         let checked = match policy::check(&source.label(), &text) {
             Ok(c) => c,
             Err(e) => {
+                self.record(json!({"ts": now_secs(), "kind": "policy_rejected", "how": how, "policy": source.label(), "errors": e.lines}));
                 error!(target: "guard::event", kind = "policy_rejected", how, policy = source.label(), errors = e.lines.join("; "), "policy rejected; the running policy stays");
                 return Err(("policy rejected".into(), e.lines));
             }
@@ -397,6 +418,14 @@ impl Daemon {
                     Err((message, errors)) => (Reply::invalid(message, errors), false),
                 }
             }
+            Request::Events { since } => {
+                let (events, next) = self
+                    .recent
+                    .lock()
+                    .map(|r| r.since(since))
+                    .unwrap_or_default();
+                (Reply::ok(json!({"events": events, "next": next})), false)
+            }
             Request::Confirm {} => match self.pending.take() {
                 Some(_) => {
                     info!("policy confirmed");
@@ -417,6 +446,12 @@ impl Daemon {
             },
         }
     }
+}
+
+fn now_secs() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// "+added -removed ~changed" rule names between the running policy and a new rule set.
@@ -534,7 +569,7 @@ fn serve(mut daemon: Daemon) -> Result<(), Failure> {
             // SAFETY: as above, for the event ring buffer.
             let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
                 .map_err(|e| Failure::Runtime(format!("polling the event ring buffer: {e}")))?;
-            tokio::spawn(pump_events(ring, decoder));
+            tokio::spawn(pump_events(ring, decoder, daemon.recent.clone()));
         }
         let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
         let listener = control_socket(&daemon.run_dir)?;
@@ -681,7 +716,11 @@ async fn forward_changes(
 }
 
 /// Logs every event the kernel sends.
-async fn pump_events(mut fd: AsyncFd<RingBuf<MapData>>, decoder: Decoder) {
+async fn pump_events(
+    mut fd: AsyncFd<RingBuf<MapData>>,
+    decoder: Decoder,
+    recent: Arc<Mutex<Recent>>,
+) {
     loop {
         let Ok(mut ready) = fd.readable_mut().await else {
             warn!("event reader stopped");
@@ -690,7 +729,13 @@ async fn pump_events(mut fd: AsyncFd<RingBuf<MapData>>, decoder: Decoder) {
         let ring = ready.get_inner_mut();
         while let Some(record) = ring.next() {
             match decoder.decode(&record) {
-                Some(ev) => events::log(&ev),
+                Some(ev) => {
+                    events::log(&ev);
+                    if let (Ok(mut recent), Ok(value)) = (recent.lock(), serde_json::to_value(&ev))
+                    {
+                        recent.push(value);
+                    }
+                }
                 None => warn!(bytes = record.len(), "undecodable event record"),
             }
         }

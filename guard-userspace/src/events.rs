@@ -115,6 +115,41 @@ impl Decoder {
     }
 }
 
+/// The most recent events (kernel events and policy changes), numbered, for
+/// `guard events`. Holds at most [`Recent::CAPACITY`]; older ones are only in the log.
+#[derive(Debug, Default)]
+pub struct Recent {
+    next: u64,
+    events: std::collections::VecDeque<(u64, serde_json::Value)>,
+}
+
+impl Recent {
+    pub const CAPACITY: usize = 1000;
+
+    pub fn push(&mut self, event: serde_json::Value) {
+        if self.events.len() == Self::CAPACITY {
+            self.events.pop_front();
+        }
+        self.next += 1;
+        self.events.push_back((self.next, event));
+    }
+
+    /// Events numbered above `since` (all kept ones for 0), and the number to ask from next.
+    pub fn since(&self, since: u64) -> (Vec<serde_json::Value>, u64) {
+        let events = self
+            .events
+            .iter()
+            .filter(|(n, _)| *n > since)
+            .map(|(n, e)| {
+                let mut e = e.clone();
+                e["seq"] = (*n).into();
+                e
+            })
+            .collect();
+        (events, self.next)
+    }
+}
+
 /// Logs one event.
 pub fn log(ev: &DenyEvent) {
     if let (Some(pid), Some(comm)) = (ev.pid, &ev.comm)
@@ -230,6 +265,27 @@ mod tests {
             ("audit_drop", "#9", "udp")
         );
         assert_eq!(got.src, "2001:db8::1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn recent_keeps_the_newest_and_numbers_them() {
+        let mut r = Recent::default();
+        for i in 0..(Recent::CAPACITY + 5) {
+            r.push(serde_json::json!({ "i": i }));
+        }
+        let (all, next) = r.since(0);
+        assert_eq!(
+            (all.len(), next),
+            (Recent::CAPACITY, Recent::CAPACITY as u64 + 5)
+        );
+        assert_eq!(all[0]["i"], 5);
+        let (tail, _) = r.since(next - 2);
+        assert_eq!(
+            tail.iter()
+                .map(|e| e["seq"].as_u64().unwrap())
+                .collect::<Vec<_>>(),
+            [next - 1, next]
+        );
     }
 
     #[test]

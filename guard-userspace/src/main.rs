@@ -15,6 +15,7 @@ fn main() -> ExitCode {
             confirm_within,
         } => guard::commands::apply(&cli.run_dir, file, *confirm_within),
         Command::Confirm => guard::commands::confirm(&cli.run_dir),
+        Command::Events { follow, json: _ } => guard::commands::events(&cli.run_dir, *follow),
         Command::Unload => guard::commands::unload(&cli.pin_dir, &cli.run_dir),
     };
     match result {

@@ -85,6 +85,30 @@ fn editing_the_policy_file_opens_a_port_within_a_second() {
         rule_packets(&stats, &format!("p{}", a.port())) >= before,
         "a rule that stays keeps its counters"
     );
+    let out = guard_cmd(&daemon, &["events"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let events: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e["kind"] == "policy_applied")
+            .count(),
+        2,
+        "{events:#?}"
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["kind"] == "drop" && e["dport"] == b.port()),
+        "{events:#?}"
+    );
     let log = daemon.log_text();
     assert!(
         log.contains("policy applied")
@@ -129,6 +153,14 @@ fn sighup_reloads_and_a_rejected_policy_keeps_the_old_one() {
     assert_eq!(daemon.dirs.stats()["generation"], 1);
     // A file that cannot be read at all: also kept.
     std::fs::remove_file(&policy.path).unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(daemon.pid() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !daemon.log_text().contains("cannot read the policy file") {
+        assert!(Instant::now() < deadline, "{}", daemon.log_text());
+        thread::sleep(Duration::from_millis(50));
+    }
+    assert!(open(&net, a) && !open(&net, b), "still the old policy");
     // SIGHUP after a valid edit.
     std::fs::write(&policy.path, policy_text(&net, &[b.port()])).unwrap();
     // SAFETY: signalling our own child.
