@@ -7,10 +7,7 @@
 //! and in audit mode, `bind()` proceeds; every denial (and audit-mode would-be denial) is
 //! counted per port and reported as an event with pid and command.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    programs::SockAddrContext,
-};
+use aya_ebpf::{helpers::bpf_get_current_comm, programs::SockAddrContext};
 use guard_common::{
     EVENT_BIND_DENIED, EVENT_FLAG_AUDIT, Event, MODE_ENFORCE, MODE_UNSET, PROTO_IDX_TCP,
     PROTO_IDX_UDP, port_index,
@@ -20,6 +17,7 @@ use crate::{
     events,
     maps::{GUARD_BINDDENY, GUARD_CONFIG, GUARD_LISTEN, bump_hash},
     packet::{IPPROTO_TCP, IPPROTO_UDP},
+    sock_addr,
 };
 
 const ALLOW: i32 = 1;
@@ -35,8 +33,7 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
     }
     // SAFETY: the context pointer the kernel passed in.
     let sa = unsafe { &*ctx.sock_addr };
-    // user_port holds the port in network byte order in its low 16 bits.
-    let port = u16::from_be(sa.user_port as u16);
+    let (local, port) = sock_addr::user_addr(ctx, v6);
     if port == 0 {
         return ALLOW;
     }
@@ -52,20 +49,7 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
     }
     bump_hash(&GUARD_BINDDENY, index);
     let enforce = config.mode == MODE_ENFORCE;
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let mut local = [0u8; 16];
-    if v6 {
-        for (i, word) in sa.user_ip6.iter().enumerate() {
-            local[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-        }
-    } else {
-        local[10] = 0xff;
-        local[11] = 0xff;
-        local[12..].copy_from_slice(&sa.user_ip4.to_ne_bytes());
-    }
-    let mut limit_key = [0u8; 16];
-    limit_key[..4].copy_from_slice(&pid.to_ne_bytes());
-    limit_key[15] = 0xb1; // not an address: a per-process bucket
+    let (pid, limit_key) = sock_addr::process(0xb1);
     events::send(
         Event {
             kind: EVENT_BIND_DENIED,

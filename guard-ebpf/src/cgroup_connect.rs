@@ -7,10 +7,7 @@
 //! decision is counted under its rule (`egress-default` when none matched); each denial (or
 //! audit-mode would-be denial) is an event with pid and command, limited per process.
 
-use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid},
-    programs::SockAddrContext,
-};
+use aya_ebpf::{helpers::bpf_get_current_comm, programs::SockAddrContext};
 use guard_common::{
     ACTION_ALLOW, ACTION_DENY, EVENT_CONNECT_DENIED, EVENT_FLAG_AUDIT, Event, MODE_ENFORCE,
     MODE_UNSET, PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP, RULE_EGRESS_DEFAULT,
@@ -20,7 +17,7 @@ use crate::{
     events,
     maps::GUARD_CONFIG,
     packet::{IPPROTO_TCP, IPPROTO_UDP},
-    verdict,
+    sock_addr, verdict,
 };
 
 const ALLOW: i32 = 1;
@@ -42,18 +39,7 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
         IPPROTO_UDP => PROTO_IDX_EGRESS_UDP,
         _ => return ALLOW,
     };
-    // user_port holds the port in network byte order in its low 16 bits.
-    let port = u16::from_be(sa.user_port as u16);
-    let mut peer = [0u8; 16];
-    if v6 {
-        for (i, word) in sa.user_ip6.iter().enumerate() {
-            peer[i * 4..i * 4 + 4].copy_from_slice(&word.to_ne_bytes());
-        }
-    } else {
-        peer[10] = 0xff;
-        peer[11] = 0xff;
-        peer[12..].copy_from_slice(&sa.user_ip4.to_ne_bytes());
-    }
+    let (peer, port) = sock_addr::user_addr(ctx, v6);
     let (rule, action) =
         verdict::decide(slot, port, !v6, &peer, (RULE_EGRESS_DEFAULT, ACTION_ALLOW));
     verdict::count_rule(rule, 0);
@@ -61,10 +47,7 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
         return ALLOW;
     }
     let deny = config.mode == MODE_ENFORCE && action == ACTION_DENY;
-    let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let mut limit_key = [0u8; 16];
-    limit_key[..4].copy_from_slice(&pid.to_ne_bytes());
-    limit_key[15] = 0xc0; // not an address: a per-process bucket
+    let (pid, limit_key) = sock_addr::process(0xc0);
     events::send(
         Event {
             kind: EVENT_CONNECT_DENIED,

@@ -17,6 +17,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod packet;
 #[cfg(target_arch = "bpf")]
+mod sock_addr;
+#[cfg(target_arch = "bpf")]
 mod sock_ops;
 #[cfg(target_arch = "bpf")]
 mod tc_egress;
