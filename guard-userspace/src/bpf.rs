@@ -274,7 +274,6 @@ enum CgroupLink {
 struct Link {
     iface: String,
     xdp: XdpLinkId,
-    mode: AttachMode,
     tc: Option<SchedClassifierLinkId>,
 }
 
@@ -428,7 +427,6 @@ impl Guard {
             self.links.push(Link {
                 iface: iface.to_owned(),
                 xdp: xdp_link,
-                mode,
                 tc: None,
             });
         }
@@ -552,11 +550,6 @@ impl Guard {
         Ok(())
     }
 
-    /// Interfaces guard is attached to, with the XDP mode.
-    pub fn attached(&self) -> impl Iterator<Item = (&str, AttachMode)> {
-        self.links.iter().map(|l| (l.iface.as_str(), l.mode))
-    }
-
     /// Detaches from every interface and the cgroup.
     pub fn detach_all(&mut self) {
         for link in std::mem::take(&mut self.cgroup_links) {
@@ -596,21 +589,6 @@ impl Guard {
                 );
             }
         }
-    }
-
-    /// Pins the state maps under `dir` (which must be on a bpffs), so `guard stats` can
-    /// read them (loads without [`Pins`], e.g. in tests).
-    pub fn pin_maps(&self, dir: &Path) -> Result<(), LoadError> {
-        for name in maps::STATE {
-            let path = dir.join(name);
-            let map = self.ebpf.map(name).ok_or(LoadError::MissingMap(name))?;
-            map.pin(&path).map_err(|source| LoadError::Pin {
-                map: name,
-                path: path.display().to_string(),
-                source,
-            })?;
-        }
-        Ok(())
     }
 
     /// The kernel log reader, for the daemon to poll. `None` when kernel logging is off.
