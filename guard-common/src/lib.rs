@@ -7,14 +7,25 @@
 #![no_std]
 
 /// Names of the maps in the eBPF object (at most 15 bytes: the kernel's name limit).
+///
+/// The policy maps are double-buffered: each holds two *generations* of the policy, and
+/// [`ACTIVE`] says which one the programs judge by. The controller writes a new policy into
+/// the inactive generation, then flips [`ACTIVE`]; every program run reads it once, so a
+/// packet or socket call is judged entirely by one generation. Arrays keep generation `g` at
+/// `g * len + index` ([`gen_index`](super::gen_index)); the class-keyed maps need no offset,
+/// because the controller numbers each generation's port classes apart.
 pub mod maps {
-    /// `Array<GuardConfig>`, one entry: mode and default action.
+    /// `Array<u32>`, one entry: the policy generation in force (0 or 1).
+    pub const ACTIVE: &str = "GUARD_ACTIVE";
+    /// `Array<GuardConfig>`, one entry per generation: mode and default action.
     pub const CONFIG: &str = "GUARD_CONFIG";
-    /// `Array<u32>`, [`super::POLICY_PORTS_LEN`] entries indexed by [`super::port_index`]
-    /// (ingress and egress protocol slots): the port class of each (slot, port), or'd with
-    /// [`super::PORT_FAILSAFE`], or a direct rule ([`super::PORT_DIRECT`]).
+    /// `Array<u32>`, [`super::POLICY_PORTS_LEN`] entries per generation, indexed by
+    /// [`super::port_index`] (ingress and egress protocol slots): the port class of each
+    /// (slot, port), or'd with [`super::PORT_FAILSAFE`], or a direct rule
+    /// ([`super::PORT_DIRECT`]).
     pub const PORTS: &str = "GUARD_PORTS";
     /// `Array<ClassLens>` indexed by port class: the source prefix lengths the class uses.
+    /// Generation `g` numbers its classes from `g * (max_entries / 2)`.
     pub const CLASS_LENS: &str = "GUARD_CLASSLEN";
     /// `HashMap<SrcHashKeyV4, RuleRef>`: (class, prefix length, masked IPv4 source) to rule.
     pub const SRC_HASH_V4: &str = "GUARD_SRCH_V4";
@@ -32,8 +43,9 @@ pub mod maps {
     /// `LruHashMap<FlowKey, FlowState>`: flows the host started (recorded on egress), whose
     /// replies pass inbound whatever the policy says.
     pub const FLOWS: &str = "GUARD_FLOWS";
-    /// `Array<u32>`, [`super::PORTS_LEN`] entries indexed by [`super::port_index`]: the
-    /// counter slot of each (protocol, destination port); 0 means the protocol's "other".
+    /// `Array<u32>`, [`super::PORTS_LEN`] entries per generation indexed by
+    /// [`super::port_index`]: the counter slot of each (protocol, destination port); 0 means
+    /// the protocol's "other".
     pub const PORT_SLOTS: &str = "GUARD_PORTSLOT";
     /// `PerCpuArray<PortStats>` indexed by slot: inbound connection attempts and rejections.
     pub const PORT_STATS: &str = "GUARD_PORTSTAT";
@@ -44,8 +56,9 @@ pub mod maps {
     /// `PerCpuArray<u64>` indexed by the `EVENTS_*` constants.
     pub const EVENT_STATS: &str = "GUARD_EVSTATS";
 
-    /// `Array<u32>`, [`super::PORTS_LEN`] entries indexed by [`super::port_index`]: 1 when
-    /// `bind()` to that (protocol, port) is allowed (`[listen]`).
+    /// `Array<u32>`, [`super::PORTS_LEN`] entries per generation indexed by
+    /// [`super::port_index`]: 1 when `bind()` to that (protocol, port) is allowed
+    /// (`[listen]`).
     pub const LISTEN: &str = "GUARD_LISTEN";
     /// `PerCpuHashMap<u32, u64>` keyed by [`super::port_index`]: denied `bind()` calls.
     pub const BIND_DENIED: &str = "GUARD_BINDDENY";
@@ -59,7 +72,8 @@ pub mod maps {
     pub const SOCKETS: &str = "GUARD_SOCKS";
 
     /// Every map the loader must find in the object.
-    pub const ALL: [&str; 20] = [
+    pub const ALL: [&str; 21] = [
+        ACTIVE,
         LISTEN,
         BIND_DENIED,
         CONN_STATS,
@@ -83,7 +97,8 @@ pub mod maps {
     ];
     /// Maps whose contents outlive a policy and the daemon: counters, flows, sockets, the
     /// event ring and limiter. Every load shares them through their pins; the policy maps
-    /// (config, ports, classes, sources, listen, slots) are new for every policy.
+    /// (active, config, ports, classes, sources, listen, slots) belong to one loaded
+    /// instance of the programs, which keeps them across policy changes (generations).
     pub const STATE: [&str; 11] = [
         RULE_STATS,
         REASONS,
@@ -176,6 +191,16 @@ pub const fn port_index(proto_idx: u32, port: u16) -> u32 {
     (proto_idx << 16) | port as u32
 }
 
+/// Policy generations the policy maps hold (see [`maps`]).
+pub const GENERATIONS: u32 = 2;
+
+/// Index of entry `index` of generation `generation` in a double-buffered array whose
+/// generations have `len` entries each.
+#[inline(always)]
+pub const fn gen_index(generation: u32, len: u32, index: u32) -> u32 {
+    (generation & 1) * len + index
+}
+
 /// Counter indices in [`maps::REASONS`]: why packets were dropped (or, in audit mode,
 /// would have been), plus packets passed without a policy decision.
 pub const REASON_POLICY: u32 = 0;
@@ -243,7 +268,7 @@ pub const fn conn_key(direction: u32, port: u16) -> u32 {
     (direction << 16) | port as u32
 }
 
-/// The single entry of [`maps::CONFIG`].
+/// The entry of [`maps::CONFIG`] (one per generation).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct GuardConfig {
@@ -277,7 +302,7 @@ pub struct RuleRef {
 /// Key data of [`maps::SRC_V4`]. The port class comes first, big-endian, so a prefix length
 /// of `32 + n` matches the whole class and the first `n` bits of the source address.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SrcKeyV4 {
     pub class: [u8; 4],
     pub addr: [u8; 4],
@@ -285,7 +310,7 @@ pub struct SrcKeyV4 {
 
 /// Key data of [`maps::SRC_V6`]; see [`SrcKeyV4`].
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct SrcKeyV6 {
     pub class: [u8; 4],
     pub addr: [u8; 16],

@@ -9,13 +9,13 @@
 
 use aya_ebpf::{helpers::bpf_get_current_comm, programs::SockAddrContext};
 use guard_common::{
-    EVENT_BIND_DENIED, EVENT_FLAG_AUDIT, Event, MODE_ENFORCE, MODE_UNSET, PROTO_IDX_TCP,
-    PROTO_IDX_UDP, port_index,
+    EVENT_BIND_DENIED, EVENT_FLAG_AUDIT, Event, MODE_ENFORCE, PROTO_IDX_TCP, PROTO_IDX_UDP,
+    port_index,
 };
 
 use crate::{
     events,
-    maps::{GUARD_BINDDENY, GUARD_CONFIG, GUARD_LISTEN, bump_hash},
+    maps::{GUARD_BINDDENY, Policy, bump_hash},
     packet::{IPPROTO_TCP, IPPROTO_UDP},
     sock_addr,
 };
@@ -25,10 +25,11 @@ const DENY: i32 = 0;
 
 #[inline(always)]
 pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
-    let Some(config) = GUARD_CONFIG.get(0) else {
+    let Some(policy) = Policy::current() else {
         return ALLOW;
     };
-    if config.mode == MODE_UNSET || config.listen_enforced == 0 {
+    let config = policy.config;
+    if config.listen_enforced == 0 {
         return ALLOW;
     }
     // SAFETY: the context pointer the kernel passed in.
@@ -43,11 +44,10 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
         IPPROTO_UDP => PROTO_IDX_UDP,
         _ => return ALLOW,
     };
-    let index = port_index(proto_idx, port);
-    if GUARD_LISTEN.get(index).copied().unwrap_or(0) != 0 {
+    if policy.listen_allowed(proto_idx, port) {
         return ALLOW;
     }
-    bump_hash(&GUARD_BINDDENY, index);
+    bump_hash(&GUARD_BINDDENY, port_index(proto_idx, port));
     let enforce = config.mode == MODE_ENFORCE;
     let (pid, limit_key) = sock_addr::process(0xb1);
     events::send(

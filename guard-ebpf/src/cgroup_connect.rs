@@ -10,12 +10,12 @@
 use aya_ebpf::{helpers::bpf_get_current_comm, programs::SockAddrContext};
 use guard_common::{
     ACTION_ALLOW, ACTION_DENY, EVENT_CONNECT_DENIED, EVENT_FLAG_AUDIT, Event, MODE_ENFORCE,
-    MODE_UNSET, PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP, RULE_EGRESS_DEFAULT,
+    PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP, RULE_EGRESS_DEFAULT,
 };
 
 use crate::{
     events,
-    maps::GUARD_CONFIG,
+    maps::Policy,
     packet::{IPPROTO_TCP, IPPROTO_UDP},
     sock_addr, verdict,
 };
@@ -25,12 +25,10 @@ const DENY: i32 = 0;
 
 #[inline(always)]
 pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
-    let Some(config) = GUARD_CONFIG.get(0) else {
+    let Some(policy) = Policy::current() else {
         return ALLOW;
     };
-    if config.mode == MODE_UNSET {
-        return ALLOW;
-    }
+    let config = policy.config;
     // SAFETY: the context pointer the kernel passed in.
     let sa = unsafe { &*ctx.sock_addr };
     let proto = sa.protocol as u8;
@@ -40,8 +38,14 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
         _ => return ALLOW,
     };
     let (peer, port) = sock_addr::user_addr(ctx, v6);
-    let (rule, action) =
-        verdict::decide(slot, port, !v6, &peer, (RULE_EGRESS_DEFAULT, ACTION_ALLOW));
+    let (rule, action) = verdict::decide(
+        &policy,
+        slot,
+        port,
+        !v6,
+        &peer,
+        (RULE_EGRESS_DEFAULT, ACTION_ALLOW),
+    );
     verdict::count_rule(rule, 0);
     if action == ACTION_ALLOW {
         return ALLOW;

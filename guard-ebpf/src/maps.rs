@@ -8,15 +8,18 @@ use aya_ebpf::{
 };
 use guard_common::{
     ClassLens, ConnStats, EVENT_STATS_LEN, EVENTS_BYTES, EventBucket, FlowKey, FlowState,
-    GuardConfig, MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS, MAX_RULES, MAX_SOCKETS,
-    MAX_SRC_ENTRIES, POLICY_PORTS_LEN, PORTS_LEN, PortStats, REASONS_LEN, RttHist, RuleRef,
-    RuleStats, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
+    GENERATIONS, GuardConfig, MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS, MAX_RULES,
+    MAX_SOCKETS, MAX_SRC_ENTRIES, MODE_UNSET, POLICY_PORTS_LEN, PORTS_LEN, PortStats, REASONS_LEN,
+    RttHist, RuleRef, RuleStats, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index,
+    port_index,
 };
 
 #[map]
-pub static GUARD_CONFIG: Array<GuardConfig> = Array::with_max_entries(1, 0);
+pub static GUARD_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 #[map]
-pub static GUARD_PORTS: Array<u32> = Array::with_max_entries(POLICY_PORTS_LEN, 0);
+pub static GUARD_CONFIG: Array<GuardConfig> = Array::with_max_entries(GENERATIONS, 0);
+#[map]
+pub static GUARD_PORTS: Array<u32> = Array::with_max_entries(GENERATIONS * POLICY_PORTS_LEN, 0);
 #[map]
 pub static GUARD_CLASSLEN: Array<ClassLens> = Array::with_max_entries(MAX_CLASSES, 0);
 #[map]
@@ -36,7 +39,7 @@ pub static GUARD_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASO
 #[map]
 pub static GUARD_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
 #[map]
-pub static GUARD_PORTSLOT: Array<u32> = Array::with_max_entries(PORTS_LEN, 0);
+pub static GUARD_PORTSLOT: Array<u32> = Array::with_max_entries(GENERATIONS * PORTS_LEN, 0);
 #[map]
 pub static GUARD_PORTSTAT: PerCpuArray<PortStats> =
     PerCpuArray::with_max_entries(MAX_PORT_SLOTS, 0);
@@ -47,7 +50,7 @@ pub static GUARD_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 pub static GUARD_EVBUCKET: LruHashMap<[u8; 16], EventBucket> =
     LruHashMap::with_max_entries(MAX_EVENT_SOURCES, 0);
 #[map]
-pub static GUARD_LISTEN: Array<u32> = Array::with_max_entries(PORTS_LEN, 0);
+pub static GUARD_LISTEN: Array<u32> = Array::with_max_entries(GENERATIONS * PORTS_LEN, 0);
 #[map]
 pub static GUARD_BINDDENY: PerCpuHashMap<u32, u64> =
     PerCpuHashMap::with_max_entries(PORTS_LEN, BPF_F_NO_PREALLOC);
@@ -81,5 +84,51 @@ pub fn bump(map: &PerCpuArray<u64>, index: u32) {
     if let Some(count) = map.get_ptr_mut(index) {
         // SAFETY: this CPU's slot; BPF programs are not preempted on their CPU.
         unsafe { *count += 1 };
+    }
+}
+
+/// The policy generation one program run judges by, read once at its start so that the
+/// whole run sees one generation (see `guard_common::maps`), with that generation's config.
+pub struct Policy {
+    generation: u32,
+    pub config: &'static GuardConfig,
+}
+
+impl Policy {
+    /// `None` before the loader has written a config: the caller's documented "unconfigured"
+    /// verdict applies (never seen in practice: the loader writes before it attaches).
+    #[inline(always)]
+    pub fn current() -> Option<Self> {
+        let generation = GUARD_ACTIVE.get(0).copied().unwrap_or(0) & 1;
+        let config = GUARD_CONFIG.get(generation)?;
+        if config.mode == MODE_UNSET {
+            return None;
+        }
+        Some(Self { generation, config })
+    }
+
+    /// The [`guard_common::maps::PORTS`] entry of (protocol slot, port); 0 = no rule.
+    #[inline(always)]
+    pub fn port_entry(&self, proto_idx: u32, port: u16) -> u32 {
+        let index = gen_index(
+            self.generation,
+            POLICY_PORTS_LEN,
+            port_index(proto_idx, port),
+        );
+        GUARD_PORTS.get(index).copied().unwrap_or(0)
+    }
+
+    /// The counter slot of (protocol, port); 0 = the protocol's "other" slot.
+    #[inline(always)]
+    pub fn port_slot(&self, proto_idx: u32, port: u16) -> u32 {
+        let index = gen_index(self.generation, PORTS_LEN, port_index(proto_idx, port));
+        GUARD_PORTSLOT.get(index).copied().unwrap_or(0)
+    }
+
+    /// True when `[listen]` allows `bind()` to (protocol, port).
+    #[inline(always)]
+    pub fn listen_allowed(&self, proto_idx: u32, port: u16) -> bool {
+        let index = gen_index(self.generation, PORTS_LEN, port_index(proto_idx, port));
+        GUARD_LISTEN.get(index).copied().unwrap_or(0) != 0
     }
 }

@@ -5,23 +5,27 @@ use aya_ebpf::maps::lpm_trie::Key;
 use guard_common::{
     ACTION_ALLOW, CLASS_BITS, CLASS_LENS_USE_TRIE, MAX_CLASS_PREFIX_LENS, PORT_ACTION_MASK,
     PORT_ACTION_SHIFT, PORT_DIRECT, PORT_FAILSAFE, PORT_VALUE_MASK, RULE_FAILSAFE, RuleRef,
-    SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, port_index,
+    SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
 };
 
 use crate::maps::{
-    GUARD_CLASSLEN, GUARD_PORTS, GUARD_RULES, GUARD_SRC_V4, GUARD_SRC_V6, GUARD_SRCH_V4,
-    GUARD_SRCH_V6,
+    GUARD_CLASSLEN, GUARD_RULES, GUARD_SRC_V4, GUARD_SRC_V6, GUARD_SRCH_V4, GUARD_SRCH_V6, Policy,
 };
 
 /// The rule index and action for a (protocol slot, port, peer address): the source of an
 /// inbound packet, or the destination of an outbound connection. `default` when no rule
-/// names the port and peer.
+/// names the port and peer. The class found in `policy`'s generation is that generation's
+/// own (the controller numbers each generation's classes apart).
 #[inline(always)]
-pub fn decide(slot: u32, port: u16, v4: bool, peer: &[u8; 16], default: (u32, u32)) -> (u32, u32) {
-    let entry = GUARD_PORTS
-        .get(port_index(slot, port))
-        .copied()
-        .unwrap_or(0);
+pub fn decide(
+    policy: &Policy,
+    slot: u32,
+    port: u16,
+    v4: bool,
+    peer: &[u8; 16],
+    default: (u32, u32),
+) -> (u32, u32) {
+    let entry = policy.port_entry(slot, port);
     if entry & PORT_FAILSAFE != 0 {
         return (RULE_FAILSAFE, ACTION_ALLOW);
     }

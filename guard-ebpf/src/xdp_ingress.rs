@@ -26,26 +26,24 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use guard_common::{
-    ACTION_ALLOW, ACTION_DENY, EVENT_AUDIT_DROP, EVENT_DROP, GuardConfig, MODE_ENFORCE, MODE_UNSET,
+    ACTION_ALLOW, ACTION_DENY, EVENT_AUDIT_DROP, EVENT_DROP, GuardConfig, MODE_ENFORCE,
     PROTO_IDX_TCP, REASON_FRAGMENT_PASSED, REASON_MALFORMED, REASON_NOT_TCP_UDP, REASON_POLICY,
-    REASON_REPLY_PASSED, REASON_UNSUPPORTED, RULE_DEFAULT, RULE_REPLY, port_index,
+    REASON_REPLY_PASSED, REASON_UNSUPPORTED, RULE_DEFAULT, RULE_REPLY,
 };
 
 use crate::{
     events,
-    maps::{GUARD_CONFIG, GUARD_FLOWS, GUARD_PORTSLOT, GUARD_PORTSTAT, GUARD_REASONS, bump},
+    maps::{GUARD_FLOWS, GUARD_PORTSTAT, GUARD_REASONS, Policy, bump},
     packet::{self, Flow, ParseError, Parsed, TCP_ACK, TCP_SYN},
     verdict,
 };
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    let Some(config) = GUARD_CONFIG.get(0) else {
+    let Some(policy) = Policy::current() else {
         return XDP_PASS;
     };
-    if config.mode == MODE_UNSET {
-        return XDP_PASS;
-    }
+    let config = policy.config;
     let enforce = config.mode == MODE_ENFORCE;
     let flow = match packet::parse(ctx) {
         Ok(Parsed::Flow(flow)) => flow,
@@ -68,6 +66,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
         ACTION_DENY
     };
     let (mut rule, mut action) = verdict::decide(
+        &policy,
         flow.proto_idx,
         flow.dport,
         flow.v4,
@@ -80,7 +79,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     }
     verdict::count_rule(rule, (ctx.data_end() - ctx.data()) as u64);
     let drop = enforce && action == ACTION_DENY;
-    count_port(&flow, drop);
+    count_port(&policy, &flow, drop);
     if action == ACTION_ALLOW {
         return XDP_PASS;
     }
@@ -136,14 +135,11 @@ fn is_reply(flow: &Flow, config: &GuardConfig) -> bool {
 /// Counts a connection attempt (TCP SYN without ACK; any UDP datagram) and its rejection,
 /// in the port's slot (or its protocol's "other" slot).
 #[inline(always)]
-fn count_port(flow: &Flow, rejected: bool) {
+fn count_port(policy: &Policy, flow: &Flow, rejected: bool) {
     if flow.proto_idx == PROTO_IDX_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return;
     }
-    let named = GUARD_PORTSLOT
-        .get(port_index(flow.proto_idx, flow.dport))
-        .copied()
-        .unwrap_or(0);
+    let named = policy.port_slot(flow.proto_idx, flow.dport);
     // Slot 0 in the slot array means "not named"; the "other" slots are the protocol indices.
     let slot = if named == 0 { flow.proto_idx } else { named };
     if let Some(stats) = GUARD_PORTSTAT.get_ptr_mut(slot) {

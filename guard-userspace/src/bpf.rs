@@ -22,12 +22,13 @@ use aya::{
     util::KernelVersion,
 };
 use guard_common::{
-    ClassLens, ConnStats, GuardConfig, MAX_CLASSES, MAX_RULES, MAX_SRC_ENTRIES, PortStats, RttHist,
-    RuleRef, RuleStats, SrcKeyV4, SrcKeyV6, maps, programs,
+    ConnStats, GENERATIONS, MAX_CLASSES, MAX_RULES, MAX_SRC_ENTRIES, PortStats, RttHist, RuleRef,
+    RuleStats, maps, programs,
 };
 
 use crate::{
     counters::{CounterMaps, Counters},
+    generation::{Changes, Contents, Delta},
     policy::{Lowered, PortSlot, RuleInfo},
 };
 
@@ -241,6 +242,38 @@ pub struct Guard {
     logger: Option<KernelLogger>,
     links: Vec<Link>,
     cgroup_links: Vec<CgroupLink>,
+    /// The policy generation the programs judge by (`maps::ACTIVE`).
+    active: u32,
+    /// What each generation of the policy maps holds; `None` after a failed write left it
+    /// unknown (the next policy then needs a new instance, see [`Guard::fits`]).
+    generations: [Option<Contents>; 2],
+    capacity: Capacity,
+}
+
+/// The sizes this instance's policy and counter maps were created with.
+#[derive(Debug, Clone, Copy)]
+struct Capacity {
+    rules: u32,
+    classes_per_generation: u32,
+    /// Source hash v4, v6, trie v4, v6: entries of both generations together.
+    sources: [u32; 4],
+}
+
+impl Capacity {
+    /// Room for `lowered` in each generation, with headroom for policies that grow.
+    fn for_policy(lowered: &Lowered) -> Self {
+        let room = |n: usize, floor: u32| floor.max((n as u32).next_power_of_two() * 2);
+        Self {
+            rules: room(lowered.rules.len(), MAX_RULES),
+            classes_per_generation: room(lowered.classes as usize + 1, MAX_CLASSES / 2),
+            sources: [
+                room(lowered.src_hash_v4.len(), MAX_SRC_ENTRIES),
+                room(lowered.src_hash_v6.len(), MAX_SRC_ENTRIES),
+                room(lowered.src_v4.len(), MAX_SRC_ENTRIES),
+                room(lowered.src_v6.len(), MAX_SRC_ENTRIES),
+            ],
+        }
+    }
 }
 
 /// Every program guard attaches to the cgroup.
@@ -290,8 +323,9 @@ fn program_err(name: &'static str) -> impl FnOnce(ProgramError) -> LoadError {
 }
 
 impl Guard {
-    /// Loads the object, fills every map from `lowered` (the config entry last) and loads the
-    /// XDP and TC programs. Nothing is attached yet.
+    /// Loads the object, fills generation 0 of the policy maps from `lowered` (the config
+    /// entry last) and loads every program. Nothing is attached yet. The maps are sized with
+    /// room for policies to grow, so later policies usually go through [`Guard::switch`].
     pub fn load(
         lowered: &Lowered,
         kernel_log: KernelLog,
@@ -301,14 +335,7 @@ impl Guard {
             return Err(LoadError::NoObject);
         }
         let level = kernel_log.level();
-        let rule_capacity = MAX_RULES.max((lowered.rules.len() as u32).next_power_of_two());
-        let v4_capacity = MAX_SRC_ENTRIES.max((lowered.src_v4.len() as u32).next_power_of_two());
-        let v6_capacity = MAX_SRC_ENTRIES.max((lowered.src_v6.len() as u32).next_power_of_two());
-        let class_capacity = MAX_CLASSES.max((lowered.classes + 1).next_power_of_two());
-        let hash_v4_capacity =
-            MAX_SRC_ENTRIES.max((lowered.src_hash_v4.len() as u32).next_power_of_two());
-        let hash_v6_capacity =
-            MAX_SRC_ENTRIES.max((lowered.src_hash_v6.len() as u32).next_power_of_two());
+        let capacity = Capacity::for_policy(lowered);
         let mut loader = EbpfLoader::new();
         if let Some(pins) = pins {
             // Shared with every other load: created and pinned by the first, reused after.
@@ -321,12 +348,15 @@ impl Guard {
         }
         let mut ebpf = loader
             .override_global(aya_log::LEVEL, &level, true)
-            .map_max_entries(maps::RULE_STATS, rule_capacity)
-            .map_max_entries(maps::SRC_V4, v4_capacity)
-            .map_max_entries(maps::SRC_V6, v6_capacity)
-            .map_max_entries(maps::CLASS_LENS, class_capacity)
-            .map_max_entries(maps::SRC_HASH_V4, hash_v4_capacity)
-            .map_max_entries(maps::SRC_HASH_V6, hash_v6_capacity)
+            .map_max_entries(maps::RULE_STATS, capacity.rules)
+            .map_max_entries(
+                maps::CLASS_LENS,
+                GENERATIONS * capacity.classes_per_generation,
+            )
+            .map_max_entries(maps::SRC_HASH_V4, capacity.sources[0])
+            .map_max_entries(maps::SRC_HASH_V6, capacity.sources[1])
+            .map_max_entries(maps::SRC_V4, capacity.sources[2])
+            .map_max_entries(maps::SRC_V6, capacity.sources[3])
             .load(EBPF_OBJECT)?;
         // The logger owns the log map's fd: it must live as long as the programs.
         let logger = if kernel_log == KernelLog::Off {
@@ -337,7 +367,14 @@ impl Guard {
         for name in maps::ALL {
             map_mut(&mut ebpf, name)?;
         }
-        write_maps(&mut ebpf, lowered)?;
+        // Generation 0 of fresh maps, which are all zero: everything is written.
+        let contents = Contents::of(lowered, 0, capacity.classes_per_generation);
+        write_delta(
+            &mut ebpf,
+            0,
+            &Delta::between(&Contents::default(), &contents),
+        )?;
+        set_array(&mut ebpf, maps::ACTIVE, &[(0, 0u32)])?;
         let xdp: &mut Xdp = program_mut(&mut ebpf, programs::XDP_INGRESS)?;
         xdp.load().map_err(program_err(programs::XDP_INGRESS))?;
         let tc: &mut SchedClassifier = program_mut(&mut ebpf, programs::TC_EGRESS)?;
@@ -353,7 +390,60 @@ impl Guard {
             logger,
             links: Vec::new(),
             cgroup_links: Vec::new(),
+            active: 0,
+            generations: [Some(contents), Some(Contents::default())],
+            capacity,
         })
+    }
+
+    /// True when `lowered` can replace the running policy in this instance's maps
+    /// ([`Guard::switch`]); otherwise it needs a new instance ([`Guard::load`]).
+    pub fn fits(&self, lowered: &Lowered) -> bool {
+        let Some(active) = &self.generations[self.active as usize] else {
+            return false;
+        };
+        if self.generations[1 - self.active as usize].is_none() {
+            return false;
+        }
+        let cap = &self.capacity;
+        let needed = [
+            lowered.src_hash_v4.len(),
+            lowered.src_hash_v6.len(),
+            lowered.src_v4.len(),
+            lowered.src_v6.len(),
+        ];
+        let rules_needed = lowered.rules.iter().map(|r| r.index + 1).max().unwrap_or(0);
+        rules_needed <= cap.rules
+            && lowered.classes < cap.classes_per_generation
+            && active
+                .source_entries()
+                .iter()
+                .zip(needed)
+                .zip(cap.sources)
+                .all(|((&running, new), room)| (running + new) as u32 <= room)
+    }
+
+    /// Makes `lowered` the running policy without reloading anything: writes the entries
+    /// that differ into the inactive generation of the policy maps, zeroes the counters of
+    /// new rules and ports, then flips the active generation (one map write: each program
+    /// run sees the old policy or the new one, never a mix). Returns the number of map
+    /// writes. Call only when [`Guard::fits`]; on an error the running policy stays.
+    pub fn switch(&mut self, lowered: &Lowered) -> Result<usize, LoadError> {
+        let target = 1 - self.active;
+        let contents = Contents::of(lowered, target, self.capacity.classes_per_generation);
+        let old = self.generations[target as usize]
+            .take()
+            .expect("Guard::fits checked both generations");
+        let delta = Delta::between(&old, &contents);
+        // From here until the write succeeds the target generation's contents are unknown
+        // (`None`): a failure leaves the active generation running and forces a new
+        // instance next time.
+        write_delta(&mut self.ebpf, target, &delta)?;
+        self.generations[target as usize] = Some(contents);
+        self.zero_fresh(lowered)?;
+        set_array(&mut self.ebpf, maps::ACTIVE, &[(0, target)])?;
+        self.active = target;
+        Ok(delta.writes() + 1)
     }
 
     /// The XDP ingress program (for BPF_PROG_TEST_RUN).
@@ -647,68 +737,63 @@ where
         .map_err(program_err(name))
 }
 
-fn write_maps(ebpf: &mut Ebpf, lowered: &Lowered) -> Result<(), LoadError> {
-    let mut ports =
-        Array::<_, u32>::try_from(map_mut(ebpf, maps::PORTS)?).map_err(map_err(maps::PORTS))?;
-    for &(index, value) in &lowered.ports {
-        ports.set(index, value, 0).map_err(map_err(maps::PORTS))?;
+/// Performs `delta` on generation `generation` of the policy maps: deletions before
+/// insertions (so a full map has room), the config last.
+fn write_delta(ebpf: &mut Ebpf, generation: u32, delta: &Delta) -> Result<(), LoadError> {
+    set_array(ebpf, maps::PORTS, &delta.ports)?;
+    set_array(ebpf, maps::LISTEN, &delta.listen)?;
+    set_array(ebpf, maps::PORT_SLOTS, &delta.port_slots)?;
+    set_array(ebpf, maps::CLASS_LENS, &delta.class_lens)?;
+    write_hash(ebpf, maps::SRC_HASH_V4, &delta.hash_v4)?;
+    write_hash(ebpf, maps::SRC_HASH_V6, &delta.hash_v6)?;
+    write_trie(ebpf, maps::SRC_V4, &delta.trie_v4)?;
+    write_trie(ebpf, maps::SRC_V6, &delta.trie_v6)?;
+    if let Some(config) = delta.config {
+        set_array(ebpf, maps::CONFIG, &[(generation, config)])?;
     }
-    let mut listen =
-        Array::<_, u32>::try_from(map_mut(ebpf, maps::LISTEN)?).map_err(map_err(maps::LISTEN))?;
-    for &index in &lowered.listen {
-        listen.set(index, 1, 0).map_err(map_err(maps::LISTEN))?;
-    }
-    let mut slots = Array::<_, u32>::try_from(map_mut(ebpf, maps::PORT_SLOTS)?)
-        .map_err(map_err(maps::PORT_SLOTS))?;
-    for &(index, slot) in &lowered.port_slots {
-        slots
-            .set(index, slot, 0)
-            .map_err(map_err(maps::PORT_SLOTS))?;
-    }
-    let mut lens = Array::<_, ClassLens>::try_from(map_mut(ebpf, maps::CLASS_LENS)?)
-        .map_err(map_err(maps::CLASS_LENS))?;
-    for &(class, value) in &lowered.class_lens {
-        lens.set(class, value, 0)
-            .map_err(map_err(maps::CLASS_LENS))?;
-    }
-    fill_hash(
-        map_mut(ebpf, maps::SRC_HASH_V4)?,
-        maps::SRC_HASH_V4,
-        &lowered.src_hash_v4,
-    )?;
-    fill_hash(
-        map_mut(ebpf, maps::SRC_HASH_V6)?,
-        maps::SRC_HASH_V6,
-        &lowered.src_hash_v6,
-    )?;
-    fill_trie::<SrcKeyV4>(map_mut(ebpf, maps::SRC_V4)?, maps::SRC_V4, &lowered.src_v4)?;
-    fill_trie::<SrcKeyV6>(map_mut(ebpf, maps::SRC_V6)?, maps::SRC_V6, &lowered.src_v6)?;
-    let mut config = Array::<_, GuardConfig>::try_from(map_mut(ebpf, maps::CONFIG)?)
-        .map_err(map_err(maps::CONFIG))?;
-    config
-        .set(0, lowered.config, 0)
-        .map_err(map_err(maps::CONFIG))
+    Ok(())
 }
 
-fn fill_hash<K: aya::Pod>(
-    map: &mut Map,
+fn set_array<V: aya::Pod>(
+    ebpf: &mut Ebpf,
     name: &'static str,
-    entries: &[(K, RuleRef)],
+    entries: &[(u32, V)],
 ) -> Result<(), LoadError> {
-    let mut hash = HashMap::<_, K, RuleRef>::try_from(map).map_err(map_err(name))?;
-    for (key, value) in entries {
+    let mut array = Array::<_, V>::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+    for &(index, value) in entries {
+        array.set(index, value, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+fn write_hash<K: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    changes: &Changes<K>,
+) -> Result<(), LoadError> {
+    let mut hash =
+        HashMap::<_, K, RuleRef>::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+    for key in &changes.delete {
+        hash.remove(key).map_err(map_err(name))?;
+    }
+    for (key, value) in &changes.insert {
         hash.insert(key, value, 0).map_err(map_err(name))?;
     }
     Ok(())
 }
 
-fn fill_trie<K: aya::Pod>(
-    map: &mut Map,
+fn write_trie<K: aya::Pod>(
+    ebpf: &mut Ebpf,
     name: &'static str,
-    entries: &[(u32, K, RuleRef)],
+    changes: &Changes<(u32, K)>,
 ) -> Result<(), LoadError> {
-    let mut trie = LpmTrie::<_, K, RuleRef>::try_from(map).map_err(map_err(name))?;
-    for (prefix, key, value) in entries {
+    let mut trie =
+        LpmTrie::<_, K, RuleRef>::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+    for (prefix, key) in &changes.delete {
+        trie.remove(&Key::new(*prefix, *key))
+            .map_err(map_err(name))?;
+    }
+    for ((prefix, key), value) in &changes.insert {
         trie.insert(&Key::new(*prefix, *key), *value, 0)
             .map_err(map_err(name))?;
     }

@@ -2,10 +2,17 @@
 //!
 //! Every policy (at start, on SIGHUP, when the policy file changes, on `guard apply`, on a
 //! commit-confirm rollback) takes the same path: validate, lower (rules and ports keep their
-//! counter slots), load a new instance of the programs with its own policy maps and the
-//! shared state maps (counters, flows, events), then switch each pinned link to the new
-//! programs atomically (`BPF_LINK_UPDATE`). A packet or socket call is judged entirely by the
-//! old policy or entirely by the new one. A rejected policy changes nothing.
+//! counter slots), then make it run in one of two ways:
+//! - usually, the loaded programs stay and the policy is written into the inactive generation
+//!   of their double-buffered policy maps (only the entries that differ), then the active
+//!   generation flips with one map write ([`Guard::switch`]);
+//! - at start, when adopting a previous daemon's pinned links, or when the policy outgrows
+//!   the maps, a new instance of the programs is loaded with its own policy maps and the
+//!   shared state maps (counters, flows, events), and each pinned link is switched to it
+//!   atomically (`BPF_LINK_UPDATE`).
+//!
+//! Either way a packet or socket call is judged entirely by the old policy or entirely by
+//! the new one. A rejected policy changes nothing.
 //!
 //! Fail-static: the links and state maps are pinned in bpffs, so enforcement does not depend
 //! on the daemon. SIGTERM, SIGINT or SIGKILL stop the daemon and leave the last policy
@@ -105,6 +112,8 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs()),
         readers: None,
+        readers_opened: false,
+        decoder: Arc::new(Decoder::new(Vec::new())),
         recent: Arc::default(),
     };
     if let Err(err) = daemon.apply(source, text, checked, "start") {
@@ -147,7 +156,11 @@ struct Daemon {
     started_at: u64,
     /// Taken from the first instance: the pinned event ring and kernel log every later
     /// instance writes to as well.
-    readers: Option<(Option<KernelLogger>, RingBuf<MapData>, Decoder)>,
+    readers: Option<(Option<KernelLogger>, RingBuf<MapData>)>,
+    /// True once `readers` was taken from an instance (the serve loop then owns them).
+    readers_opened: bool,
+    /// Names the rules of kernel events; given the rules of every policy applied.
+    decoder: Arc<Decoder>,
     /// Recent events for `guard events`, filled by the event reader and by policy changes.
     recent: Arc<Mutex<Recent>>,
 }
@@ -198,6 +211,7 @@ impl Daemon {
         checked: Checked,
         how: &str,
     ) -> Result<(), Failure> {
+        let started = std::time::Instant::now();
         let rt = |e: crate::bpf::LoadError| Failure::Runtime(error_chain(&e));
         for warning in &checked.warnings {
             warn!("{warning}");
@@ -210,9 +224,24 @@ impl Daemon {
             .map(|s| (s.rules.as_slice(), s.port_slots.as_slice()))
             .unwrap_or_default();
         let lowered = policy::lower_after(&checked.policy, prev_rules, prev_slots);
-        let mut guard = Guard::load(&lowered, self.kernel_log, Some(&self.pins)).map_err(rt)?;
-        guard.zero_fresh(&lowered).map_err(rt)?;
-        if let Some(prev) = &self.state {
+        // The running instance takes the policy in its inactive generation when it fits;
+        // otherwise (first start, a restart adopting pinned links, maps too small) a new
+        // instance is loaded and every link switched to it.
+        let switched = match self.guard.as_mut() {
+            Some(guard) if guard.fits(&lowered) => Some(guard.switch(&lowered).map_err(rt)?),
+            _ => None,
+        };
+        let mut fresh = match switched {
+            Some(_) => None,
+            None => {
+                let mut guard =
+                    Guard::load(&lowered, self.kernel_log, Some(&self.pins)).map_err(rt)?;
+                guard.zero_fresh(&lowered).map_err(rt)?;
+                Some(guard)
+            }
+        };
+        let previous = self.state.as_ref();
+        if let Some(prev) = previous {
             for gone in prev
                 .interfaces
                 .iter()
@@ -227,29 +256,47 @@ impl Daemon {
                 }
             }
         }
+        let guard = match fresh.as_mut() {
+            Some(guard) => guard,
+            None => self
+                .guard
+                .as_mut()
+                .expect("switched in the running instance"),
+        };
         let mut attached = Vec::new();
         for iface in &interfaces {
-            let xdp_mode = match guard.attach(iface, Some(&self.pins)).map_err(rt)? {
-                Attach::New(mode) => mode,
-                Attach::Replaced => self
-                    .state
-                    .as_ref()
-                    .and_then(|s| s.interfaces.iter().find(|a| &a.name == iface))
-                    .map_or(AttachMode::Default, |a| a.xdp_mode),
+            let kept = previous.and_then(|s| s.interfaces.iter().find(|a| &a.name == iface));
+            let xdp_mode = match kept {
+                // Its links already run this instance's programs.
+                Some(kept) if switched.is_some() && self.pins.link(&xdp_hook(iface)).exists() => {
+                    kept.xdp_mode
+                }
+                _ => match guard.attach(iface, Some(&self.pins)).map_err(rt)? {
+                    Attach::New(mode) => mode,
+                    Attach::Replaced => kept.map_or(AttachMode::Default, |a| a.xdp_mode),
+                },
             };
             attached.push(Attached {
                 name: iface.clone(),
                 xdp_mode,
             });
         }
-        guard.attach_cgroup(&cgroup, Some(&self.pins)).map_err(rt)?;
-        if self.readers.is_none() {
+        if switched.is_none() || previous.is_none_or(|p| p.cgroup != cgroup) {
+            guard.attach_cgroup(&cgroup, Some(&self.pins)).map_err(rt)?;
+        }
+        if !self.readers_opened {
+            // The ring and log maps are pinned: the first instance's readers see every later
+            // instance's records too.
             let logger = guard.take_logger();
             let ring = guard.take_events().map_err(rt)?;
-            self.readers = Some((logger, ring, Decoder::new(lowered.rules.clone())));
+            self.readers = Some((logger, ring));
+            self.readers_opened = true;
         }
-        // Every link runs the new programs now; the previous instance can go.
-        self.guard = Some(guard);
+        self.decoder.set_rules(lowered.rules.clone());
+        if let Some(guard) = fresh {
+            // Every link runs the new programs now; the previous instance can go.
+            self.guard = Some(guard);
+        }
 
         let before = self.state.as_ref().map(|s| s.policy_hash.clone());
         let generation = self.state.as_ref().map_or(0, |s| s.generation) + 1;
@@ -291,6 +338,9 @@ impl Daemon {
             hash_after = &checked.hash[..16],
             generation,
             changes = summary,
+            switch = if switched.is_some() { "maps" } else { "programs" },
+            map_writes = switched.unwrap_or(0),
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "policy applied"
         );
         info!(
@@ -558,7 +608,7 @@ fn serve(mut daemon: Daemon) -> Result<(), Failure> {
     runtime.block_on(async move {
         let sig = |kind| signal(kind).map_err(|e| Failure::Runtime(e.to_string()));
         let (mut term, mut int, mut hup) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::hangup())?);
-        if let Some((logger, ring, decoder)) = daemon.readers.take() {
+        if let Some((logger, ring)) = daemon.readers.take() {
             if let Some(logger) = logger {
                 // SAFETY: the logger owns its ring buffer's fd for as long as it lives; the
                 // AsyncFd owns the logger.
@@ -569,7 +619,7 @@ fn serve(mut daemon: Daemon) -> Result<(), Failure> {
             // SAFETY: as above, for the event ring buffer.
             let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
                 .map_err(|e| Failure::Runtime(format!("polling the event ring buffer: {e}")))?;
-            tokio::spawn(pump_events(ring, decoder, daemon.recent.clone()));
+            tokio::spawn(pump_events(ring, daemon.decoder.clone(), daemon.recent.clone()));
         }
         let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
         let listener = control_socket(&daemon.run_dir)?;
@@ -718,7 +768,7 @@ async fn forward_changes(
 /// Logs every event the kernel sends.
 async fn pump_events(
     mut fd: AsyncFd<RingBuf<MapData>>,
-    decoder: Decoder,
+    decoder: Arc<Decoder>,
     recent: Arc<Mutex<Recent>>,
 ) {
     loop {

@@ -36,7 +36,8 @@ pub struct DenyEvent {
 
 /// Turns kernel records into [`DenyEvent`]s.
 pub struct Decoder {
-    rules: Vec<RuleInfo>,
+    /// The running policy's rules (replaced on every policy change, [`Decoder::set_rules`]).
+    rules: std::sync::RwLock<Vec<RuleInfo>>,
     /// CLOCK_REALTIME - CLOCK_MONOTONIC_COARSE (the kernel's event clock), in ns, at start.
     realtime_offset_ns: i128,
 }
@@ -62,9 +63,16 @@ fn addr(bytes: [u8; 16], family: u8) -> IpAddr {
 impl Decoder {
     pub fn new(rules: Vec<RuleInfo>) -> Self {
         Self {
-            rules,
+            rules: std::sync::RwLock::new(rules),
             realtime_offset_ns: clock_ns(libc::CLOCK_REALTIME)
                 - clock_ns(libc::CLOCK_MONOTONIC_COARSE),
+        }
+    }
+
+    /// Names rules by `rules` from now on.
+    pub fn set_rules(&self, rules: Vec<RuleInfo>) {
+        if let Ok(mut current) = self.rules.write() {
+            *current = rules;
         }
     }
 
@@ -90,9 +98,15 @@ impl Decoder {
             .unwrap_or(ev.comm.len());
         let rule = self
             .rules
-            .iter()
-            .find(|r| r.index == ev.rule)
-            .map_or_else(|| format!("#{}", ev.rule), |r| r.name.clone());
+            .read()
+            .ok()
+            .and_then(|rules| {
+                rules
+                    .iter()
+                    .find(|r| r.index == ev.rule)
+                    .map(|r| r.name.clone())
+            })
+            .unwrap_or_else(|| format!("#{}", ev.rule));
         Some(DenyEvent {
             ts: (i128::from(ev.ts_ns) + self.realtime_offset_ns) as f64 / 1e9,
             kind,

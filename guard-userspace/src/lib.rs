@@ -9,6 +9,7 @@ pub mod counters;
 pub mod ctl;
 pub mod daemon;
 pub mod events;
+pub mod generation;
 pub mod host;
 pub mod logging;
 pub mod policy;

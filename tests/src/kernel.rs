@@ -35,6 +35,22 @@ pub fn load(text: &str) -> Loaded {
 }
 
 impl Loaded {
+    /// Makes `text` the running policy the way the daemon does when the maps have room:
+    /// written into the inactive generation, then flipped ([`Guard::switch`]). Rules and
+    /// ports that stay keep their counters. Returns the number of map writes.
+    pub fn switch(&mut self, text: &str) -> usize {
+        let checked = policy::check("test.toml", text).unwrap_or_else(|e| panic!("{e}"));
+        let lowered = policy::lower_after(&checked.policy, &self.rules, &self.slots);
+        assert!(self.guard.fits(&lowered), "the policy fits the loaded maps");
+        let writes = self
+            .guard
+            .switch(&lowered)
+            .unwrap_or_else(|e| panic!("switch: {e}"));
+        self.rules = lowered.rules;
+        self.slots = lowered.slots;
+        writes
+    }
+
     /// The XDP verdict for one packet.
     pub fn verdict(&self, packet: &[u8]) -> u32 {
         self.verdict_repeat(packet, 1)

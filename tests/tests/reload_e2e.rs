@@ -74,18 +74,23 @@ fn editing_the_policy_file_opens_a_port_without_a_restart() {
     assert!(before >= 1);
 
     write_rename(&policy.path, &policy_text(&net, &[a.port(), b.port()]));
-    // The behaviour is asserted (the edit opens the port, without a restart); the latency
-    // is measured and reported, not asserted (tests never assert timings): a reload is a
-    // policy load, about 0.5-1 s here, mostly the kernel verifying the programs.
+    // Issue D asks for the port to open within 1 s of the edit. The change is a write into
+    // the inactive generation of the policy maps plus a flip (milliseconds); the 1 s bound
+    // is the issue's contract, with a wide margin, not a benchmark.
     let edited = Instant::now();
     assert!(
-        opens_within(&net, b, Duration::from_secs(5)),
+        opens_within(&net, b, Duration::from_secs(1)),
         "the edit opens the port:\n{}",
         daemon.log_text()
     );
     eprintln!("file edit to open port: {:?}", edited.elapsed());
     let stats = daemon.dirs.stats();
     assert_eq!(stats["generation"], 2, "{stats}");
+    assert!(
+        daemon.log_text().contains("switch=\"maps\""),
+        "the edit went through the policy maps, no program reload:\n{}",
+        daemon.log_text()
+    );
     assert!(
         rule_packets(&stats, &format!("p{}", a.port())) >= before,
         "a rule that stays keeps its counters"

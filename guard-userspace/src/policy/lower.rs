@@ -47,7 +47,7 @@ pub struct PortSlot {
 pub const MAX_SLOTTED_RANGE: u32 = 256;
 
 /// Everything the loader writes into the maps.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lowered {
     pub config: GuardConfig,
     /// Every rule with its index: [`RULE_DEFAULT`], [`RULE_FAILSAFE`], [`RULE_REPLY`],

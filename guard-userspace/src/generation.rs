@@ -1,0 +1,383 @@
+//! The policy maps' contents for one policy generation, and the writes that turn what a
+//! generation holds into what a new policy needs.
+//!
+//! The policy maps are double-buffered (see `guard_common::maps`): a policy change writes
+//! the inactive generation, then flips the active-generation map, so the programs stay loaded
+//! and only the entries that differ are written. This module is the pure part of that: from
+//! a [`Lowered`] policy to the exact entries of generation `g` ([`Contents::of`]), and from
+//! old entries to new ones ([`Delta::between`]). `bpf.rs` performs the writes.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use guard_common::{
+    ClassLens, GuardConfig, POLICY_PORTS_LEN, PORT_DIRECT, PORT_VALUE_MASK, PORTS_LEN, RuleRef,
+    SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index,
+};
+
+use crate::policy::Lowered;
+
+/// Every entry one generation puts in the policy maps, at its absolute map index or key
+/// (generation offsets applied). Entries not listed are zero (arrays) or absent (hashes,
+/// tries).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Contents {
+    pub config: GuardConfig,
+    pub ports: BTreeMap<u32, u32>,
+    pub listen: BTreeSet<u32>,
+    pub port_slots: BTreeMap<u32, u32>,
+    pub class_lens: BTreeMap<u32, ClassLens>,
+    pub hash_v4: HashMap<SrcHashKeyV4, RuleRef>,
+    pub hash_v6: HashMap<SrcHashKeyV6, RuleRef>,
+    pub trie_v4: HashMap<(u32, SrcKeyV4), RuleRef>,
+    pub trie_v6: HashMap<(u32, SrcKeyV6), RuleRef>,
+}
+
+impl Contents {
+    /// The entries of `lowered` as generation `generation` with `classes_per_generation`
+    /// class slots each: generation `g`'s class `c` is `g * classes_per_generation + c`, so
+    /// the class-keyed maps (lengths, hashes, tries) hold both generations without overlap.
+    pub fn of(lowered: &Lowered, generation: u32, classes_per_generation: u32) -> Self {
+        let offset = (generation & 1) * classes_per_generation;
+        let class = |c: u32| c + offset;
+        let port_value = |value: u32| {
+            if value & PORT_DIRECT == 0 && value & PORT_VALUE_MASK != 0 {
+                value + offset
+            } else {
+                value
+            }
+        };
+        Self {
+            config: lowered.config,
+            ports: lowered
+                .ports
+                .iter()
+                .map(|&(i, v)| (gen_index(generation, POLICY_PORTS_LEN, i), port_value(v)))
+                .collect(),
+            listen: lowered
+                .listen
+                .iter()
+                .map(|&i| gen_index(generation, PORTS_LEN, i))
+                .collect(),
+            port_slots: lowered
+                .port_slots
+                .iter()
+                .map(|&(i, slot)| (gen_index(generation, PORTS_LEN, i), slot))
+                .collect(),
+            class_lens: lowered
+                .class_lens
+                .iter()
+                .map(|&(c, lens)| (class(c), lens))
+                .collect(),
+            hash_v4: lowered
+                .src_hash_v4
+                .iter()
+                .map(|&(k, v)| {
+                    let key = SrcHashKeyV4 {
+                        class: class(k.class),
+                        ..k
+                    };
+                    (key, v)
+                })
+                .collect(),
+            hash_v6: lowered
+                .src_hash_v6
+                .iter()
+                .map(|&(k, v)| {
+                    let key = SrcHashKeyV6 {
+                        class: class(k.class),
+                        ..k
+                    };
+                    (key, v)
+                })
+                .collect(),
+            trie_v4: lowered
+                .src_v4
+                .iter()
+                .map(|&(len, k, v)| {
+                    let c = class(u32::from_be_bytes(k.class)).to_be_bytes();
+                    ((len, SrcKeyV4 { class: c, ..k }), v)
+                })
+                .collect(),
+            trie_v6: lowered
+                .src_v6
+                .iter()
+                .map(|&(len, k, v)| {
+                    let c = class(u32::from_be_bytes(k.class)).to_be_bytes();
+                    ((len, SrcKeyV6 { class: c, ..k }), v)
+                })
+                .collect(),
+        }
+    }
+
+    /// Entries of the source hashes and tries (what their capacity must hold).
+    pub fn source_entries(&self) -> [usize; 4] {
+        [
+            self.hash_v4.len(),
+            self.hash_v6.len(),
+            self.trie_v4.len(),
+            self.trie_v6.len(),
+        ]
+    }
+}
+
+/// Writes that turn one generation's entries into another's: array entries to set (zero
+/// for entries the new contents lack), hash and trie keys to delete, then to insert.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delta {
+    pub config: Option<GuardConfig>,
+    pub ports: Vec<(u32, u32)>,
+    pub listen: Vec<(u32, u32)>,
+    pub port_slots: Vec<(u32, u32)>,
+    pub class_lens: Vec<(u32, ClassLens)>,
+    pub hash_v4: Changes<SrcHashKeyV4>,
+    pub hash_v6: Changes<SrcHashKeyV6>,
+    pub trie_v4: Changes<(u32, SrcKeyV4)>,
+    pub trie_v6: Changes<(u32, SrcKeyV6)>,
+}
+
+/// Deletions and insertions (or updates) for one keyed map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Changes<K> {
+    pub delete: Vec<K>,
+    pub insert: Vec<(K, RuleRef)>,
+}
+
+impl<K> Default for Changes<K> {
+    fn default() -> Self {
+        Self {
+            delete: Vec::new(),
+            insert: Vec::new(),
+        }
+    }
+}
+
+fn array_changes<V: Copy + PartialEq + Default>(
+    old: &BTreeMap<u32, V>,
+    new: &BTreeMap<u32, V>,
+) -> Vec<(u32, V)> {
+    let cleared = old
+        .keys()
+        .filter(|k| !new.contains_key(k))
+        .map(|&k| (k, V::default()));
+    let set = new
+        .iter()
+        .filter(|(k, v)| old.get(k) != Some(v))
+        .map(|(&k, &v)| (k, v));
+    cleared.chain(set).collect()
+}
+
+fn keyed_changes<K: Copy + Eq + std::hash::Hash>(
+    old: &HashMap<K, RuleRef>,
+    new: &HashMap<K, RuleRef>,
+) -> Changes<K> {
+    Changes {
+        delete: old
+            .keys()
+            .filter(|k| !new.contains_key(k))
+            .copied()
+            .collect(),
+        insert: new
+            .iter()
+            .filter(|(k, v)| old.get(k) != Some(v))
+            .map(|(&k, &v)| (k, v))
+            .collect(),
+    }
+}
+
+impl Delta {
+    /// The writes that make a generation holding `old` hold `new`.
+    pub fn between(old: &Contents, new: &Contents) -> Self {
+        let listen_old: BTreeMap<u32, u32> = old.listen.iter().map(|&i| (i, 1)).collect();
+        let listen_new: BTreeMap<u32, u32> = new.listen.iter().map(|&i| (i, 1)).collect();
+        Self {
+            config: (old.config != new.config).then_some(new.config),
+            ports: array_changes(&old.ports, &new.ports),
+            listen: array_changes(&listen_old, &listen_new),
+            port_slots: array_changes(&old.port_slots, &new.port_slots),
+            class_lens: array_changes(&old.class_lens, &new.class_lens),
+            hash_v4: keyed_changes(&old.hash_v4, &new.hash_v4),
+            hash_v6: keyed_changes(&old.hash_v6, &new.hash_v6),
+            trie_v4: keyed_changes(&old.trie_v4, &new.trie_v4),
+            trie_v6: keyed_changes(&old.trie_v6, &new.trie_v6),
+        }
+    }
+
+    /// How many map writes (updates and deletes) the delta is.
+    pub fn writes(&self) -> usize {
+        usize::from(self.config.is_some())
+            + self.ports.len()
+            + self.listen.len()
+            + self.port_slots.len()
+            + self.class_lens.len()
+            + self.hash_v4.delete.len()
+            + self.hash_v4.insert.len()
+            + self.hash_v6.delete.len()
+            + self.hash_v6.insert.len()
+            + self.trie_v4.delete.len()
+            + self.trie_v4.insert.len()
+            + self.trie_v6.delete.len()
+            + self.trie_v6.insert.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{self, Lowered};
+
+    fn lowered(text: &str) -> Lowered {
+        let checked = policy::check("t.toml", text).unwrap_or_else(|e| panic!("{e}"));
+        policy::lower(&checked.policy)
+    }
+
+    fn lowered_after(previous: &Lowered, text: &str) -> Lowered {
+        let checked = policy::check("t.toml", text).unwrap_or_else(|e| panic!("{e}"));
+        policy::lower_after(&checked.policy, &previous.rules, &previous.slots)
+    }
+
+    const ZONES: &str = r#"
+version = 1
+mode = "enforce"
+default = "deny"
+interfaces = ["lo"]
+failsafe_ports = []
+[zones]
+admin = ["198.18.1.0/24", "2001:db8::/32"]
+lan = ["198.18.0.0/16"]
+[[ingress]]
+name = "ssh-admin"
+proto = "tcp"
+ports = [22]
+from = ["admin"]
+[[ingress]]
+name = "web"
+proto = "tcp"
+ports = [80, 443]
+from = ["any"]
+[[ingress]]
+name = "dns-lan"
+proto = "udp"
+ports = [53]
+from = ["lan"]
+[listen]
+tcp = [22, 80, 443]
+"#;
+
+    #[test]
+    fn generation_one_is_offset_from_generation_zero() {
+        let l = lowered(ZONES);
+        let (g0, g1) = (Contents::of(&l, 0, 100), Contents::of(&l, 1, 100));
+        assert_eq!(g0.config, g1.config);
+        assert_eq!(g0.ports.len(), g1.ports.len());
+        for ((i0, v0), (i1, v1)) in g0.ports.iter().zip(&g1.ports) {
+            assert_eq!(i1 - i0, POLICY_PORTS_LEN);
+            if v0 & PORT_DIRECT == 0 && v0 & PORT_VALUE_MASK != 0 {
+                assert_eq!(v1 - v0, 100, "class entries move by the class offset");
+            } else {
+                assert_eq!(v1, v0, "direct rules and flags stay");
+            }
+        }
+        for (i0, i1) in g0.listen.iter().zip(&g1.listen) {
+            assert_eq!(i1 - i0, PORTS_LEN);
+        }
+        assert!(!g0.hash_v4.is_empty(), "the zone rules use the source hash");
+        for key in g1.hash_v4.keys() {
+            assert!(key.class > 100, "generation 1's classes start after 100");
+        }
+        for key in g0.hash_v4.keys() {
+            assert!(key.class < 100);
+        }
+        let (c0, c1): (Vec<_>, Vec<_>) = (
+            g0.class_lens.keys().collect(),
+            g1.class_lens.keys().collect(),
+        );
+        assert!(c0.iter().zip(&c1).all(|(a, b)| *b - *a == 100));
+    }
+
+    #[test]
+    fn the_same_policy_needs_no_writes_and_an_empty_generation_needs_all() {
+        let l = lowered(ZONES);
+        let g = Contents::of(&l, 1, 64);
+        assert_eq!(Delta::between(&g, &g).writes(), 0);
+        let fill = Delta::between(&Contents::default(), &g);
+        assert_eq!(
+            fill.writes(),
+            1 + g.ports.len()
+                + g.listen.len()
+                + g.port_slots.len()
+                + g.class_lens.len()
+                + g.hash_v4.len()
+                + g.hash_v6.len()
+        );
+        let clear = Delta::between(&g, &Contents::of(&Lowered::default(), 1, 64));
+        assert!(clear.ports.iter().all(|&(_, v)| v == 0));
+        assert_eq!(clear.hash_v4.delete.len(), g.hash_v4.len());
+        assert!(clear.hash_v4.insert.is_empty());
+    }
+
+    #[test]
+    fn a_one_rule_change_writes_only_its_entries() {
+        let before = lowered(ZONES);
+        let text = ZONES.replace("ports = [80, 443]", "ports = [80, 443, 8443]");
+        let after = lowered_after(&before, &text);
+        let delta = Delta::between(&Contents::of(&before, 0, 64), &Contents::of(&after, 0, 64));
+        // Port 8443 gets the web rule (a direct entry) and a counter slot; nothing else moves.
+        assert_eq!(delta.config, None);
+        assert_eq!(delta.ports.len(), 1, "{delta:?}");
+        assert_eq!(delta.port_slots.len(), 1, "{delta:?}");
+        assert_eq!(delta.writes(), 2, "{delta:?}");
+    }
+
+    #[test]
+    fn applying_a_delta_yields_the_new_contents() {
+        let before = lowered(ZONES);
+        let text = ZONES
+            .replace("\"198.18.1.0/24\", ", "")
+            .replace("mode = \"enforce\"", "mode = \"audit\"");
+        let after = lowered_after(&before, &text);
+        let (old, new) = (Contents::of(&before, 1, 64), Contents::of(&after, 1, 64));
+        let delta = Delta::between(&old, &new);
+        // Replay the writes on a model of the maps.
+        let mut model = old.clone();
+        if let Some(config) = delta.config {
+            model.config = config;
+        }
+        for (i, v) in delta.ports {
+            if v == 0 {
+                model.ports.remove(&i);
+            } else {
+                model.ports.insert(i, v);
+            }
+        }
+        for (i, v) in delta.listen {
+            if v == 0 {
+                model.listen.remove(&i);
+            } else {
+                model.listen.insert(i);
+            }
+        }
+        for k in delta.hash_v4.delete {
+            model.hash_v4.remove(&k);
+        }
+        model.hash_v4.extend(delta.hash_v4.insert);
+        for k in delta.hash_v6.delete {
+            model.hash_v6.remove(&k);
+        }
+        model.hash_v6.extend(delta.hash_v6.insert);
+        for (i, v) in delta.class_lens {
+            if v == ClassLens::default() {
+                model.class_lens.remove(&i);
+            } else {
+                model.class_lens.insert(i, v);
+            }
+        }
+        for (i, v) in delta.port_slots {
+            if v == 0 {
+                model.port_slots.remove(&i);
+            } else {
+                model.port_slots.insert(i, v);
+            }
+        }
+        assert_eq!(model, new);
+    }
+}
