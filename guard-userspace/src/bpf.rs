@@ -695,6 +695,24 @@ impl Guard {
         RingBuf::try_from(map).map_err(map_err(maps::EVENTS))
     }
 
+    /// Kernel run statistics of every attached program (zero unless
+    /// `kernel.bpf_stats_enabled` is 1).
+    pub fn program_stats(&self) -> Vec<crate::metrics::ProgramStats> {
+        [programs::XDP_INGRESS, programs::TC_EGRESS]
+            .into_iter()
+            .chain(CGROUP_PROGRAMS)
+            .filter_map(|name| {
+                let fd = self.ebpf.program(name)?.fd().ok()?;
+                let (runs, ns) = crate::sys::prog_run_stats(fd.as_fd()).ok()?;
+                Some(crate::metrics::ProgramStats {
+                    program: name.to_owned(),
+                    runs,
+                    run_seconds: ns as f64 / 1e9,
+                })
+            })
+            .collect()
+    }
+
     /// Current counters, summed over CPUs.
     pub fn counters(&self, rules: &[RuleInfo], slots: &[PortSlot]) -> Result<Counters, LoadError> {
         counter_maps(|name| self.ebpf.map(name).ok_or(LoadError::MissingMap(name)))?

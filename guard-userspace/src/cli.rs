@@ -5,7 +5,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{bpf::KernelLog, logging::LogFormat};
+use crate::{
+    bpf::KernelLog,
+    logging::{LogFormat, LogRotation},
+};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -59,6 +62,16 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Refresh every --interval seconds with rates per rule and port, in place (with
+        /// --json: one JSON object per line), until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between refreshes of --watch.
+        #[arg(long, value_name = "SECS", default_value_t = 1.0, requires = "watch")]
+        interval: f64,
+        /// Stop --watch after this many refreshes.
+        #[arg(long, value_name = "N", requires = "watch")]
+        count: Option<u64>,
     },
     /// What the daemon runs: policy, hash, generation, mode, interfaces, uptime.
     Status {
@@ -123,6 +136,20 @@ pub struct RunArgs {
     /// Log format on stdout.
     #[arg(long, value_enum, default_value_t)]
     pub log_format: LogFormat,
+    /// Also write the log, as JSON lines, to files `guard.DATE.log` in this directory,
+    /// rotated by --log-rotation and pruned to --log-keep files.
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+    /// When to start a new log file in --log-dir.
+    #[arg(long, value_enum, default_value_t)]
+    pub log_rotation: LogRotation,
+    /// Log files to keep in --log-dir, the current one included (older ones are deleted).
+    #[arg(long, value_name = "N", default_value_t = 14, value_parser = clap::value_parser!(u16).range(1..))]
+    pub log_keep: u16,
+    /// Serve Prometheus metrics (/metrics) and the health check (/health) over HTTP on this
+    /// address; `off` serves neither.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9871")]
+    pub metrics_addr: String,
 }
 
 /// Why a command failed, and so its exit code.

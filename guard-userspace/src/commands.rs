@@ -7,7 +7,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::{
     bpf::{self, Pins},
@@ -75,8 +75,9 @@ fn data(reply: ctl::Reply) -> Result<Value, Failure> {
     }
 }
 
-pub fn stats(run_dir: &Path, json: bool) -> Result<(), Failure> {
-    let (v, live) = match call(run_dir, &Request::Stats {})? {
+/// The stats of the running daemon, or of the pinned maps when it is down (`false`).
+fn fetch_stats(run_dir: &Path) -> Result<(serde_json::Value, bool), Failure> {
+    Ok(match call(run_dir, &Request::Stats {})? {
         Some(reply) => (data(reply)?, true),
         None => {
             let st = state::read(run_dir).map_err(|e| Failure::Runtime(e.to_string()))?;
@@ -84,7 +85,135 @@ pub fn stats(run_dir: &Path, json: bool) -> Result<(), Failure> {
                 .map_err(|e| Failure::Runtime(bpf::error_chain(&e)))?;
             (stats_json(&st, &counters), false)
         }
+    })
+}
+
+/// Per-second rates between two counter snapshots taken `secs` apart, per rule (packets)
+/// and per port (attempts, rejections). Counters that went down (a rule's slot given to a
+/// new name) count from zero.
+pub fn rates(before: &Counters, after: &Counters, secs: f64) -> serde_json::Value {
+    let secs = secs.max(1e-3);
+    let rate = |now: u64, then: Option<u64>| {
+        let then = then.filter(|&t| t <= now).unwrap_or(0);
+        (now - then) as f64 / secs
     };
+    let rules: Vec<_> = after
+        .rules
+        .iter()
+        .map(|r| {
+            let old = before.rules.iter().find(|o| o.rule == r.rule);
+            json!({
+                "rule": r.rule,
+                "action": r.action,
+                "packets": r.packets,
+                "packets_per_second": rate(r.packets, old.map(|o| o.packets)),
+                "bytes_per_second": rate(r.bytes, old.map(|o| o.bytes)),
+            })
+        })
+        .collect();
+    let ports: Vec<_> = after
+        .ports
+        .iter()
+        .map(|p| {
+            let old = before
+                .ports
+                .iter()
+                .find(|o| o.proto == p.proto && o.port == p.port);
+            json!({
+                "proto": p.proto,
+                "port": p.port,
+                "attempted": p.attempted,
+                "attempted_per_second": rate(p.attempted, old.map(|o| o.attempted)),
+                "rejected_per_second": rate(p.rejected, old.map(|o| o.rejected)),
+            })
+        })
+        .collect();
+    json!({"interval_seconds": secs, "rules": rules, "ports": ports})
+}
+
+/// `guard stats --watch`: refreshes in place (or prints a JSON line) every `interval`
+/// seconds with the rates since the previous refresh.
+pub fn stats_watch(
+    run_dir: &Path,
+    json: bool,
+    interval: f64,
+    count: Option<u64>,
+) -> Result<(), Failure> {
+    if !(0.1..=3600.0).contains(&interval) {
+        return Err(Failure::Invalid(format!(
+            "--interval must be between 0.1 and 3600 seconds, not {interval}"
+        )));
+    }
+    let decode = |v: &serde_json::Value| -> Result<Counters, Failure> {
+        serde_json::from_value(v.clone()).map_err(|e| Failure::Runtime(format!("bad stats: {e}")))
+    };
+    let (first, _) = fetch_stats(run_dir)?;
+    let mut before = decode(&first)?;
+    let mut then = std::time::Instant::now();
+    let mut shown = 0;
+    while count.is_none_or(|n| shown < n) {
+        std::thread::sleep(std::time::Duration::from_secs_f64(interval));
+        let (v, live) = fetch_stats(run_dir)?;
+        let after = decode(&v)?;
+        let now = std::time::Instant::now();
+        let r = rates(&before, &after, (now - then).as_secs_f64());
+        if json {
+            let mut line = r;
+            line["generation"] = v["generation"].clone();
+            line["daemon_running"] = live.into();
+            println!("{line}");
+        } else {
+            // Home, clear screen: the view refreshes in place.
+            print!("\x1b[H\x1b[2J");
+            println!(
+                "guard stats --watch: policy {} (generation {}), every {interval} s{}  (Ctrl-C to stop)\n",
+                v["policy"].as_str().unwrap_or("?"),
+                v["generation"],
+                if live {
+                    ""
+                } else {
+                    ", daemon down: pinned maps"
+                }
+            );
+            println!(
+                "{:<24}  {:<6}  {:>14}  {:>12}",
+                "rule", "action", "packets", "packets/s"
+            );
+            for rule in r["rules"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<24}  {:<6}  {:>14}  {:>12.1}",
+                    rule["rule"].as_str().unwrap_or(""),
+                    rule["action"].as_str().unwrap_or(""),
+                    rule["packets"],
+                    rule["packets_per_second"].as_f64().unwrap_or(0.0)
+                );
+            }
+            println!(
+                "\n{:<6}  {:<6}  {:>14}  {:>12}  {:>12}",
+                "proto", "port", "attempted", "attempts/s", "rejected/s"
+            );
+            for port in r["ports"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<6}  {:<6}  {:>14}  {:>12.1}  {:>12.1}",
+                    port["proto"].as_str().unwrap_or(""),
+                    port["port"].as_str().unwrap_or(""),
+                    port["attempted"],
+                    port["attempted_per_second"].as_f64().unwrap_or(0.0),
+                    port["rejected_per_second"].as_f64().unwrap_or(0.0)
+                );
+            }
+        }
+        use std::io::Write as _;
+        let _ = std::io::stdout().flush();
+        before = after;
+        then = now;
+        shown += 1;
+    }
+    Ok(())
+}
+
+pub fn stats(run_dir: &Path, json: bool) -> Result<(), Failure> {
+    let (v, live) = fetch_stats(run_dir)?;
     if !live {
         eprintln!(
             "guard: the daemon is not running; counters read from the pinned maps (enforcement continues)"

@@ -22,6 +22,7 @@
 use std::{
     ffi::OsString,
     fs,
+    net::SocketAddr,
     os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
@@ -51,13 +52,32 @@ use crate::{
     cli::{Failure, RunArgs},
     ctl::{self, Reply, Request},
     events::{self, Decoder, Recent},
-    host, logging,
-    policy::{self, Checked, PolicySource, model::InterfaceSpec},
+    health::{Change, Detectors, Verdict},
+    host,
+    hoststats::{self, HostStats},
+    logging, metrics,
+    policy::{
+        self, Checked, PolicySource,
+        model::{HealthPolicy, InterfaceSpec},
+    },
     state::{self, Attached, State},
 };
 
 pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure> {
-    logging::init(args.log_format);
+    let log_files = args.log_dir.as_ref().map(|dir| logging::LogFiles {
+        dir: dir.clone(),
+        rotation: args.log_rotation,
+        keep: usize::from(args.log_keep),
+    });
+    logging::init(args.log_format, log_files.as_ref()).map_err(Failure::Runtime)?;
+    let metrics_addr: Option<SocketAddr> = match args.metrics_addr.as_str() {
+        "off" => None,
+        addr => Some(addr.parse().map_err(|e| {
+            Failure::Runtime(format!(
+                "invalid --metrics-addr `{addr}`: {e} (expected IP:PORT, or `off`)"
+            ))
+        })?),
+    };
     let (source, text) =
         policy::resolve(args.policy.as_deref(), &args.system_policy).map_err(|e| {
             let path = args.policy.as_deref().unwrap_or(&args.system_policy);
@@ -81,6 +101,22 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
 
     state::create_run_dir(run_dir).map_err(|e| runtime("creating", run_dir, e))?;
     let _lock = lock(run_dir)?;
+    // Bound before the first policy, so a taken port fails the start and the state file
+    // names the address actually bound (port 0 picks a free one).
+    let metrics_listener = match metrics_addr {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(addr).map_err(|e| {
+                Failure::Runtime(format!(
+                    "serving metrics on {addr}: {e} (see --metrics-addr)"
+                ))
+            })?;
+            listener
+                .set_nonblocking(true)
+                .map_err(|e| Failure::Runtime(format!("metrics listener: {e}")))?;
+            Some(listener)
+        }
+        None => None,
+    };
     let pins = Pins::new(pin_dir);
     pins.prepare()
         .map_err(|e| runtime("preparing", pin_dir, e))?;
@@ -113,6 +149,11 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
             .map_or(0, |d| d.as_secs()),
         readers: None,
         readers_opened: false,
+        metrics_addr: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
+        metrics_listener,
+        detectors: Detectors::default(),
+        health: HealthPolicy::default(),
+        reloads: Reloads::default(),
         decoder: Arc::new(Decoder::new(Vec::new())),
         recent: Arc::default(),
     };
@@ -139,6 +180,23 @@ struct Pending {
     rollback_to: Current,
 }
 
+/// Policy changes since the daemon started, by result.
+#[derive(Debug, Default)]
+struct Reloads {
+    applied: u64,
+    rejected: u64,
+}
+
+/// What the HTTP server asks the daemon loop.
+#[derive(Debug, Clone, Copy)]
+enum Probe {
+    Metrics,
+    Health,
+}
+
+/// The daemon's answer to a [`Probe`]: status code, content type, body.
+type ProbeReply = (u16, &'static str, String);
+
 struct Daemon {
     pins: Pins,
     run_dir: PathBuf,
@@ -159,6 +217,13 @@ struct Daemon {
     readers: Option<(Option<KernelLogger>, RingBuf<MapData>)>,
     /// True once `readers` was taken from an instance (the serve loop then owns them).
     readers_opened: bool,
+    /// The /metrics and /health listener until the serve loop takes it, and its address.
+    metrics_listener: Option<std::net::TcpListener>,
+    metrics_addr: Option<SocketAddr>,
+    /// The anomaly detectors and the running policy's `[health]`.
+    detectors: Detectors,
+    health: HealthPolicy,
+    reloads: Reloads,
     /// Names the rules of kernel events; given the rules of every policy applied.
     decoder: Arc<Decoder>,
     /// Recent events for `guard events`, filled by the event reader and by policy changes.
@@ -315,6 +380,7 @@ impl Daemon {
             pin_dir: self.pins.dir().to_path_buf(),
             rules: lowered.rules.clone(),
             port_slots: lowered.slots.clone(),
+            metrics_addr: self.metrics_addr.map(|a| a.to_string()),
         };
         state::write(&self.run_dir, &state)
             .map_err(|e| runtime("writing state in", &self.run_dir, e))?;
@@ -354,6 +420,9 @@ impl Daemon {
             if mode == "audit" { "auditing: counting what the policy would drop, dropping nothing" } else { "enforcing" }
         );
         self.current = Some(Current { source, text });
+        self.reloads.applied += 1;
+        self.detectors.configure(&checked.policy.health);
+        self.health = checked.policy.health.clone();
         // Parsing a large policy leaves tens of MiB of freed heap behind; hand it back.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
@@ -376,12 +445,14 @@ impl Daemon {
         let checked = match policy::check(&source.label(), &text) {
             Ok(c) => c,
             Err(e) => {
+                self.reloads.rejected += 1;
                 self.record(json!({"ts": now_secs(), "kind": "policy_rejected", "how": how, "policy": source.label(), "errors": e.lines}));
                 error!(target: "guard::event", kind = "policy_rejected", how, policy = source.label(), errors = e.lines.join("; "), "policy rejected; the running policy stays");
                 return Err(("policy rejected".into(), e.lines));
             }
         };
         self.apply(source, text, checked, how).map_err(|e| {
+            self.reloads.rejected += 1;
             error!(target: "guard::event", kind = "policy_rejected", how, error = %e, "applying the policy failed");
             (e.to_string(), Vec::new())
         })
@@ -413,6 +484,102 @@ impl Daemon {
             warn!("no `guard confirm` in time: rolling back");
             let Current { source, text } = pending.rollback_to;
             let _ = self.try_apply(source, text, "rollback");
+        }
+    }
+
+    /// `Ok` when programs are loaded and every hook's link is pinned (attached), else why
+    /// not.
+    fn enforcement(&self) -> Result<(), String> {
+        let st = self.state.as_ref().ok_or("no policy loaded")?;
+        if self.guard.is_none() {
+            return Err("no programs loaded".into());
+        }
+        let hooks = st
+            .interfaces
+            .iter()
+            .flat_map(|a| [xdp_hook(&a.name), tc_hook(&a.name)])
+            .chain(crate::bpf::CGROUP_PROGRAMS.iter().map(|p| cgroup_hook(p)));
+        for hook in hooks {
+            if !self.pins.link(&hook).exists() {
+                return Err(format!(
+                    "the link of hook {hook} is gone from {} (detached?)",
+                    self.pins.dir().display()
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn counters(&self) -> Option<crate::counters::Counters> {
+        let (guard, st) = (self.guard.as_ref()?, self.state.as_ref()?);
+        guard.counters(&st.rules, &st.port_slots).ok()
+    }
+
+    fn probe(&self, probe: Probe) -> ProbeReply {
+        match probe {
+            Probe::Metrics => {
+                let counters = self.counters();
+                let host = HostStats::read(self.health.service.as_deref());
+                let programs = match (&self.guard, crate::host::bpf_stats_enabled()) {
+                    (Some(guard), true) => guard.program_stats(),
+                    _ => Vec::new(),
+                };
+                let st = self.state.as_ref();
+                let text = metrics::render(&metrics::Scrape {
+                    counters: counters.as_ref(),
+                    enforcing: self.enforcement().is_ok(),
+                    audit: st.is_some_and(|s| s.mode == "audit"),
+                    generation: st.map_or(0, |s| s.generation),
+                    reloads: &[
+                        ("applied", self.reloads.applied),
+                        ("rejected", self.reloads.rejected),
+                    ],
+                    host: &host,
+                    programs: &programs,
+                    anomalies: &self.detectors.firing(),
+                    anomalies_fired: &self.detectors.fired(),
+                });
+                (200, metrics::CONTENT_TYPE, text)
+            }
+            Probe::Health => {
+                let verdict = Verdict::judge(
+                    self.enforcement(),
+                    &self.health,
+                    hoststats::listening,
+                    self.detectors.firing(),
+                );
+                let body = serde_json::to_string(&verdict).expect("serialisable");
+                (verdict.code(), "application/json", body)
+            }
+        }
+    }
+
+    /// One detector window: reads the counters, logs anomalies that fire or clear.
+    fn tick(&mut self, at_secs: f64) {
+        let Some(counters) = self.counters() else {
+            return;
+        };
+        let overflows = HostStats::read(None).listen_overflows;
+        for change in self.detectors.observe(at_secs, &counters, overflows) {
+            let (state, a) = match &change {
+                Change::Fired(a) => ("fired", a),
+                Change::Cleared(a) => ("cleared", a),
+            };
+            self.record(json!({
+                "ts": now_secs(),
+                "kind": "anomaly",
+                "state": state,
+                "detector": a.detector,
+                "subject": a.subject,
+                "value": a.value,
+                "threshold": a.threshold,
+                "message": a.message,
+            }));
+            if state == "fired" {
+                warn!(target: "guard::event", kind = "anomaly", state, detector = a.detector, subject = a.subject, value = a.value, threshold = a.threshold, "{}", a.message);
+            } else {
+                info!(target: "guard::event", kind = "anomaly", state, detector = a.detector, subject = a.subject, value = a.value, threshold = a.threshold, "cleared: {}", a.message);
+            }
         }
     }
 
@@ -624,6 +791,14 @@ fn serve(mut daemon: Daemon) -> Result<(), Failure> {
                 .map_err(|e| Failure::Runtime(format!("polling the event ring buffer: {e}")))?;
             tokio::spawn(pump_events(ring, daemon.decoder.clone(), daemon.recent.clone()));
         }
+        let (probe_tx, mut probes) = mpsc::channel::<(Probe, oneshot::Sender<ProbeReply>)>(16);
+        if let Some(listener) = daemon.metrics_listener.take() {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .map_err(|e| Failure::Runtime(format!("metrics listener: {e}")))?;
+            tokio::spawn(serve_http(listener, probe_tx));
+        }
+        let clock = Instant::now();
+        let mut next_tick = clock;
         let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
         let listener = control_socket(&daemon.run_dir)?;
         tokio::spawn(accept_loop(listener, calls_tx));
@@ -651,11 +826,48 @@ fn serve(mut daemon: Daemon) -> Result<(), Failure> {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => daemon.rollback(),
+                Some((probe, reply)) = probes.recv() => { let _ = reply.send(daemon.probe(probe)); }
+                _ = tokio::time::sleep_until(next_tick) => {
+                    daemon.tick(clock.elapsed().as_secs_f64());
+                    next_tick = Instant::now() + Duration::from_secs(daemon.detectors.interval_seconds().into());
+                }
             }
         }
         let _ = fs::remove_file(ctl::socket_path(&daemon.run_dir));
         Ok(())
     })
+}
+
+/// `/metrics` and `/health` over HTTP; each request is answered by the daemon loop.
+async fn serve_http(
+    listener: tokio::net::TcpListener,
+    probes: mpsc::Sender<(Probe, oneshot::Sender<ProbeReply>)>,
+) {
+    use axum::{Router, routing::get};
+    let ask = |probe: Probe| {
+        let probes = probes.clone();
+        move || async move {
+            use axum::{
+                http::{StatusCode, header},
+                response::IntoResponse as _,
+            };
+            let (tx, rx) = oneshot::channel();
+            let answer = match probes.send((probe, tx)).await {
+                Ok(()) => rx.await.ok(),
+                Err(_) => None,
+            };
+            let (code, content_type, body) =
+                answer.unwrap_or((503, "text/plain", "the daemon is stopping\n".into()));
+            let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (code, [(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
+    };
+    let app = Router::new()
+        .route("/metrics", get(ask(Probe::Metrics)))
+        .route("/health", get(ask(Probe::Health)));
+    if let Err(e) = axum::serve(listener, app).await {
+        warn!(error = %e, "the metrics server stopped");
+    }
 }
 
 fn stop(signal: &str, daemon: &Daemon) {

@@ -117,3 +117,8 @@ fn mount_bpffs(at: &Path) -> io::Result<()> {
         Err(io::Error::last_os_error())
     }
 }
+
+/// True when the kernel keeps BPF program run statistics (`kernel.bpf_stats_enabled`).
+pub fn bpf_stats_enabled() -> bool {
+    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
+}

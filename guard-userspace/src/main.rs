@@ -8,7 +8,15 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Run(args) => guard::daemon::run(&cli.pin_dir, &cli.run_dir, args),
         Command::Check { file } => guard::commands::check(file),
-        Command::Stats { json } => guard::commands::stats(&cli.run_dir, *json),
+        Command::Stats {
+            json, watch: false, ..
+        } => guard::commands::stats(&cli.run_dir, *json),
+        Command::Stats {
+            json,
+            watch: true,
+            interval,
+            count,
+        } => guard::commands::stats_watch(&cli.run_dir, *json, *interval, *count),
         Command::Status { json } => guard::commands::status(&cli.run_dir, *json),
         Command::Apply {
             file,

@@ -36,6 +36,9 @@ pub struct State {
     pub rules: Vec<RuleInfo>,
     /// What each per-port counter slot counts.
     pub port_slots: Vec<PortSlot>,
+    /// Where /metrics and /health are served (the bound address), if they are.
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
 }
 
 /// An interface the XDP program is attached to.

@@ -1,5 +1,6 @@
-//! The two bpf(2) commands guard needs that aya does not expose for its use: opening a
-//! pinned object as a plain fd, and replacing a link's program atomically.
+//! The bpf(2) commands guard needs that aya does not expose for its use: opening a pinned
+//! object as a plain fd, replacing a link's program atomically, and a program's run
+//! statistics.
 
 use std::{
     ffi::CString,
@@ -62,4 +63,33 @@ pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()>
         old_prog_fd: 0,
     };
     bpf(BPF_LINK_UPDATE, &attr).map(drop)
+}
+
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+/// Offsets in `struct bpf_prog_info` (include/uapi/linux/bpf.h).
+const PROG_INFO_RUN_TIME_NS: usize = 192;
+const PROG_INFO_RUN_CNT: usize = 200;
+const PROG_INFO_LEN: usize = 256;
+
+/// A program's kernel run statistics (BPF_OBJ_GET_INFO_BY_FD): (runs, run time in ns).
+/// Both stay 0 unless `kernel.bpf_stats_enabled` is 1.
+pub fn prog_run_stats(prog: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    #[repr(C)]
+    struct Attr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    #[repr(C, align(8))]
+    struct Info([u8; PROG_INFO_LEN]);
+    let mut info = Info([0; PROG_INFO_LEN]);
+    let attr = Attr {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: PROG_INFO_LEN as u32,
+        info: info.0.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
+    let at =
+        |offset: usize| u64::from_ne_bytes(info.0[offset..offset + 8].try_into().expect("8 bytes"));
+    Ok((at(PROG_INFO_RUN_CNT), at(PROG_INFO_RUN_TIME_NS)))
 }

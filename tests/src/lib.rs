@@ -392,6 +392,13 @@ impl Daemon {
             .guard()
             .arg("run")
             .args(["--cgroup", self.cgroup.arg()])
+            // A free port of its own, so tests (and a daemon on the host) never collide.
+            .args(
+                (!self.args.iter().any(|a| a == "--metrics-addr"))
+                    .then_some(["--metrics-addr", "127.0.0.1:0"])
+                    .into_iter()
+                    .flatten(),
+            )
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(out.try_clone().expect("dup"))
@@ -428,6 +435,27 @@ impl Daemon {
             );
             thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The address the daemon serves /metrics and /health on (from `guard status`).
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        let reply = guard::ctl::call(
+            &self.dirs.run_dir,
+            &guard::ctl::Request::Status {},
+            Duration::from_secs(5),
+        )
+        .expect("guard status");
+        let data = reply.data.expect("status data");
+        data["metrics_addr"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no metrics_addr in {data}"))
+            .parse()
+            .expect("an IP:PORT")
+    }
+
+    /// `GET path` on the metrics server: (status code, body).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        http_get(self.metrics_addr(), path)
     }
 
     pub fn log_text(&self) -> String {
@@ -514,4 +542,30 @@ impl Drop for PolicyFile {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+/// A plain HTTP/1.1 GET (`Connection: close`): (status code, body).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read response");
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {response:?}"));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line in {head:?}"));
+    (code, body.to_owned())
 }

@@ -75,7 +75,7 @@ pub struct Rule {
     pub action: RuleAction,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub mode: Mode,
     pub interfaces: Vec<InterfaceSpec>,
@@ -93,6 +93,43 @@ pub struct Policy {
     pub listen: Option<ListenPolicy>,
     pub events: EventLimits,
     pub flows: FlowTimeouts,
+    pub health: HealthPolicy,
+}
+
+/// `[health]`: what `/health` checks besides enforcement, and the anomaly detectors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthPolicy {
+    /// Ports that must have a listening TCP socket.
+    pub tcp: Vec<u16>,
+    /// Ports that must have a bound UDP socket.
+    pub udp: Vec<u16>,
+    /// A process name (`comm`) whose processes and open file descriptors are exported.
+    pub service: Option<String>,
+    /// The detectors' window.
+    pub interval_seconds: u32,
+    /// Fire when a port's RTT p99 over a window exceeds this many times its own baseline.
+    pub rtt_factor: Option<f64>,
+    /// RTT samples a window needs before it is judged.
+    pub rtt_min_samples: u32,
+    /// Fire when inbound rejections across all ports exceed this rate.
+    pub rejected_per_second: Option<u32>,
+    /// Fire when TCP listen-queue overflows exceed this rate.
+    pub overflows_per_second: Option<u32>,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        Self {
+            tcp: Vec::new(),
+            udp: Vec::new(),
+            service: None,
+            interval_seconds: 5,
+            rtt_factor: None,
+            rtt_min_samples: 10,
+            rejected_per_second: None,
+            overflows_per_second: None,
+        }
+    }
 }
 
 /// `[listen]`, per protocol (`allow` counts for both).

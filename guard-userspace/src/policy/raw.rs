@@ -24,6 +24,20 @@ pub struct RawPolicy {
     pub listen: Option<Spanned<RawListen>>,
     pub events: Option<Spanned<RawEvents>>,
     pub flows: Option<Spanned<RawFlows>>,
+    pub health: Option<Spanned<RawHealth>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    pub tcp: Option<Spanned<Vec<Spanned<RawPort>>>>,
+    pub udp: Option<Spanned<Vec<Spanned<RawPort>>>>,
+    pub service: Option<Spanned<String>>,
+    pub interval_seconds: Option<Spanned<i64>>,
+    pub rtt_factor: Option<Spanned<f64>>,
+    pub rtt_min_samples: Option<Spanned<i64>>,
+    pub rejected_per_second: Option<Spanned<i64>>,
+    pub overflows_per_second: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -12,8 +12,8 @@ use toml::Spanned;
 use super::{
     Diagnostic,
     model::{
-        DefaultAction, EventLimits, FlowTimeouts, InterfaceSpec, ListenPolicy, Mode, Policy,
-        PortRange, Proto, Rule, RuleAction,
+        DefaultAction, EventLimits, FlowTimeouts, HealthPolicy, InterfaceSpec, ListenPolicy, Mode,
+        Policy, PortRange, Proto, Rule, RuleAction,
     },
     raw::{RawEgress, RawIngress, RawPolicy, RawPort},
 };
@@ -161,6 +161,7 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
 
     let events = events(&raw, &mut f);
     let flows = flows(&raw, &mut f);
+    let health = health(&raw, &mut f);
 
     if f.errors.is_empty() {
         let ingress_spans: Vec<Range<usize>> = raw
@@ -184,6 +185,7 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
             listen,
             events,
             flows,
+            health,
         };
         Ok((policy, f.warnings))
     } else {
@@ -241,6 +243,89 @@ fn events(raw: &RawPolicy, f: &mut Findings) -> EventLimits {
     EventLimits {
         rate_per_second,
         burst,
+    }
+}
+
+fn health(raw: &RawPolicy, f: &mut Findings) -> HealthPolicy {
+    let defaults = HealthPolicy::default();
+    let Some(h) = &raw.health else {
+        return defaults;
+    };
+    let h = h.get_ref();
+    let single = |list: &Option<Spanned<Vec<Spanned<RawPort>>>>, f: &mut Findings| {
+        let Some(list) = list else {
+            return Vec::new();
+        };
+        list.get_ref()
+            .iter()
+            .filter_map(|p| {
+                let range = port(p, f)?;
+                if range.first != range.last {
+                    f.error(
+                        p.span(),
+                        format!("[health] port `{range}` must be a single port, not a range"),
+                    );
+                    return None;
+                }
+                Some(range.first)
+            })
+            .collect()
+    };
+    let tcp = single(&h.tcp, f);
+    let udp = single(&h.udp, f);
+    let service = h.service.as_ref().and_then(|s| {
+        let name = s.get_ref();
+        if name.is_empty() || name.len() > 15 || name.contains('/') {
+            f.error(
+                s.span(),
+                format!(
+                    "health.service `{name}` must be a process name as in /proc/PID/comm (1 to 15 characters, no `/`)"
+                ),
+            );
+            None
+        } else {
+            Some(name.clone())
+        }
+    });
+    let optional = |v: &Option<Spanned<i64>>, what: &str, f: &mut Findings| {
+        v.as_ref()
+            .map(|v| bounded(Some(v), what, 1, 1_000_000_000, 1, f))
+    };
+    let rtt_factor = h.rtt_factor.as_ref().and_then(|k| {
+        let value = *k.get_ref();
+        if value.is_finite() && (1.0..=1000.0).contains(&value) && value > 1.0 {
+            Some(value)
+        } else {
+            f.error(
+                k.span(),
+                format!("health.rtt_factor must be above 1 and at most 1000, not {value}"),
+            );
+            None
+        }
+    });
+    HealthPolicy {
+        tcp,
+        udp,
+        service,
+        interval_seconds: bounded(
+            h.interval_seconds.as_ref(),
+            "health.interval_seconds",
+            1,
+            3600,
+            defaults.interval_seconds,
+            f,
+        ),
+        rtt_factor,
+        rtt_min_samples: bounded(
+            h.rtt_min_samples.as_ref(),
+            "health.rtt_min_samples",
+            1,
+            1_000_000,
+            defaults.rtt_min_samples,
+            f,
+        ),
+        rejected_per_second: optional(&h.rejected_per_second, "health.rejected_per_second", f),
+        overflows_per_second: optional(&h.overflows_per_second, "health.overflows_per_second", f),
     }
 }
 

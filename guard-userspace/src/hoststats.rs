@@ -1,0 +1,189 @@
+//! Host figures an operator weighs for failover, read from /proc: CPU time, load, memory,
+//! TCP listen-queue overflows, the open file descriptors of a named service, and whether a
+//! port has a listener.
+
+use std::{fs, path::Path};
+
+/// One reading of the host's gauges.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostStats {
+    /// CPU seconds by mode (`user`, `system`, `idle`, `iowait`, ...), all CPUs together.
+    pub cpu_seconds: Vec<(String, f64)>,
+    pub cpus: usize,
+    /// Load average over 1, 5, 15 minutes.
+    pub load: (f64, f64, f64),
+    pub memory_total_bytes: u64,
+    pub memory_available_bytes: u64,
+    /// TcpExt ListenOverflows: connections dropped because a listen queue was full.
+    pub listen_overflows: u64,
+    pub service: Option<ServiceStats>,
+}
+
+/// The processes whose command name is the `[health] service`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceStats {
+    pub name: String,
+    pub processes: u64,
+    pub open_fds: u64,
+}
+
+const CPU_MODES: [&str; 8] = [
+    "user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal",
+];
+
+/// The `cpu` line of /proc/stat, in seconds per mode.
+pub fn parse_cpu(stat: &str, ticks_per_second: f64) -> Vec<(String, f64)> {
+    let Some(line) = stat.lines().find(|l| l.starts_with("cpu ")) else {
+        return Vec::new();
+    };
+    line.split_whitespace()
+        .skip(1)
+        .zip(CPU_MODES)
+        .filter_map(|(v, mode)| Some((mode.to_owned(), v.parse::<f64>().ok()? / ticks_per_second)))
+        .collect()
+}
+
+/// A `Key: value kB` field of /proc/meminfo, in bytes.
+pub fn parse_meminfo(meminfo: &str, key: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.split(':').next() == Some(key))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A counter of /proc/net/netstat, whose lines come in pairs: names, then values.
+pub fn parse_netstat(netstat: &str, group: &str, name: &str) -> Option<u64> {
+    let lines: Vec<&str> = netstat.lines().collect();
+    lines.chunks(2).find_map(|pair| {
+        let [names, values] = pair else { return None };
+        let names = names.strip_prefix(group)?.strip_prefix(':')?;
+        let values = values.strip_prefix(group)?.strip_prefix(':')?;
+        let at = names.split_whitespace().position(|n| n == name)?;
+        values.split_whitespace().nth(at)?.parse().ok()
+    })
+}
+
+fn read(path: &str) -> String {
+    fs::read_to_string(path).unwrap_or_default()
+}
+
+impl HostStats {
+    /// Reads everything; figures that cannot be read are left at zero.
+    pub fn read(service: Option<&str>) -> Self {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let loadavg = read("/proc/loadavg");
+        let mut load = loadavg.split_whitespace().map(|v| v.parse().unwrap_or(0.0));
+        let meminfo = read("/proc/meminfo");
+        Self {
+            cpu_seconds: parse_cpu(&read("/proc/stat"), hz),
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            load: (
+                load.next().unwrap_or(0.0),
+                load.next().unwrap_or(0.0),
+                load.next().unwrap_or(0.0),
+            ),
+            memory_total_bytes: parse_meminfo(&meminfo, "MemTotal").unwrap_or(0),
+            memory_available_bytes: parse_meminfo(&meminfo, "MemAvailable").unwrap_or(0),
+            listen_overflows: parse_netstat(
+                &read("/proc/net/netstat"),
+                "TcpExt",
+                "ListenOverflows",
+            )
+            .unwrap_or(0),
+            service: service.map(service_stats),
+        }
+    }
+}
+
+/// Processes named `name` (their `comm`) and their open file descriptors.
+pub fn service_stats(name: &str) -> ServiceStats {
+    let mut stats = ServiceStats {
+        name: name.to_owned(),
+        ..ServiceStats::default()
+    };
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return stats;
+    };
+    for entry in procs.flatten() {
+        let path = entry.path();
+        let is_pid = entry
+            .file_name()
+            .to_str()
+            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
+        if !is_pid || !fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim_end() == name) {
+            continue;
+        }
+        stats.processes += 1;
+        stats.open_fds += fs::read_dir(path.join("fd")).map_or(0, |d| d.count() as u64);
+    }
+    stats
+}
+
+/// TCP sockets in LISTEN (state 0A) or bound UDP sockets on `port`, from the rows of
+/// /proc/net/{tcp,tcp6,udp,udp6}.
+pub fn parse_listening(table: &str, port: u16, tcp: bool) -> bool {
+    table.lines().skip(1).any(|row| {
+        let mut cols = row.split_whitespace();
+        let local = cols.nth(1).unwrap_or("");
+        let state = cols.nth(1).unwrap_or("");
+        let local_port = local
+            .rsplit(':')
+            .next()
+            .and_then(|p| u16::from_str_radix(p, 16).ok());
+        local_port == Some(port) && (!tcp || state == "0A")
+    })
+}
+
+/// True when something listens on TCP `port` (or, `tcp` false, is bound to UDP `port`) in
+/// the daemon's network namespace.
+pub fn listening(port: u16, tcp: bool) -> bool {
+    let tables: [&str; 2] = if tcp {
+        ["/proc/net/tcp", "/proc/net/tcp6"]
+    } else {
+        ["/proc/net/udp", "/proc/net/udp6"]
+    };
+    tables
+        .iter()
+        .any(|t| Path::new(t).exists() && parse_listening(&read(t), port, tcp))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_proc_files() {
+        let cpu = parse_cpu(
+            "cpu  200 0 100 5000 10 0 4 0 0 0\ncpu0 100 0 50 2500 5 0 2 0 0 0\n",
+            100.0,
+        );
+        assert_eq!(cpu[0], ("user".to_owned(), 2.0));
+        assert_eq!(cpu[3], ("idle".to_owned(), 50.0));
+        assert_eq!(cpu.len(), 8);
+        let meminfo = "MemTotal:       24684008 kB\nMemFree:  1 kB\nMemAvailable:   24236776 kB\n";
+        assert_eq!(parse_meminfo(meminfo, "MemTotal"), Some(24684008 * 1024));
+        assert_eq!(parse_meminfo(meminfo, "Mem"), None);
+        let netstat = "TcpExt: SyncookiesSent ListenOverflows ListenDrops\nTcpExt: 0 17 20\nIpExt: InNoRoutes\nIpExt: 3\n";
+        assert_eq!(
+            parse_netstat(netstat, "TcpExt", "ListenOverflows"),
+            Some(17)
+        );
+        assert_eq!(parse_netstat(netstat, "IpExt", "InNoRoutes"), Some(3));
+        assert_eq!(parse_netstat(netstat, "TcpExt", "Nope"), None);
+    }
+
+    #[test]
+    fn finds_listeners_by_port_and_state() {
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n   1: 0100007F:0050 0100007F:9C40 01 00000000:00000000\n";
+        assert!(parse_listening(tcp, 8080, true));
+        assert!(
+            !parse_listening(tcp, 80, true),
+            "established, not listening"
+        );
+        assert!(
+            parse_listening(tcp, 80, false),
+            "any bound UDP socket counts"
+        );
+        assert!(!parse_listening(tcp, 443, true));
+    }
+}
