@@ -73,19 +73,25 @@ pub struct ConnCounter {
     pub rtt_log2_us: Vec<u64>,
 }
 
+/// The upper bound (µs) of the log2 bucket holding quantile `q` of `counts`, where bucket i
+/// counts samples in [2^i, 2^(i+1)) µs; `None` without samples.
+pub fn log2_quantile_us(counts: &[u64], q: f64) -> Option<u64> {
+    let total: u64 = counts.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = (q * total as f64).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    counts.iter().enumerate().find_map(|(i, n)| {
+        seen += n;
+        (seen >= rank).then(|| 1u64 << (i + 1))
+    })
+}
+
 impl ConnCounter {
     /// The upper bound (µs) of the histogram bucket holding quantile `q` of the RTT samples.
     pub fn rtt_quantile_us(&self, q: f64) -> Option<u64> {
-        let total: u64 = self.rtt_log2_us.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = (q * total as f64).ceil().max(1.0) as u64;
-        let mut seen = 0;
-        self.rtt_log2_us.iter().enumerate().find_map(|(i, n)| {
-            seen += n;
-            (seen >= rank).then(|| 1u64 << (i + 1))
-        })
+        log2_quantile_us(&self.rtt_log2_us, q)
     }
 }
 

@@ -56,10 +56,7 @@ use crate::{
     host,
     hoststats::{self, HostStats},
     logging, metrics,
-    policy::{
-        self, Checked, PolicySource,
-        model::{HealthPolicy, InterfaceSpec},
-    },
+    policy::{self, Checked, PolicySource, model::InterfaceSpec},
     state::{self, Attached, State},
 };
 
@@ -152,7 +149,6 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
         metrics_addr: metrics_listener.as_ref().and_then(|l| l.local_addr().ok()),
         metrics_listener,
         detectors: Detectors::default(),
-        health: HealthPolicy::default(),
         reloads: Reloads::default(),
         decoder: Arc::new(Decoder::new(Vec::new())),
         recent: Arc::default(),
@@ -220,9 +216,8 @@ struct Daemon {
     /// The /metrics and /health listener until the serve loop takes it, and its address.
     metrics_listener: Option<std::net::TcpListener>,
     metrics_addr: Option<SocketAddr>,
-    /// The anomaly detectors and the running policy's `[health]`.
+    /// The anomaly detectors, with the running policy's `[health]`.
     detectors: Detectors,
-    health: HealthPolicy,
     reloads: Reloads,
     /// Names the rules of kernel events; given the rules of every policy applied.
     decoder: Arc<Decoder>,
@@ -422,7 +417,6 @@ impl Daemon {
         self.current = Some(Current { source, text });
         self.reloads.applied += 1;
         self.detectors.configure(&checked.policy.health);
-        self.health = checked.policy.health.clone();
         // Parsing a large policy leaves tens of MiB of freed heap behind; hand it back.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
@@ -519,7 +513,7 @@ impl Daemon {
         match probe {
             Probe::Metrics => {
                 let counters = self.counters();
-                let host = HostStats::read(self.health.service.as_deref());
+                let host = HostStats::read(self.detectors.config().service.as_deref());
                 let programs = match (&self.guard, crate::host::bpf_stats_enabled()) {
                     (Some(guard), true) => guard.program_stats(),
                     _ => Vec::new(),
@@ -544,7 +538,7 @@ impl Daemon {
             Probe::Health => {
                 let verdict = Verdict::judge(
                     self.enforcement(),
-                    &self.health,
+                    &self.detectors.config(),
                     hoststats::listening,
                     self.detectors.firing(),
                 );
@@ -559,7 +553,7 @@ impl Daemon {
         let Some(counters) = self.counters() else {
             return;
         };
-        let overflows = HostStats::read(None).listen_overflows;
+        let overflows = hoststats::listen_overflows();
         for change in self.detectors.observe(at_secs, &counters, overflows) {
             let (state, a) = match &change {
                 Change::Fired(a) => ("fired", a),

@@ -17,7 +17,10 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use crate::{counters::Counters, policy::model::HealthPolicy};
+use crate::{
+    counters::{Counters, log2_quantile_us},
+    policy::model::HealthPolicy,
+};
 
 /// A detector that is firing.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -75,6 +78,7 @@ pub const BASELINE_WINDOWS: u32 = 3;
 /// The detectors' state across windows.
 #[derive(Debug, Default)]
 pub struct Detectors {
+    /// The running policy's `[health]`; `None` before the first policy.
     config: Option<HealthPolicy>,
     last: Option<Sample>,
     baselines: BTreeMap<(String, u16), Baseline>,
@@ -85,16 +89,7 @@ pub struct Detectors {
 
 /// The upper bound (µs) of the bucket holding the 99th percentile of `counts`.
 pub fn p99_us(counts: &[u64]) -> Option<u64> {
-    let total: u64 = counts.iter().sum();
-    if total == 0 {
-        return None;
-    }
-    let rank = (0.99 * total as f64).ceil().max(1.0) as u64;
-    let mut seen = 0;
-    counts.iter().enumerate().find_map(|(i, n)| {
-        seen += n;
-        (seen >= rank).then(|| 1u64 << (i + 1))
-    })
+    log2_quantile_us(counts, 0.99)
 }
 
 impl Detectors {
@@ -104,8 +99,16 @@ impl Detectors {
         self.config = Some(config.clone());
     }
 
+    /// The running policy's `[health]` (the defaults before the first policy).
+    pub fn config(&self) -> std::borrow::Cow<'_, HealthPolicy> {
+        match &self.config {
+            Some(c) => std::borrow::Cow::Borrowed(c),
+            None => std::borrow::Cow::Owned(HealthPolicy::default()),
+        }
+    }
+
     pub fn interval_seconds(&self) -> u32 {
-        self.config.as_ref().map_or(5, |c| c.interval_seconds)
+        self.config().interval_seconds
     }
 
     /// The detectors firing now.

@@ -84,15 +84,15 @@ impl HostStats {
             ),
             memory_total_bytes: parse_meminfo(&meminfo, "MemTotal").unwrap_or(0),
             memory_available_bytes: parse_meminfo(&meminfo, "MemAvailable").unwrap_or(0),
-            listen_overflows: parse_netstat(
-                &read("/proc/net/netstat"),
-                "TcpExt",
-                "ListenOverflows",
-            )
-            .unwrap_or(0),
+            listen_overflows: listen_overflows(),
             service: service.map(service_stats),
         }
     }
+}
+
+/// TcpExt ListenOverflows of /proc/net/netstat (0 when unreadable).
+pub fn listen_overflows() -> u64 {
+    parse_netstat(&read("/proc/net/netstat"), "TcpExt", "ListenOverflows").unwrap_or(0)
 }
 
 /// Processes named `name` (their `comm`) and their open file descriptors.
