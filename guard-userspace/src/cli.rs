@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand};
 use crate::{
     bpf::KernelLog,
     logging::{LogFormat, LogRotation},
+    policy::model::Proto,
 };
 
 #[derive(Debug, Parser)]
@@ -108,10 +109,60 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Listening sockets against the policy: unexpected listeners (exit 1), which zones reach
+    /// each one, and rules allowing ports nothing listens on.
+    ///
+    /// The policy is the running daemon's, or --policy FILE. With --probe ADDR it instead
+    /// connects to ADDR's policy ports (TCP) and sends them datagrams (UDP), and checks from
+    /// the client's side that what the policy closes is closed (exit 1 when one is open).
+    ///
+    /// Example: guard audit --json; guard audit --probe 198.18.0.1 --netns client
+    Audit(AuditArgs),
     /// Detach guard's programs and remove its pins (and stop the daemon if it runs).
     ///
     /// Stopping the daemon leaves enforcement in place; this is the way to remove it.
     Unload,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Judge by this policy file instead of the running daemon's policy.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Work inside this network namespace (a name from `ip netns`, or a path such as
+    /// /proc/PID/ns/net): its sockets are audited, or, with --probe, the probes start there.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// Probe this address's ports instead of listing local sockets.
+    #[arg(long, value_name = "ADDR")]
+    pub probe: Option<std::net::IpAddr>,
+    /// Also probe this port (repeatable), e.g. --port tcp/5432 --port udp/161.
+    #[arg(long = "port", value_name = "PROTO/PORT", requires = "probe", value_parser = parse_proto_port)]
+    pub ports: Vec<(Proto, u16)>,
+    /// Seconds to wait for each probe's answer.
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, requires = "probe")]
+    pub timeout: f64,
+}
+
+/// Parses `tcp/5432` or `udp/53`.
+pub fn parse_proto_port(s: &str) -> Result<(Proto, u16), String> {
+    let (proto, port) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}`: write PROTO/PORT, e.g. tcp/5432"))?;
+    let proto = match proto {
+        "tcp" => Proto::Tcp,
+        "udp" => Proto::Udp,
+        other => return Err(format!("`{other}`: the protocol is tcp or udp")),
+    };
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|&p| p != 0)
+        .ok_or_else(|| format!("`{port}`: a port is a number from 1 to 65535"))?;
+    Ok((proto, port))
 }
 
 #[derive(Debug, Args)]

@@ -446,3 +446,137 @@ pub fn unload(pin_dir: &Path, run_dir: &Path) -> Result<(), Failure> {
     println!("guard unloaded: programs detached, pins removed");
     Ok(())
 }
+
+/// The policy to judge by: `file`, else the running daemon's. Returns its label too.
+pub fn policy_for(
+    run_dir: &Path,
+    file: Option<&Path>,
+) -> Result<(String, policy::model::Policy), Failure> {
+    let (label, text) = match file {
+        Some(file) => (
+            file.display().to_string(),
+            std::fs::read_to_string(file).map_err(|e| {
+                Failure::Runtime(format!("cannot read policy {}: {e}", file.display()))
+            })?,
+        ),
+        None => {
+            let reply = call(run_dir, &Request::Policy {})?.ok_or_else(|| {
+                Failure::Runtime(
+                    "guard is not running: name the policy to judge by with --policy FILE".into(),
+                )
+            })?;
+            let v = data(reply)?;
+            let field = |k: &str| v[k].as_str().unwrap_or_default().to_owned();
+            (field("name"), field("text"))
+        }
+    };
+    let checked = policy::check(&label, &text).map_err(|e| Failure::Invalid(e.to_string()))?;
+    Ok((label, checked.policy))
+}
+
+/// `guard audit`: local listeners against the policy, or, with `--probe`, the client's view.
+pub fn audit(run_dir: &Path, args: &crate::cli::AuditArgs) -> Result<(), Failure> {
+    let (label, policy) = policy_for(run_dir, args.policy.as_deref())?;
+    let _netns = args
+        .netns
+        .as_deref()
+        .map(crate::host::InNetns::enter)
+        .transpose()
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    if let Some(address) = args.probe {
+        return audit_probe(&label, &policy, address, args);
+    }
+    let listeners = crate::sockets::listeners()
+        .map_err(|e| Failure::Runtime(format!("reading the listening sockets: {e}")))?;
+    let report = crate::audit::audit(&policy, listeners);
+    if args.json {
+        let mut v = serde_json::to_value(&report).expect("serialisable");
+        v["policy"] = label.into();
+        v["netns"] = args.netns.clone().into();
+        println!("{v}");
+    } else {
+        print!("{}", crate::audit::render(&report, &label));
+    }
+    if report.unexpected_listeners > 0 {
+        return Err(Failure::Invalid(format!(
+            "guard audit: {} unexpected listener(s)",
+            report.unexpected_listeners
+        )));
+    }
+    Ok(())
+}
+
+fn audit_probe(
+    label: &str,
+    policy: &policy::model::Policy,
+    address: std::net::IpAddr,
+    args: &crate::cli::AuditArgs,
+) -> Result<(), Failure> {
+    use crate::probe::{self, Judgement};
+    if !(args.timeout > 0.0 && args.timeout <= 60.0) {
+        return Err(Failure::Runtime(
+            "--timeout is seconds, more than 0 and at most 60".into(),
+        ));
+    }
+    let source = probe::source_for(address)
+        .map_err(|e| Failure::Runtime(format!("no route to {address}: {e}")))?;
+    let (targets, skipped) = probe::targets(policy, &args.ports);
+    let observed = probe::run(address, &targets, Duration::from_secs_f64(args.timeout));
+    let results: Vec<probe::ProbeResult> = targets
+        .iter()
+        .zip(observed)
+        .map(|(&(proto, port), seen)| probe::judge(policy, source, proto, port, seen))
+        .collect();
+    let violations = results
+        .iter()
+        .filter(|r| r.judgement == Judgement::Violation)
+        .count();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "policy": label,
+                "mode": policy.mode.to_string(),
+                "address": address,
+                "source": source,
+                "netns": args.netns,
+                "results": results,
+                "violations": violations,
+                "skipped": skipped,
+            })
+        );
+    } else {
+        println!(
+            "probing {address} from {} (policy {label}, mode {})",
+            source, policy.mode
+        );
+        println!(
+            "{:<6}{:<7}{:<9}{:<15}{:<11}NOTE",
+            "PROTO", "PORT", "POLICY", "OBSERVED", "RESULT"
+        );
+        for r in &results {
+            println!(
+                "{:<6}{:<7}{:<9}{:<15}{:<11}{}",
+                r.proto.to_string(),
+                r.port,
+                if r.allowed { "allow" } else { "deny" },
+                r.observed.as_str(),
+                format!("{:?}", r.judgement).to_lowercase(),
+                r.note
+            );
+        }
+        if skipped > 0 {
+            println!(
+                "{skipped} more ports not probed (at most {})",
+                probe::MAX_PROBES
+            );
+        }
+        println!("{} ports probed, {violations} violation(s)", results.len());
+    }
+    if violations > 0 {
+        return Err(Failure::Invalid(format!(
+            "guard audit --probe: {violations} port(s) open that the policy closes"
+        )));
+    }
+    Ok(())
+}

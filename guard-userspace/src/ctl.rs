@@ -3,7 +3,7 @@
 //! `"version": 1`. A request the daemon cannot parse gets an error reply; the connection
 //! stays usable, and the daemon is never harmed by what a client sends.
 //!
-//! Requests: `{"version":1,"cmd":"status"}`, `"stats"`, `"confirm"`, `"unload"`,
+//! Requests: `{"version":1,"cmd":"status"}`, `"stats"`, `"confirm"`, `"unload"`, `"policy"`,
 //! `{"version":1,"cmd":"events","since":0}`, and
 //! `{"version":1,"cmd":"apply","name":"FILE","policy":"<toml>","confirm_within":30}`.
 //! Replies: `{"version":1,"ok":true,"data":{...}}` or
@@ -48,6 +48,8 @@ pub enum Request {
     },
     /// Detach everything, remove guard's pins, and stop the daemon.
     Unload {},
+    /// The running policy: its name, text and hash.
+    Policy {},
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -647,6 +647,17 @@ impl Daemon {
                 }
                 None => (Reply::error("nothing to confirm"), false),
             },
+            Request::Policy {} => match (&self.current, &self.state) {
+                (Some(current), Some(st)) => (
+                    Reply::ok(json!({
+                        "name": current.source.label(),
+                        "text": current.text,
+                        "hash": st.policy_hash,
+                    })),
+                    false,
+                ),
+                _ => (Reply::error("no policy loaded"), false),
+            },
             Request::Unload {} => match self.pins.remove_all() {
                 Ok(()) => {
                     state::remove(&self.run_dir);

@@ -1,6 +1,11 @@
 //! Facts about the host: interfaces, default routes, bpffs.
 
-use std::{ffi::CString, fs, io, path::Path};
+use std::{
+    ffi::CString,
+    fs, io,
+    os::fd::{AsRawFd as _, OwnedFd},
+    path::{Path, PathBuf},
+};
 
 /// The index of interface `name`, if it exists.
 pub fn if_index(name: &str) -> Option<u32> {
@@ -121,4 +126,59 @@ fn mount_bpffs(at: &Path) -> io::Result<()> {
 /// True when the kernel keeps BPF program run statistics (`kernel.bpf_stats_enabled`).
 pub fn bpf_stats_enabled() -> bool {
     std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
+}
+
+/// The calling thread inside another network namespace until dropped, when it returns to the
+/// one it came from. Sockets opened meanwhile, and `/proc/thread-self/net` and the
+/// `net.*` sysctls read meanwhile, are the other namespace's.
+pub struct InNetns {
+    back: OwnedFd,
+}
+
+/// The namespace file for `name`: a path as given (`/proc/PID/ns/net`), else
+/// `/run/netns/NAME` (what `ip netns add` makes).
+pub fn netns_path(name: &str) -> PathBuf {
+    if name.contains('/') {
+        PathBuf::from(name)
+    } else {
+        Path::new("/run/netns").join(name)
+    }
+}
+
+impl InNetns {
+    pub fn enter(name: &str) -> io::Result<Self> {
+        let path = netns_path(name);
+        let target = fs::File::open(&path).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("network namespace {}: {e}", path.display()),
+            )
+        })?;
+        let back: OwnedFd = fs::File::open("/proc/thread-self/ns/net")?.into();
+        setns(target.as_raw_fd()).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("entering network namespace {}: {e}", path.display()),
+            )
+        })?;
+        Ok(Self { back })
+    }
+}
+
+fn setns(fd: i32) -> io::Result<()> {
+    // SAFETY: setns on an open namespace fd; it changes only the calling thread.
+    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl Drop for InNetns {
+    fn drop(&mut self) {
+        if let Err(e) = setns(self.back.as_raw_fd()) {
+            // Staying in the wrong namespace would make every later answer wrong.
+            panic!("returning to the original network namespace: {e}");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! binary (`main.rs`) is a thin dispatcher over this library; the privileged tests in
 //! `tests/` drive the same library.
 
+pub mod audit;
 pub mod bpf;
 pub mod cli;
 pub mod commands;
@@ -16,5 +17,7 @@ pub mod hoststats;
 pub mod logging;
 pub mod metrics;
 pub mod policy;
+pub mod probe;
+pub mod sockets;
 pub mod state;
 pub mod sys;

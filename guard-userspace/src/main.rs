@@ -24,6 +24,7 @@ fn main() -> ExitCode {
         } => guard::commands::apply(&cli.run_dir, file, *confirm_within),
         Command::Confirm => guard::commands::confirm(&cli.run_dir),
         Command::Events { follow, json: _ } => guard::commands::events(&cli.run_dir, *follow),
+        Command::Audit(args) => guard::commands::audit(&cli.run_dir, args),
         Command::Unload => guard::commands::unload(&cli.pin_dir, &cli.run_dir),
     };
     match result {
