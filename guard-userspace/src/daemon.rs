@@ -20,8 +20,10 @@
 //! `guard unload` detaches.
 
 use std::{
+    collections::BTreeSet,
     ffi::OsString,
     fs,
+    net::IpAddr,
     net::SocketAddr,
     os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
     path::{Path, PathBuf},
@@ -56,7 +58,10 @@ use crate::{
     host,
     hoststats::{self, HostStats},
     logging, metrics,
-    policy::{self, Checked, PolicySource, model::InterfaceSpec},
+    policy::{
+        self, Checked, PolicySource,
+        model::{InterfaceSpec, Proto},
+    },
     state::{self, Attached, State},
 };
 
@@ -152,6 +157,8 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
         reloads: Reloads::default(),
         decoder: Arc::new(Decoder::new(Vec::new())),
         recent: Arc::default(),
+        policy: None,
+        unexpected: None,
     };
     if let Err(err) = daemon.apply(source, text, checked, "start") {
         if !adopting {
@@ -223,6 +230,10 @@ struct Daemon {
     decoder: Arc<Decoder>,
     /// Recent events for `guard events`, filled by the event reader and by policy changes.
     recent: Arc<Mutex<Recent>>,
+    /// The running policy, validated (for the listener audit).
+    policy: Option<policy::model::Policy>,
+    /// Unexpected listeners at the last listener audit (`None` before the first).
+    unexpected: Option<BTreeSet<(Proto, IpAddr, u16)>>,
 }
 
 fn runtime(what: &str, path: &Path, e: std::io::Error) -> Failure {
@@ -417,6 +428,8 @@ impl Daemon {
         self.current = Some(Current { source, text });
         self.reloads.applied += 1;
         self.detectors.configure(&checked.policy.health);
+        self.policy = Some(checked.policy);
+        self.audit_listeners();
         // Parsing a large policy leaves tens of MiB of freed heap behind; hand it back.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
@@ -532,6 +545,7 @@ impl Daemon {
                     programs: &programs,
                     anomalies: &self.detectors.firing(),
                     anomalies_fired: &self.detectors.fired(),
+                    unexpected_listeners: self.unexpected.as_ref().map(BTreeSet::len),
                 });
                 (200, metrics::CONTENT_TYPE, text)
             }
@@ -548,8 +562,57 @@ impl Daemon {
         }
     }
 
-    /// One detector window: reads the counters, logs anomalies that fire or clear.
+    /// The listener audit (`guard audit`'s first part) against the running policy: counts
+    /// unexpected listeners for `guard_unexpected_listeners` and reports each new one.
+    fn audit_listeners(&mut self) {
+        let Some(policy) = &self.policy else {
+            return;
+        };
+        let listeners = match crate::sockets::listeners() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "listener audit: cannot read the listening sockets");
+                return;
+            }
+        };
+        let report = crate::audit::audit(policy, listeners);
+        let mut now = BTreeSet::new();
+        for row in report.violations() {
+            let l = &row.listener;
+            let key = (l.proto, l.address, l.port);
+            let known = self.unexpected.as_ref().is_some_and(|k| k.contains(&key));
+            now.insert(key);
+            if known {
+                continue;
+            }
+            let process = l.processes.first();
+            self.record(json!({
+                "ts": now_secs(),
+                "kind": "unexpected_listener",
+                "proto": l.proto,
+                "dst": l.address,
+                "dport": l.port,
+                "pid": process.map(|p| p.pid),
+                "comm": process.map(|p| p.comm.clone()),
+            }));
+            warn!(
+                target: "guard::event",
+                kind = "unexpected_listener",
+                proto = %l.proto,
+                dst = %l.address,
+                dport = l.port,
+                pid = process.map(|p| p.pid),
+                comm = process.map(|p| p.comm.as_str()),
+                "a socket listens on a port the policy does not expect"
+            );
+        }
+        self.unexpected = Some(now);
+    }
+
+    /// One detector window: audits the listeners, reads the counters, logs anomalies that
+    /// fire or clear.
     fn tick(&mut self, at_secs: f64) {
+        self.audit_listeners();
         let Some(counters) = self.counters() else {
             return;
         };
@@ -783,6 +846,10 @@ fn serve(mut daemon: Daemon) -> Result<(), Failure> {
     runtime.block_on(async move {
         let sig = |kind| signal(kind).map_err(|e| Failure::Runtime(e.to_string()));
         let (mut term, mut int, mut hup) = (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::hangup())?);
+        // A bind() event (denied, or allowed in audit mode) asks for a listener audit soon
+        // after: the socket listens only once listen() follows the bind.
+        let (binds_tx, mut binds) = mpsc::channel::<()>(1);
+        let mut audit_at: Option<Instant> = None;
         if let Some((logger, ring)) = daemon.readers.take() {
             if let Some(logger) = logger {
                 // SAFETY: the logger owns its ring buffer's fd for as long as it lives; the
@@ -794,7 +861,7 @@ fn serve(mut daemon: Daemon) -> Result<(), Failure> {
             // SAFETY: as above, for the event ring buffer.
             let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }
                 .map_err(|e| Failure::Runtime(format!("polling the event ring buffer: {e}")))?;
-            tokio::spawn(pump_events(ring, daemon.decoder.clone(), daemon.recent.clone()));
+            tokio::spawn(pump_events(ring, daemon.decoder.clone(), daemon.recent.clone(), binds_tx));
         }
         let (probe_tx, mut probes) = mpsc::channel::<(Probe, oneshot::Sender<ProbeReply>)>(16);
         if let Some(listener) = daemon.metrics_listener.take() {
@@ -803,7 +870,9 @@ fn serve(mut daemon: Daemon) -> Result<(), Failure> {
             tokio::spawn(serve_http(listener, probe_tx));
         }
         let clock = Instant::now();
-        let mut next_tick = clock;
+        // The first tick is at once; later ones follow the running policy's interval, so a
+        // change of `[health] interval_seconds` takes effect without waiting out the old one.
+        let mut last_tick: Option<Instant> = None;
         let (calls_tx, mut calls) = mpsc::channel::<Call>(16);
         let listener = control_socket(&daemon.run_dir)?;
         tokio::spawn(accept_loop(listener, calls_tx));
@@ -818,6 +887,9 @@ fn serve(mut daemon: Daemon) -> Result<(), Failure> {
         }
         loop {
             let deadline = daemon.pending.as_ref().map(|p| p.deadline);
+            let next_tick = last_tick.map_or(clock, |t| {
+                t + Duration::from_secs(daemon.detectors.interval_seconds().into())
+            });
             tokio::select! {
                 _ = term.recv() => { stop("SIGTERM", &daemon); break; }
                 _ = int.recv() => { stop("SIGINT", &daemon); break; }
@@ -832,9 +904,14 @@ fn serve(mut daemon: Daemon) -> Result<(), Failure> {
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => daemon.rollback(),
                 Some((probe, reply)) = probes.recv() => { let _ = reply.send(daemon.probe(probe)); }
+                Some(()) = binds.recv() => { audit_at.get_or_insert_with(|| Instant::now() + BIND_AUDIT_DELAY); }
+                _ = tokio::time::sleep_until(audit_at.unwrap_or_else(Instant::now)), if audit_at.is_some() => {
+                    audit_at = None;
+                    daemon.audit_listeners();
+                }
                 _ = tokio::time::sleep_until(next_tick) => {
                     daemon.tick(clock.elapsed().as_secs_f64());
-                    next_tick = Instant::now() + Duration::from_secs(daemon.detectors.interval_seconds().into());
+                    last_tick = Some(Instant::now());
                 }
             }
         }
@@ -986,10 +1063,14 @@ async fn forward_changes(
 }
 
 /// Logs every event the kernel sends.
+/// How long after a bind() event the listener audit runs.
+const BIND_AUDIT_DELAY: Duration = Duration::from_millis(500);
+
 async fn pump_events(
     mut fd: AsyncFd<RingBuf<MapData>>,
     decoder: Arc<Decoder>,
     recent: Arc<Mutex<Recent>>,
+    binds: mpsc::Sender<()>,
 ) {
     loop {
         let Ok(mut ready) = fd.readable_mut().await else {
@@ -1001,6 +1082,10 @@ async fn pump_events(
             match decoder.decode(&record) {
                 Some(ev) => {
                     events::log(&ev);
+                    if ev.kind == "bind_denied" {
+                        // Full: an audit is already due.
+                        let _ = binds.try_send(());
+                    }
                     if let (Ok(mut recent), Ok(value)) = (recent.lock(), serde_json::to_value(&ev))
                     {
                         recent.push(value);

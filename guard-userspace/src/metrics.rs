@@ -29,6 +29,9 @@ pub struct Scrape<'a> {
     pub anomalies: &'a [Anomaly],
     /// Anomalies fired since the daemon started, by detector.
     pub anomalies_fired: &'a [(&'static str, u64)],
+    /// Listening sockets the policy does not expect, at the last listener audit (`None`
+    /// before the first).
+    pub unexpected_listeners: Option<usize>,
 }
 
 /// Kernel run statistics of one of guard's programs.
@@ -143,6 +146,16 @@ pub fn families(s: &Scrape<'_>) -> Vec<proto::MetricFamily> {
         )
         .gauge(&[], f64::from(u8::from(s.enforcing))),
     );
+    if let Some(n) = s.unexpected_listeners {
+        push(
+            Family::new(
+                "guard_unexpected_listeners",
+                "Listening sockets the policy does not expect (guard audit), at the last audit",
+                GAUGE,
+            )
+            .gauge(&[], n as f64),
+        );
+    }
     push(
         Family::new(
             "guard_audit_mode",
@@ -499,9 +512,11 @@ mod tests {
             programs: &[],
             anomalies: &[],
             anomalies_fired: &[],
+            unexpected_listeners: Some(2),
         });
         for line in [
             "guard_enforcing 1",
+            "guard_unexpected_listeners 2",
             "guard_policy_generation 4",
             "guard_policy_reloads_total{result=\"rejected\"} 1",
             "guard_rule_packets_total{rule=\"web\",action=\"allow\"} 7",
@@ -539,8 +554,10 @@ mod tests {
             programs: &[],
             anomalies: &[],
             anomalies_fired: &[],
+            unexpected_listeners: None,
         });
         assert!(text.contains("guard_enforcing 0"));
+        assert!(!text.contains("guard_unexpected_listeners"));
         assert!(!text.contains("guard_rule_packets_total"));
     }
 }
