@@ -3,7 +3,7 @@
 //!
 //! Every map is taken by its name from `guard_common::maps`; a missing one is an error.
 
-use std::{os::fd::AsFd as _, path::Path};
+use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -22,8 +22,9 @@ use aya::{
     util::KernelVersion,
 };
 use guard_common::{
-    ConnStats, GENERATIONS, MAX_CLASSES, MAX_RULES, MAX_SRC_ENTRIES, PortStats, RttHist, RuleRef,
-    RuleStats, maps, programs,
+    ClassLens, ConnStats, GENERATIONS, GuardConfig, MAX_CLASSES, MAX_RULES, MAX_SRC_ENTRIES,
+    POLICY_PORTS_LEN, PORTS_LEN, PortStats, RttHist, RuleRef, RuleStats, SrcHashKeyV4,
+    SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index, maps, programs,
 };
 
 use crate::{
@@ -446,6 +447,95 @@ impl Guard {
         Ok(delta.writes() + 1)
     }
 
+    /// Drift: what the kernel's policy maps hold for the active generation, compared with
+    /// what this daemon wrote there. Each difference is described (map, entries that
+    /// differ); none means the kernel judges by exactly the running policy.
+    pub fn verify(&self) -> Result<Vec<String>, LoadError> {
+        let mut found = Vec::new();
+        let flag = Array::<_, u32>::try_from(self.map(maps::ACTIVE)?)
+            .map_err(map_err(maps::ACTIVE))?
+            .get(&0, 0)
+            .map_err(map_err(maps::ACTIVE))?;
+        if flag != self.active {
+            found.push(format!(
+                "{}: the programs judge by generation {flag}, the daemon wrote generation {}",
+                maps::ACTIVE,
+                self.active
+            ));
+        }
+        let Some(expected) = &self.generations[self.active as usize] else {
+            found.push("the active generation's contents are unknown after a failed write".into());
+            return Ok(found);
+        };
+        let read = self.read_generation(self.active)?;
+        for (map, count) in Delta::between(&expected.without_zeros(), &read).counts() {
+            found.push(format!(
+                "{map}: {count} entr{} differ from the running policy",
+                if count == 1 { "y" } else { "ies" }
+            ));
+        }
+        Ok(found)
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map, LoadError> {
+        self.ebpf.map(name).ok_or(LoadError::MissingMap(name))
+    }
+
+    /// The non-zero entries generation `generation` holds in the kernel's policy maps.
+    fn read_generation(&self, generation: u32) -> Result<Contents, LoadError> {
+        let classes = self.capacity.classes_per_generation;
+        let own_class = |c: u32| c / classes == generation & 1;
+        let array = |name: &'static str, len: u32| -> Result<BTreeMap<u32, u32>, LoadError> {
+            let a = Array::<_, u32>::try_from(self.map(name)?).map_err(map_err(name))?;
+            let mut out = BTreeMap::new();
+            for i in 0..len {
+                let index = gen_index(generation, len, i);
+                let v = a.get(&index, 0).map_err(map_err(name))?;
+                if v != 0 {
+                    out.insert(index, v);
+                }
+            }
+            Ok(out)
+        };
+        let config = Array::<_, GuardConfig>::try_from(self.map(maps::CONFIG)?)
+            .map_err(map_err(maps::CONFIG))?
+            .get(&generation, 0)
+            .map_err(map_err(maps::CONFIG))?;
+        let lens = Array::<_, ClassLens>::try_from(self.map(maps::CLASS_LENS)?)
+            .map_err(map_err(maps::CLASS_LENS))?;
+        let mut class_lens = BTreeMap::new();
+        let first = (generation & 1) * classes;
+        for c in first..first + classes {
+            let v = lens.get(&c, 0).map_err(map_err(maps::CLASS_LENS))?;
+            if v != ClassLens::default() {
+                class_lens.insert(c, v);
+            }
+        }
+        Ok(Contents {
+            config,
+            ports: array(maps::PORTS, POLICY_PORTS_LEN)?,
+            listen: array(maps::LISTEN, PORTS_LEN)?.into_keys().collect(),
+            port_slots: array(maps::PORT_SLOTS, PORTS_LEN)?,
+            class_lens,
+            hash_v4: read_hash(
+                self.map(maps::SRC_HASH_V4)?,
+                maps::SRC_HASH_V4,
+                |k: &SrcHashKeyV4| own_class(k.class),
+            )?,
+            hash_v6: read_hash(
+                self.map(maps::SRC_HASH_V6)?,
+                maps::SRC_HASH_V6,
+                |k: &SrcHashKeyV6| own_class(k.class),
+            )?,
+            trie_v4: read_trie(self.map(maps::SRC_V4)?, maps::SRC_V4, |k: &SrcKeyV4| {
+                own_class(u32::from_be_bytes(k.class))
+            })?,
+            trie_v6: read_trie(self.map(maps::SRC_V6)?, maps::SRC_V6, |k: &SrcKeyV6| {
+                own_class(u32::from_be_bytes(k.class))
+            })?,
+        })
+    }
+
     /// The XDP ingress program (for BPF_PROG_TEST_RUN).
     pub fn xdp(&self) -> &Xdp {
         program(&self.ebpf, programs::XDP_INGRESS).expect("loaded in Guard::load")
@@ -816,6 +906,38 @@ fn write_trie<K: aya::Pod>(
             .map_err(map_err(name))?;
     }
     Ok(())
+}
+
+fn read_hash<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &Map,
+    name: &'static str,
+    keep: impl Fn(&K) -> bool,
+) -> Result<std::collections::HashMap<K, RuleRef>, LoadError> {
+    let hash = HashMap::<_, K, RuleRef>::try_from(map).map_err(map_err(name))?;
+    let mut out = std::collections::HashMap::new();
+    for entry in hash.iter() {
+        let (k, v) = entry.map_err(map_err(name))?;
+        if keep(&k) {
+            out.insert(k, v);
+        }
+    }
+    Ok(out)
+}
+
+fn read_trie<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &Map,
+    name: &'static str,
+    keep: impl Fn(&K) -> bool,
+) -> Result<std::collections::HashMap<(u32, K), RuleRef>, LoadError> {
+    let trie = LpmTrie::<_, K, RuleRef>::try_from(map).map_err(map_err(name))?;
+    let mut out = std::collections::HashMap::new();
+    for entry in trie.iter() {
+        let (k, v) = entry.map_err(map_err(name))?;
+        if keep(&k.data()) {
+            out.insert((k.prefix_len(), k.data()), v);
+        }
+    }
+    Ok(out)
 }
 
 /// Counters read from maps pinned by a running (or crashed) daemon.

@@ -118,6 +118,24 @@ pub enum Command {
     ///
     /// Example: guard audit --json; guard audit --probe 198.18.0.1 --netns client
     Audit(AuditArgs),
+    /// Host checks: routes, network sysctls, other firewall layers and BPF programs on
+    /// guard's hooks, drift between the kernel's maps and the running policy, permissions,
+    /// kernel and BPF features. Each finding has a severity and a fix; exit 1 on errors.
+    ///
+    /// Example: guard doctor; guard doctor --netns web1 --policy web1.toml --json
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Judge other firewall layers and routes by this policy file instead of the
+        /// running daemon's policy.
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+        /// Run the network checks (routes, sysctls, firewall rules) inside this network
+        /// namespace (a name from `ip netns`, or a path such as /proc/PID/ns/net).
+        #[arg(long, value_name = "NAME")]
+        netns: Option<String>,
+    },
     /// Detach guard's programs and remove its pins (and stop the daemon if it runs).
     ///
     /// Stopping the daemon leaves enforcement in place; this is the way to remove it.

@@ -580,3 +580,41 @@ fn audit_probe(
     }
     Ok(())
 }
+
+/// `guard doctor`: exit 1 when any finding is an error.
+pub fn doctor(
+    pin_dir: &Path,
+    run_dir: &Path,
+    json: bool,
+    policy_file: Option<&Path>,
+    netns: Option<&str>,
+) -> Result<(), Failure> {
+    use crate::doctor;
+    // The running daemon's policy when there is one; no policy is not an error here.
+    let policy = match policy_for(run_dir, policy_file) {
+        Ok((_, p)) => Some(p),
+        Err(e) if policy_file.is_some() => return Err(e),
+        Err(_) => None,
+    };
+    let places = doctor::Places {
+        run_dir,
+        pin_dir,
+        policy_file,
+    };
+    let report = doctor::run(&places, policy.as_ref(), netns)
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    if json {
+        let mut v = serde_json::to_value(&report).expect("serialisable");
+        v["netns"] = netns.into();
+        println!("{v}");
+    } else {
+        print!("{}", doctor::render(&report));
+    }
+    if report.errors > 0 {
+        return Err(Failure::Invalid(format!(
+            "guard doctor: {} error(s)",
+            report.errors
+        )));
+    }
+    Ok(())
+}

@@ -4,6 +4,7 @@
 //! stays usable, and the daemon is never harmed by what a client sends.
 //!
 //! Requests: `{"version":1,"cmd":"status"}`, `"stats"`, `"confirm"`, `"unload"`, `"policy"`,
+//! `"verify"`,
 //! `{"version":1,"cmd":"events","since":0}`, and
 //! `{"version":1,"cmd":"apply","name":"FILE","policy":"<toml>","confirm_within":30}`.
 //! Replies: `{"version":1,"ok":true,"data":{...}}` or
@@ -50,6 +51,8 @@ pub enum Request {
     Unload {},
     /// The running policy: its name, text and hash.
     Policy {},
+    /// Drift: the kernel's policy maps compared with the running policy.
+    Verify {},
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -710,6 +710,13 @@ impl Daemon {
                 }
                 None => (Reply::error("nothing to confirm"), false),
             },
+            Request::Verify {} => match &self.guard {
+                Some(guard) => match guard.verify() {
+                    Ok(drift) => (Reply::ok(json!({ "drift": drift })), false),
+                    Err(e) => (Reply::error(error_chain(&e)), false),
+                },
+                None => (Reply::error("no programs loaded"), false),
+            },
             Request::Policy {} => match (&self.current, &self.state) {
                 (Some(current), Some(st)) => (
                     Reply::ok(json!({

@@ -109,6 +109,16 @@ impl Contents {
         }
     }
 
+    /// The same contents without array entries whose value is zero (what reading the
+    /// kernel's arrays back yields: a zero entry is indistinguishable from an unset one).
+    pub fn without_zeros(&self) -> Self {
+        let mut c = self.clone();
+        c.ports.retain(|_, v| *v != 0);
+        c.port_slots.retain(|_, v| *v != 0);
+        c.class_lens.retain(|_, v| *v != ClassLens::default());
+        c
+    }
+
     /// Entries of the source hashes and tries (what their capacity must hold).
     pub fn source_entries(&self) -> [usize; 4] {
         [
@@ -185,6 +195,38 @@ fn keyed_changes<K: Copy + Eq + std::hash::Hash>(
 }
 
 impl Delta {
+    /// Entries this delta writes, per map that has any (by `guard_common::maps` name).
+    pub fn counts(&self) -> Vec<(&'static str, usize)> {
+        use guard_common::maps;
+        let keyed = |c: usize, d: usize| c + d;
+        [
+            (maps::CONFIG, usize::from(self.config.is_some())),
+            (maps::PORTS, self.ports.len()),
+            (maps::LISTEN, self.listen.len()),
+            (maps::PORT_SLOTS, self.port_slots.len()),
+            (maps::CLASS_LENS, self.class_lens.len()),
+            (
+                maps::SRC_HASH_V4,
+                keyed(self.hash_v4.delete.len(), self.hash_v4.insert.len()),
+            ),
+            (
+                maps::SRC_HASH_V6,
+                keyed(self.hash_v6.delete.len(), self.hash_v6.insert.len()),
+            ),
+            (
+                maps::SRC_V4,
+                keyed(self.trie_v4.delete.len(), self.trie_v4.insert.len()),
+            ),
+            (
+                maps::SRC_V6,
+                keyed(self.trie_v6.delete.len(), self.trie_v6.insert.len()),
+            ),
+        ]
+        .into_iter()
+        .filter(|&(_, n)| n > 0)
+        .collect()
+    }
+
     /// The writes that make a generation holding `old` hold `new`.
     pub fn between(old: &Contents, new: &Contents) -> Self {
         let listen_old: BTreeMap<u32, u32> = old.listen.iter().map(|&i| (i, 1)).collect();

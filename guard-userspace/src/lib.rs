@@ -9,6 +9,7 @@ pub mod commands;
 pub mod counters;
 pub mod ctl;
 pub mod daemon;
+pub mod doctor;
 pub mod events;
 pub mod generation;
 pub mod health;

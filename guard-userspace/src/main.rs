@@ -25,6 +25,17 @@ fn main() -> ExitCode {
         Command::Confirm => guard::commands::confirm(&cli.run_dir),
         Command::Events { follow, json: _ } => guard::commands::events(&cli.run_dir, *follow),
         Command::Audit(args) => guard::commands::audit(&cli.run_dir, args),
+        Command::Doctor {
+            json,
+            policy,
+            netns,
+        } => guard::commands::doctor(
+            &cli.pin_dir,
+            &cli.run_dir,
+            *json,
+            policy.as_deref(),
+            netns.as_deref(),
+        ),
         Command::Unload => guard::commands::unload(&cli.pin_dir, &cli.run_dir),
     };
     match result {

@@ -93,3 +93,111 @@ pub fn prog_run_stats(prog: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
         |offset: usize| u64::from_ne_bytes(info.0[offset..offset + 8].try_into().expect("8 bytes"));
     Ok((at(PROG_INFO_RUN_CNT), at(PROG_INFO_RUN_TIME_NS)))
 }
+
+/// What `BPF_OBJ_GET_INFO_BY_FD` tells of a link: its type (`bpf_link_type`), the program it
+/// runs, and for XDP and tcx links the interface (0 once detached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub link_type: u32,
+    pub prog_id: u32,
+    pub ifindex: u32,
+}
+
+/// `BPF_LINK_TYPE_XDP`.
+pub const LINK_TYPE_XDP: u32 = 6;
+
+pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
+    #[repr(C)]
+    struct Attr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    // type, id, prog_id, padding, then the per-type union (8-byte aligned).
+    #[repr(C, align(8))]
+    struct Info([u8; 64]);
+    let mut info = Info([0; 64]);
+    let attr = Attr {
+        bpf_fd: link.as_raw_fd() as u32,
+        info_len: 64,
+        info: info.0.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
+    let at = |o: usize| u32::from_ne_bytes(info.0[o..o + 4].try_into().expect("4 bytes"));
+    Ok(LinkInfo {
+        link_type: at(0),
+        prog_id: at(8),
+        ifindex: at(16),
+    })
+}
+
+const BPF_PROG_QUERY: libc::c_long = 16;
+/// `BPF_F_QUERY_EFFECTIVE`: include programs inherited from ancestor cgroups.
+pub const QUERY_EFFECTIVE: u32 = 1;
+
+/// The ids of the programs attached to `target` (a cgroup directory's fd) at `attach_type`
+/// (BPF_PROG_QUERY).
+pub fn prog_query(target: BorrowedFd<'_>, attach_type: u32, flags: u32) -> io::Result<Vec<u32>> {
+    #[repr(C)]
+    struct Attr {
+        target_fd: u32,
+        attach_type: u32,
+        query_flags: u32,
+        attach_flags: u32,
+        prog_ids: u64,
+        prog_cnt: u32,
+        _pad: u32,
+        prog_attach_flags: u64,
+        link_ids: u64,
+        link_attach_flags: u64,
+        revision: u64,
+    }
+    let mut ids = vec![0u32; 256];
+    let mut attr = Attr {
+        target_fd: target.as_raw_fd() as u32,
+        attach_type,
+        query_flags: flags,
+        attach_flags: 0,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        _pad: 0,
+        prog_attach_flags: 0,
+        link_ids: 0,
+        link_attach_flags: 0,
+        revision: 0,
+    };
+    // SAFETY: as in `bpf`; the kernel writes at most prog_cnt ids and updates prog_cnt.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_QUERY,
+            &raw mut attr,
+            size_of::<Attr>(),
+        )
+    };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let count = attr.prog_cnt as usize;
+    ids.truncate(count.min(256));
+    Ok(ids)
+}
+
+const BPF_LINK_DETACH: libc::c_long = 34;
+
+/// Detaches a link from its hook (BPF_LINK_DETACH): the program stops running there while
+/// the link object (and its pin) stays. `guard unload` does not need it; tests use it to
+/// show what `guard doctor` says of a detached link.
+pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
+    #[repr(C)]
+    struct Attr {
+        link_fd: u32,
+    }
+    bpf(
+        BPF_LINK_DETACH,
+        &Attr {
+            link_fd: link.as_raw_fd() as u32,
+        },
+    )
+    .map(drop)
+}

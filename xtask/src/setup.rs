@@ -33,7 +33,7 @@ pub enum Needs {
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev"];
 /// `ip` and `tc` for network namespaces, veth pairs and the RTT-anomaly test's rate limit,
 /// `bpftool` to inspect cgroup attachments, `prometheus` for `promtool check metrics`.
-const TEST_PACKAGES: &[&str] = &["iproute2", "bpftool", "prometheus"];
+const TEST_PACKAGES: &[&str] = &["iproute2", "bpftool", "prometheus", "nftables", "iptables"];
 /// The peer (xdp-filter) and the tool that runs it under BPF_PROG_TEST_RUN.
 const BENCH_PACKAGES: &[&str] = &["iproute2", "bpftool", "xdp-tools"];
 
