@@ -1256,19 +1256,8 @@ fn guard_checks(places: &Places<'_>) -> (Vec<Finding>, Option<State>) {
         }
     }
     let pin_dir = st.as_ref().map_or(places.pin_dir, |s| s.pin_dir.as_path());
-    if let Ok(entries) = fs::read_dir(pin_dir) {
-        let mut open = Vec::new();
-        for e in entries.flatten() {
-            if let Ok(m) = e.metadata()
-                && m.permissions().mode() & 0o077 != 0
-            {
-                open.push(format!(
-                    "{} ({:04o})",
-                    e.file_name().to_string_lossy(),
-                    m.permissions().mode() & 0o7777
-                ));
-            }
-        }
+    if pin_dir.is_dir() {
+        let open = open_pins(pin_dir, 2);
         if open.is_empty() {
             out.push(finding(
                 "permissions",
@@ -1286,6 +1275,31 @@ fn guard_checks(places: &Places<'_>) -> (Vec<Finding>, Option<State>) {
         }
     }
     (out, st)
+}
+
+/// Pins under `dir` (to `depth` levels) other users can open, and directories they can
+/// write (add or remove pins in), as `path (mode)`.
+fn open_pins(dir: &Path, depth: u32) -> Vec<String> {
+    let mut open = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return open;
+    };
+    for e in entries.flatten() {
+        let Ok(m) = e.metadata() else { continue };
+        let mode = m.permissions().mode();
+        let too_open = if m.is_dir() {
+            mode & 0o022 != 0
+        } else {
+            mode & 0o077 != 0
+        };
+        if too_open {
+            open.push(format!("{} ({:04o})", e.path().display(), mode & 0o7777));
+        }
+        if m.is_dir() && depth > 1 {
+            open.extend(open_pins(&e.path(), depth - 1));
+        }
+    }
+    open
 }
 
 fn kernel_checks() -> Vec<Finding> {

@@ -366,6 +366,12 @@ impl Daemon {
         require_root();
         let dirs = Dirs::new();
         std::fs::create_dir_all(&dirs.run_dir).expect("create run dir");
+        // Root-only, as the daemon makes its own (`guard doctor` checks it).
+        std::fs::set_permissions(
+            &dirs.run_dir,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
+        )
+        .expect("chmod run dir");
         let mut daemon = Self {
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
