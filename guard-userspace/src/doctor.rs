@@ -1170,7 +1170,7 @@ fn guard_checks(places: &Places<'_>) -> (Vec<Finding>, Option<State>) {
                     "integrity",
                     Severity::Error,
                     format!("drift: {d}"),
-                    "something other than guard wrote guard's maps: find it (bpftool map), then `guard apply` the policy to rewrite them",
+                    "something other than guard wrote guard's maps: find it (bpftool map), then restart the daemon: it loads fresh policy maps and switches its pinned links to them without a gap",
                 ));
             }
         }
