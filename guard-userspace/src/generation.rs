@@ -371,6 +371,33 @@ tcp = [22, 80, 443]
     }
 
     #[test]
+    fn drift_counts_name_the_maps_that_differ() {
+        let l = lowered(ZONES);
+        let expected = Contents::of(&l, 0, 64);
+        let mut read = expected.without_zeros();
+        assert!(
+            Delta::between(&expected.without_zeros(), &read)
+                .counts()
+                .is_empty()
+        );
+        // A port entry written behind the daemon's back, and a source entry removed.
+        read.ports.insert(7, 1);
+        let key = *read.hash_v4.keys().next().expect("a hashed source");
+        read.hash_v4.remove(&key);
+        assert_eq!(
+            Delta::between(&expected.without_zeros(), &read).counts(),
+            [
+                (guard_common::maps::PORTS, 1),
+                (guard_common::maps::SRC_HASH_V4, 1)
+            ]
+        );
+        // Zero array values read back as absent.
+        let mut zeroed = expected.clone();
+        zeroed.ports.insert(9, 0);
+        assert_eq!(zeroed.without_zeros(), expected.without_zeros());
+    }
+
+    #[test]
     fn applying_a_delta_yields_the_new_contents() {
         let before = lowered(ZONES);
         let text = ZONES

@@ -74,24 +74,32 @@ const PROG_INFO_LEN: usize = 256;
 /// A program's kernel run statistics (BPF_OBJ_GET_INFO_BY_FD): (runs, run time in ns).
 /// Both stay 0 unless `kernel.bpf_stats_enabled` is 1.
 pub fn prog_run_stats(prog: BorrowedFd<'_>) -> io::Result<(u64, u64)> {
+    let info = obj_info::<PROG_INFO_LEN>(prog)?;
+    let at =
+        |offset: usize| u64::from_ne_bytes(info[offset..offset + 8].try_into().expect("8 bytes"));
+    Ok((at(PROG_INFO_RUN_CNT), at(PROG_INFO_RUN_TIME_NS)))
+}
+
+/// The first `N` bytes of an object's `bpf_*_info` (BPF_OBJ_GET_INFO_BY_FD); the kernel
+/// fills what it knows and leaves the rest zero.
+fn obj_info<const N: usize>(fd: BorrowedFd<'_>) -> io::Result<[u8; N]> {
     #[repr(C)]
     struct Attr {
         bpf_fd: u32,
         info_len: u32,
         info: u64,
     }
+    // The info structs hold u64 fields: 8-byte alignment.
     #[repr(C, align(8))]
-    struct Info([u8; PROG_INFO_LEN]);
-    let mut info = Info([0; PROG_INFO_LEN]);
+    struct Info<const N: usize>([u8; N]);
+    let mut info = Info([0; N]);
     let attr = Attr {
-        bpf_fd: prog.as_raw_fd() as u32,
-        info_len: PROG_INFO_LEN as u32,
+        bpf_fd: fd.as_raw_fd() as u32,
+        info_len: N as u32,
         info: info.0.as_mut_ptr() as u64,
     };
     bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
-    let at =
-        |offset: usize| u64::from_ne_bytes(info.0[offset..offset + 8].try_into().expect("8 bytes"));
-    Ok((at(PROG_INFO_RUN_CNT), at(PROG_INFO_RUN_TIME_NS)))
+    Ok(info.0)
 }
 
 /// What `BPF_OBJ_GET_INFO_BY_FD` tells of a link: its type (`bpf_link_type`), the program it
@@ -107,23 +115,9 @@ pub struct LinkInfo {
 pub const LINK_TYPE_XDP: u32 = 6;
 
 pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
-    #[repr(C)]
-    struct Attr {
-        bpf_fd: u32,
-        info_len: u32,
-        info: u64,
-    }
     // type, id, prog_id, padding, then the per-type union (8-byte aligned).
-    #[repr(C, align(8))]
-    struct Info([u8; 64]);
-    let mut info = Info([0; 64]);
-    let attr = Attr {
-        bpf_fd: link.as_raw_fd() as u32,
-        info_len: 64,
-        info: info.0.as_mut_ptr() as u64,
-    };
-    bpf(BPF_OBJ_GET_INFO_BY_FD, &attr)?;
-    let at = |o: usize| u32::from_ne_bytes(info.0[o..o + 4].try_into().expect("4 bytes"));
+    let info = obj_info::<64>(link)?;
+    let at = |o: usize| u32::from_ne_bytes(info[o..o + 4].try_into().expect("4 bytes"));
     Ok(LinkInfo {
         link_type: at(0),
         prog_id: at(8),
