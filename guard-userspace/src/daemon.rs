@@ -568,7 +568,9 @@ impl Daemon {
         let Some(policy) = &self.policy else {
             return;
         };
-        let listeners = match crate::sockets::listeners() {
+        // Processes are looked up only for listeners reported for the first time: the scan
+        // of every process's open files is the costly part.
+        let listeners = match crate::sockets::sockets() {
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, "listener audit: cannot read the listening sockets");
@@ -576,15 +578,21 @@ impl Daemon {
             }
         };
         let report = crate::audit::audit(policy, listeners);
-        let mut now = BTreeSet::new();
-        for row in report.violations() {
-            let l = &row.listener;
-            let key = (l.proto, l.address, l.port);
-            let known = self.unexpected.as_ref().is_some_and(|k| k.contains(&key));
-            now.insert(key);
-            if known {
-                continue;
-            }
+        let key = |l: &crate::sockets::Listener| (l.proto, l.address, l.port);
+        let mut fresh: Vec<crate::sockets::Listener> = report
+            .violations()
+            .map(|row| row.listener.clone())
+            .filter(|l| {
+                !self
+                    .unexpected
+                    .as_ref()
+                    .is_some_and(|k| k.contains(&key(l)))
+            })
+            .collect();
+        // SO_REUSEPORT groups: one report per address and port.
+        fresh.dedup_by_key(|l| key(l));
+        crate::sockets::add_owners(&mut fresh);
+        for l in &fresh {
             let process = l.processes.first();
             self.record(json!({
                 "ts": now_secs(),
@@ -606,7 +614,7 @@ impl Daemon {
                 "a socket listens on a port the policy does not expect"
             );
         }
-        self.unexpected = Some(now);
+        self.unexpected = Some(report.violations().map(|r| key(&r.listener)).collect());
     }
 
     /// One detector window: audits the listeners, reads the counters, logs anomalies that

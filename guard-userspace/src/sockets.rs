@@ -197,6 +197,21 @@ fn dump(family: u8, protocol: u8, states: u32) -> io::Result<Vec<DiagMsg>> {
 /// Every listening TCP socket and bound unconnected UDP socket of this network namespace,
 /// with their processes, sorted by protocol, port and address.
 pub fn listeners() -> io::Result<Vec<Listener>> {
+    let mut found = sockets()?;
+    add_owners(&mut found);
+    Ok(found)
+}
+
+/// Fills in the processes of `listeners` (a scan of every process's open files).
+pub fn add_owners(listeners: &mut [Listener]) {
+    let owners = socket_owners(listeners.iter().map(|l| l.inode).collect());
+    for l in listeners {
+        l.processes = owners.get(&l.inode).cloned().unwrap_or_default();
+    }
+}
+
+/// As [`listeners`], without the processes (no scan of `/proc`).
+pub fn sockets() -> io::Result<Vec<Listener>> {
     let mut found = Vec::new();
     for (proto, ip_proto, states) in [
         (Proto::Tcp, libc::IPPROTO_TCP, 1u32 << TCP_LISTEN),
@@ -221,10 +236,6 @@ pub fn listeners() -> io::Result<Vec<Listener>> {
                 });
             }
         }
-    }
-    let owners = socket_owners(found.iter().map(|l| l.inode).collect());
-    for l in &mut found {
-        l.processes = owners.get(&l.inode).cloned().unwrap_or_default();
     }
     found.sort();
     found.dedup_by(|a, b| a.inode == b.inode);

@@ -320,10 +320,9 @@ fn daemon_exports_unexpected_listeners_on_its_tick_and_on_bind_events() {
         .expect("guard events");
     let events = String::from_utf8_lossy(&events.stdout);
     assert!(
-        events
-            .lines()
-            .any(|l| l.contains("\"unexpected_listener\"")
-                && l.contains(&format!("\"dport\":{port}"))),
+        events.lines().any(|l| l.contains("\"unexpected_listener\"")
+            && l.contains(&format!("\"dport\":{port}"))
+            && l.contains(&format!("\"pid\":{}", std::process::id()))),
         "{events}"
     );
     drop(listener);
