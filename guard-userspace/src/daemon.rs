@@ -223,14 +223,15 @@ struct Daemon {
     /// The /metrics and /health listener until the serve loop takes it, and its address.
     metrics_listener: Option<std::net::TcpListener>,
     metrics_addr: Option<SocketAddr>,
-    /// The anomaly detectors, with the running policy's `[health]`.
+    /// The anomaly detectors' state (configured by the running policy's `[health]`).
     detectors: Detectors,
     reloads: Reloads,
     /// Names the rules of kernel events; given the rules of every policy applied.
     decoder: Arc<Decoder>,
     /// Recent events for `guard events`, filled by the event reader and by policy changes.
     recent: Arc<Mutex<Recent>>,
-    /// The running policy, validated (for the listener audit).
+    /// The running policy, validated: `[health]` for the detectors and health check, the
+    /// rest for the listener audit.
     policy: Option<policy::model::Policy>,
     /// Unexpected listeners at the last listener audit (`None` before the first).
     unexpected: Option<BTreeSet<(Proto, IpAddr, u16)>>,
@@ -427,7 +428,6 @@ impl Daemon {
         );
         self.current = Some(Current { source, text });
         self.reloads.applied += 1;
-        self.detectors.configure(&checked.policy.health);
         self.policy = Some(checked.policy);
         self.audit_listeners();
         // Parsing a large policy leaves tens of MiB of freed heap behind; hand it back.
@@ -526,7 +526,7 @@ impl Daemon {
         match probe {
             Probe::Metrics => {
                 let counters = self.counters();
-                let host = HostStats::read(self.detectors.config().service.as_deref());
+                let host = HostStats::read(self.health().service.as_deref());
                 let programs = match (&self.guard, crate::host::bpf_stats_enabled()) {
                     (Some(guard), true) => guard.program_stats(),
                     _ => Vec::new(),
@@ -552,13 +552,21 @@ impl Daemon {
             Probe::Health => {
                 let verdict = Verdict::judge(
                     self.enforcement(),
-                    &self.detectors.config(),
+                    &self.health(),
                     hoststats::listening,
                     self.detectors.firing(),
                 );
                 let body = serde_json::to_string(&verdict).expect("serialisable");
                 (verdict.code(), "application/json", body)
             }
+        }
+    }
+
+    /// The running policy's `[health]` (the defaults before the first policy).
+    fn health(&self) -> std::borrow::Cow<'_, policy::model::HealthPolicy> {
+        match &self.policy {
+            Some(p) => std::borrow::Cow::Borrowed(&p.health),
+            None => std::borrow::Cow::Owned(Default::default()),
         }
     }
 
@@ -577,17 +585,21 @@ impl Daemon {
                 return;
             }
         };
-        let report = crate::audit::audit(policy, listeners);
+        // Only whether each socket is expected: the exposure matrix is `guard audit`'s.
+        let unexpected: Vec<crate::sockets::Listener> = listeners
+            .into_iter()
+            .filter(|l| !crate::audit::expected(policy, l))
+            .collect();
         let key = |l: &crate::sockets::Listener| (l.proto, l.address, l.port);
-        let mut fresh: Vec<crate::sockets::Listener> = report
-            .violations()
-            .map(|row| row.listener.clone())
+        let mut fresh: Vec<crate::sockets::Listener> = unexpected
+            .iter()
             .filter(|l| {
                 !self
                     .unexpected
                     .as_ref()
                     .is_some_and(|k| k.contains(&key(l)))
             })
+            .cloned()
             .collect();
         // SO_REUSEPORT groups: one report per address and port.
         fresh.dedup_by_key(|l| key(l));
@@ -614,7 +626,7 @@ impl Daemon {
                 "a socket listens on a port the policy does not expect"
             );
         }
-        self.unexpected = Some(report.violations().map(|r| key(&r.listener)).collect());
+        self.unexpected = Some(unexpected.iter().map(key).collect());
     }
 
     /// One detector window: audits the listeners, reads the counters, logs anomalies that
@@ -625,7 +637,12 @@ impl Daemon {
             return;
         };
         let overflows = hoststats::listen_overflows();
-        for change in self.detectors.observe(at_secs, &counters, overflows) {
+        let default = policy::model::HealthPolicy::default();
+        let health = self.policy.as_ref().map_or(&default, |p| &p.health);
+        for change in self
+            .detectors
+            .observe(health, at_secs, &counters, overflows)
+        {
             let (state, a) = match &change {
                 Change::Fired(a) => ("fired", a),
                 Change::Cleared(a) => ("cleared", a),
@@ -903,7 +920,7 @@ fn serve(mut daemon: Daemon) -> Result<(), Failure> {
         loop {
             let deadline = daemon.pending.as_ref().map(|p| p.deadline);
             let next_tick = last_tick.map_or(clock, |t| {
-                t + Duration::from_secs(daemon.detectors.interval_seconds().into())
+                t + Duration::from_secs(daemon.health().interval_seconds.into())
             });
             tokio::select! {
                 _ = term.recv() => { stop("SIGTERM", &daemon); break; }

@@ -20,7 +20,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     fs,
-    net::{Ipv4Addr, Ipv6Addr},
     os::{
         fd::AsFd as _,
         unix::fs::{MetadataExt as _, PermissionsExt as _},
@@ -87,77 +86,6 @@ fn finding(
 // ---------------------------------------------------------------------------------------
 // Routes
 
-/// One route of the main or local table as `/proc/net/route` or `/proc/net/ipv6_route`
-/// lists it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Route {
-    pub dest: IpNet,
-    pub iface: String,
-    pub metric: u32,
-}
-
-const RTF_UP: u32 = 0x1;
-const RTF_REJECT: u32 = 0x200;
-
-/// Parses `/proc/net/route` and `/proc/net/ipv6_route`: routes that are up, not reject
-/// routes, not on `lo`, not multicast.
-pub fn parse_routes(v4: &str, v6: &str) -> Vec<Route> {
-    let mut routes = Vec::new();
-    for line in v4.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
-        if f.len() < 8 {
-            continue;
-        }
-        let hex = |s: &str| u32::from_str_radix(s, 16).ok();
-        let (Some(dest), Some(flags), Some(metric), Some(mask)) =
-            (hex(f[1]), hex(f[3]), f[6].parse().ok(), hex(f[7]))
-        else {
-            continue;
-        };
-        if flags & RTF_UP == 0 || flags & RTF_REJECT != 0 || f[0] == "lo" {
-            continue;
-        }
-        // The kernel prints the address in host byte order of a network-order value.
-        let addr = Ipv4Addr::from(dest.to_le_bytes());
-        let len = mask.count_ones() as u8;
-        if let Ok(net) = ipnet::Ipv4Net::new(addr, len) {
-            routes.push(Route {
-                dest: IpNet::V4(net),
-                iface: f[0].to_owned(),
-                metric,
-            });
-        }
-    }
-    for line in v6.lines() {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        // dest destlen src srclen nexthop metric refcnt use flags iface
-        if f.len() != 10 || f[9] == "lo" {
-            continue;
-        }
-        let (Ok(dest), Ok(len), Ok(metric), Ok(flags)) = (
-            u128::from_str_radix(f[0], 16),
-            u8::from_str_radix(f[1], 16),
-            u32::from_str_radix(f[5], 16),
-            u32::from_str_radix(f[8], 16),
-        ) else {
-            continue;
-        };
-        let addr = Ipv6Addr::from(dest);
-        if flags & RTF_UP == 0 || flags & RTF_REJECT != 0 || addr.is_multicast() {
-            continue;
-        }
-        if let Ok(net) = ipnet::Ipv6Net::new(addr, len) {
-            routes.push(Route {
-                dest: IpNet::V6(net),
-                iface: f[9].to_owned(),
-                metric,
-            });
-        }
-    }
-    routes
-}
-
 fn is_link_local(net: &IpNet) -> bool {
     match net {
         IpNet::V4(n) => n.addr().is_link_local(),
@@ -167,10 +95,10 @@ fn is_link_local(net: &IpNet) -> bool {
 
 /// Judges the routes. `filtered`: the interfaces guard's XDP program judges (`None`: not
 /// known, the interface check is skipped).
-pub fn check_routes(routes: &[Route], filtered: Option<&[String]>) -> Vec<Finding> {
+pub fn check_routes(routes: &[crate::host::Route], filtered: Option<&[String]>) -> Vec<Finding> {
     let mut out = Vec::new();
     for (family, v4) in [("IPv4", true), ("IPv6", false)] {
-        let defaults: Vec<&Route> = routes
+        let defaults: Vec<&crate::host::Route> = routes
             .iter()
             .filter(|r| r.dest.prefix_len() == 0 && matches!(r.dest, IpNet::V4(_)) == v4)
             .collect();
@@ -835,13 +763,6 @@ pub fn check_kernel(
 // ---------------------------------------------------------------------------------------
 // Reading the host
 
-/// A sysctl under `/proc/sys`, trimmed.
-pub fn read_sysctl(key: &str) -> Option<String> {
-    fs::read_to_string(Path::new("/proc/sys").join(key))
-        .ok()
-        .map(|v| v.trim().to_owned())
-}
-
 /// The interfaces of this network namespace, but `lo`.
 fn interfaces() -> Vec<String> {
     let mut names: Vec<String> = fs::read_dir("/proc/sys/net/ipv4/conf")
@@ -873,7 +794,7 @@ fn network_checks(policy: Option<&Policy>) -> Vec<Finding> {
     let mut out = Vec::new();
     let v4 = fs::read_to_string("/proc/thread-self/net/route").unwrap_or_default();
     let v6 = fs::read_to_string("/proc/thread-self/net/ipv6_route").unwrap_or_default();
-    let routes = parse_routes(&v4, &v6);
+    let routes = crate::host::parse_routes(&v4, &v6);
     let filtered: Option<Vec<String>> = policy.map(|p| {
         let mut names = Vec::new();
         for spec in &p.interfaces {
@@ -892,7 +813,7 @@ fn network_checks(policy: Option<&Policy>) -> Vec<Finding> {
         names
     });
     out.extend(check_routes(&routes, filtered.as_deref()));
-    out.extend(check_sysctls(read_sysctl, &interfaces()));
+    out.extend(check_sysctls(crate::host::read_sysctl, &interfaces()));
     let nft = tool("nft", &["-j", "list", "ruleset"]).map(|r| r.and_then(|t| parse_nft(&t)));
     let ipt = |save: &'static str, name: &'static str| {
         tool(save, &[]).map(|r| r.map(|t| parse_iptables_save(&t, name)))
@@ -1326,7 +1247,7 @@ fn kernel_checks() -> Vec<Finding> {
         ("lpm_trie", map(MapType::LpmTrie)),
         ("ringbuf", map(MapType::RingBuf)),
     ];
-    check_kernel(&release, &features, read_sysctl)
+    check_kernel(&release, &features, crate::host::read_sysctl)
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -75,11 +75,10 @@ impl Sample {
 /// Baselines need this many normal windows before the RTT detector judges a port.
 pub const BASELINE_WINDOWS: u32 = 3;
 
-/// The detectors' state across windows.
+/// The detectors' state across windows. Their configuration, the running policy's
+/// `[health]`, is given to each [`Detectors::observe`].
 #[derive(Debug, Default)]
 pub struct Detectors {
-    /// The running policy's `[health]`; `None` before the first policy.
-    config: Option<HealthPolicy>,
     last: Option<Sample>,
     baselines: BTreeMap<(String, u16), Baseline>,
     firing: BTreeMap<(&'static str, String), Anomaly>,
@@ -93,24 +92,6 @@ pub fn p99_us(counts: &[u64]) -> Option<u64> {
 }
 
 impl Detectors {
-    /// Takes a new `[health]` configuration; baselines and firing detectors are kept for
-    /// the ports that stay judged.
-    pub fn configure(&mut self, config: &HealthPolicy) {
-        self.config = Some(config.clone());
-    }
-
-    /// The running policy's `[health]` (the defaults before the first policy).
-    pub fn config(&self) -> std::borrow::Cow<'_, HealthPolicy> {
-        match &self.config {
-            Some(c) => std::borrow::Cow::Borrowed(c),
-            None => std::borrow::Cow::Owned(HealthPolicy::default()),
-        }
-    }
-
-    pub fn interval_seconds(&self) -> u32 {
-        self.config().interval_seconds
-    }
-
     /// The detectors firing now.
     pub fn firing(&self) -> Vec<Anomaly> {
         self.firing.values().cloned().collect()
@@ -121,13 +102,17 @@ impl Detectors {
         self.fired.iter().map(|(&d, &n)| (d, n)).collect()
     }
 
-    /// Judges the window since the previous call (`at_secs` on a monotonic clock).
-    pub fn observe(&mut self, at_secs: f64, counters: &Counters, overflows: u64) -> Vec<Change> {
+    /// Judges the window since the previous call (`at_secs` on a monotonic clock) by
+    /// `config`. A new `config` keeps baselines and firing detectors for the ports that stay
+    /// judged; detectors it switches off stop firing.
+    pub fn observe(
+        &mut self,
+        config: &HealthPolicy,
+        at_secs: f64,
+        counters: &Counters,
+        overflows: u64,
+    ) -> Vec<Change> {
         let now = Sample::of(at_secs, counters, overflows);
-        let Some(config) = self.config.clone() else {
-            self.last = Some(now);
-            return Vec::new();
-        };
         let Some(last) = self.last.replace(now.clone()) else {
             return Vec::new();
         };
@@ -349,7 +334,7 @@ mod tests {
     #[test]
     fn rtt_fires_above_k_times_the_baseline_and_clears_after() {
         let mut d = Detectors::default();
-        d.configure(&config());
+        let c = config();
         // Cumulative counts: 20 samples per window around 16-32 µs (bucket 4).
         let mut total = 0;
         let mut t = 0.0;
@@ -362,7 +347,7 @@ mod tests {
                 *merged.entry(b).or_default() += n;
             }
             let list: Vec<_> = merged.into_iter().collect();
-            d.observe(t, &counters(&list, 0), 0)
+            d.observe(&c, t, &counters(&list, 0), 0)
         };
         let mut history = Vec::new();
         for _ in 0..=BASELINE_WINDOWS {
@@ -388,15 +373,15 @@ mod tests {
     #[test]
     fn too_few_samples_are_not_judged() {
         let mut d = Detectors::default();
-        d.configure(&config());
-        d.observe(0.0, &counters(&[(4, 5)], 0), 0);
+        let c = config();
+        d.observe(&c, 0.0, &counters(&[(4, 5)], 0), 0);
         for (i, t) in [5.0, 10.0, 15.0, 20.0].into_iter().enumerate() {
             let n = 5 + (i as u64 + 1) * 5;
-            assert!(d.observe(t, &counters(&[(4, n)], 0), 0).is_empty());
+            assert!(d.observe(&c, t, &counters(&[(4, n)], 0), 0).is_empty());
         }
         // 9 slow samples: below rtt_min_samples.
         assert!(
-            d.observe(25.0, &counters(&[(4, 25), (12, 9)], 0), 0)
+            d.observe(&c, 25.0, &counters(&[(4, 25), (12, 9)], 0), 0)
                 .is_empty()
         );
     }
@@ -404,14 +389,14 @@ mod tests {
     #[test]
     fn rejection_rate_fires_and_clears() {
         let mut d = Detectors::default();
-        d.configure(&config());
-        d.observe(0.0, &counters(&[], 0), 0);
-        let fired = d.observe(5.0, &counters(&[], 1000), 0);
+        let c = config();
+        d.observe(&c, 0.0, &counters(&[], 0), 0);
+        let fired = d.observe(&c, 5.0, &counters(&[], 1000), 0);
         assert!(
             matches!(&fired[..], [Change::Fired(a)] if a.detector == "rejections" && a.value == 200.0),
             "{fired:?}"
         );
-        let cleared = d.observe(10.0, &counters(&[], 1010), 0);
+        let cleared = d.observe(&c, 10.0, &counters(&[], 1010), 0);
         assert!(matches!(&cleared[..], [Change::Cleared(_)]), "{cleared:?}");
     }
 

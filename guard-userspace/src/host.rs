@@ -1,11 +1,14 @@
-//! Facts about the host: interfaces, default routes, bpffs.
+//! Facts about the host: interfaces, routes, sysctls, bpffs, cgroups, network namespaces.
 
 use std::{
     ffi::CString,
     fs, io,
+    net::{Ipv4Addr, Ipv6Addr},
     os::fd::{AsRawFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
+
+use ipnet::IpNet;
 
 /// The index of interface `name`, if it exists.
 pub fn if_index(name: &str) -> Option<u32> {
@@ -19,30 +22,85 @@ pub fn if_index(name: &str) -> Option<u32> {
 pub fn default_route_interfaces() -> io::Result<Vec<String>> {
     let v4 = fs::read_to_string("/proc/net/route")?;
     let v6 = fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
-    let mut names = parse_default_routes(&v4, &v6);
+    let mut names: Vec<String> = parse_routes(&v4, &v6)
+        .into_iter()
+        .filter(|r| r.dest.prefix_len() == 0)
+        .map(|r| r.iface)
+        .collect();
     names.sort();
     names.dedup();
     Ok(names)
 }
 
-/// Parses `/proc/net/route` and `/proc/net/ipv6_route` texts for default-route interfaces.
-pub fn parse_default_routes(v4: &str, v6: &str) -> Vec<String> {
-    let mut names = Vec::new();
+/// One route of the main or local table as `/proc/net/route` or `/proc/net/ipv6_route`
+/// lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub dest: IpNet,
+    pub iface: String,
+    pub metric: u32,
+}
+
+const RTF_UP: u32 = 0x1;
+const RTF_REJECT: u32 = 0x200;
+
+/// Parses `/proc/net/route` and `/proc/net/ipv6_route`: routes that are up, not reject
+/// routes, not on `lo`, not multicast.
+pub fn parse_routes(v4: &str, v6: &str) -> Vec<Route> {
+    let mut routes = Vec::new();
     for line in v4.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
         // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
-        if f.len() > 7 && f[1] == "00000000" && f[7] == "00000000" {
-            names.push(f[0].to_owned());
+        if f.len() < 8 {
+            continue;
+        }
+        let hex = |s: &str| u32::from_str_radix(s, 16).ok();
+        let (Some(dest), Some(flags), Some(metric), Some(mask)) =
+            (hex(f[1]), hex(f[3]), f[6].parse().ok(), hex(f[7]))
+        else {
+            continue;
+        };
+        if flags & RTF_UP == 0 || flags & RTF_REJECT != 0 || f[0] == "lo" {
+            continue;
+        }
+        // The kernel prints the address in host byte order of a network-order value.
+        let addr = Ipv4Addr::from(dest.to_le_bytes());
+        let len = mask.count_ones() as u8;
+        if let Ok(net) = ipnet::Ipv4Net::new(addr, len) {
+            routes.push(Route {
+                dest: IpNet::V4(net),
+                iface: f[0].to_owned(),
+                metric,
+            });
         }
     }
     for line in v6.lines() {
         let f: Vec<&str> = line.split_whitespace().collect();
-        // dest prefix src srcprefix nexthop metric refcnt use flags iface
-        if f.len() == 10 && f[0].chars().all(|c| c == '0') && f[1] == "00" && f[9] != "lo" {
-            names.push(f[9].to_owned());
+        // dest destlen src srclen nexthop metric refcnt use flags iface
+        if f.len() != 10 || f[9] == "lo" {
+            continue;
+        }
+        let (Ok(dest), Ok(len), Ok(metric), Ok(flags)) = (
+            u128::from_str_radix(f[0], 16),
+            u8::from_str_radix(f[1], 16),
+            u32::from_str_radix(f[5], 16),
+            u32::from_str_radix(f[8], 16),
+        ) else {
+            continue;
+        };
+        let addr = Ipv6Addr::from(dest);
+        if flags & RTF_UP == 0 || flags & RTF_REJECT != 0 || addr.is_multicast() {
+            continue;
+        }
+        if let Ok(net) = ipnet::Ipv6Net::new(addr, len) {
+            routes.push(Route {
+                dest: IpNet::V6(net),
+                iface: f[9].to_owned(),
+                metric,
+            });
         }
     }
-    names
+    routes
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
@@ -125,7 +183,14 @@ fn mount_bpffs(at: &Path) -> io::Result<()> {
 
 /// True when the kernel keeps BPF program run statistics (`kernel.bpf_stats_enabled`).
 pub fn bpf_stats_enabled() -> bool {
-    std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").is_ok_and(|v| v.trim() == "1")
+    read_sysctl("kernel/bpf_stats_enabled").as_deref() == Some("1")
+}
+
+/// A sysctl under `/proc/sys`, trimmed.
+pub fn read_sysctl(key: &str) -> Option<String> {
+    fs::read_to_string(Path::new("/proc/sys").join(key))
+        .ok()
+        .map(|v| v.trim().to_owned())
 }
 
 /// The calling thread inside another network namespace until dropped, when it returns to the

@@ -10,9 +10,7 @@ pub mod kernel;
 pub mod packets;
 
 use std::{
-    fs::File,
     net::Ipv4Addr,
-    os::fd::AsRawFd as _,
     path::PathBuf,
     process::{Child, Command, ExitStatus, Output, Stdio},
     sync::atomic::{AtomicU32, Ordering},
@@ -69,13 +67,10 @@ impl NetNs {
 
     /// Runs `f` on a thread that has entered this namespace; sockets it opens live there.
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
         thread::scope(|s| {
             s.spawn(|| {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: setns on a valid namespace fd; it only affects this thread.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns({path}): {}", std::io::Error::last_os_error());
+                let _inside =
+                    guard::host::InNetns::enter(&self.name).unwrap_or_else(|e| panic!("{e}"));
                 f()
             })
             .join()
