@@ -561,7 +561,7 @@ fn audit_probe(
                 r.port,
                 if r.allowed { "allow" } else { "deny" },
                 r.observed.as_str(),
-                format!("{:?}", r.judgement).to_lowercase(),
+                r.judgement.as_str(),
                 r.note
             );
         }

@@ -1061,8 +1061,8 @@ pub struct Places<'a> {
 }
 
 /// Guard's integrity: daemon, drift, the policy file against what runs; then hooks and
-/// permissions. Returns the findings and the policy to judge other layers by.
-fn guard_checks(places: &Places<'_>) -> (Vec<Finding>, Option<State>) {
+/// permissions.
+fn guard_checks(places: &Places<'_>) -> Vec<Finding> {
     let mut out = Vec::new();
     let st = crate::state::read(places.run_dir).ok();
     let reply = |request| {
@@ -1195,7 +1195,7 @@ fn guard_checks(places: &Places<'_>) -> (Vec<Finding>, Option<State>) {
             ));
         }
     }
-    (out, st)
+    out
 }
 
 /// Pins under `dir` (to `depth` levels) other users can open, and directories they can
@@ -1275,8 +1275,7 @@ pub fn run(
             "",
         ));
     }
-    let (guard, _) = guard_checks(places);
-    findings.extend(guard);
+    findings.extend(guard_checks(places));
     findings.extend(kernel_checks());
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let count = |s| findings.iter().filter(|f| f.severity == s).count();

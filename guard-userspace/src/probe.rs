@@ -67,6 +67,17 @@ pub enum Judgement {
     Info,
 }
 
+impl Judgement {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Judgement::Ok => "ok",
+            Judgement::Violation => "violation",
+            Judgement::Warning => "warning",
+            Judgement::Info => "info",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ProbeResult {
     pub proto: Proto,

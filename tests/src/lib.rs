@@ -36,6 +36,17 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{}x{n}", std::process::id() % 100_000)
 }
 
+/// A command's stdout parsed as JSON, panicking with its output when it is not.
+pub fn json_stdout(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
 /// Runs a command, panicking with its output when it fails.
 pub fn sh(args: &[&str]) -> Output {
     let out = Command::new(args[0])

@@ -6,23 +6,12 @@
 
 use std::{
     net::{SocketAddr, TcpListener, UdpSocket},
-    process::Output,
     thread,
     time::{Duration, Instant},
 };
 
-use guard_tests::{Daemon, Dirs, NetNs, PolicyFile, TestNet};
+use guard_tests::{Daemon, Dirs, NetNs, PolicyFile, TestNet, json_stdout};
 use serde_json::Value;
-
-fn json_of(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 fn row<'a>(report: &'a Value, proto: &str, port: u16) -> &'a Value {
     report["listeners"]
@@ -96,7 +85,7 @@ fn audit_in_a_namespace_finds_unexpected_listeners_and_exposure() {
         "unexpected listeners exit 1: {}",
         String::from_utf8_lossy(&dirty.stderr)
     );
-    let report = json_of(&dirty);
+    let report = json_stdout(&dirty);
     assert_eq!(report["unexpected_listeners"], 2, "{report}");
     assert_eq!(report["netns"], ns.name.as_str());
     let db = row(&report, "tcp", 5432);
@@ -139,7 +128,7 @@ fn audit_in_a_namespace_finds_unexpected_listeners_and_exposure() {
         "no unexpected listener: exit 0: {}",
         String::from_utf8_lossy(&clean.stdout)
     );
-    assert_eq!(json_of(&clean)["unexpected_listeners"], 0);
+    assert_eq!(json_stdout(&clean)["unexpected_listeners"], 0);
 
     // The human table says the same.
     let text = ns.run(|| {
@@ -233,7 +222,7 @@ fn probe_from_a_namespace_shows_closed_ports_closed() {
 
     // Judged by the running policy: everything is as it says.
     let out = probe(None);
-    let report = json_of(&out);
+    let report = json_stdout(&out);
     assert!(out.status.success(), "{report}");
     assert_eq!(report["source"], net.peer_ip.to_string());
     let result = |report: &Value, p: u16| -> (String, String) {
@@ -260,8 +249,8 @@ fn probe_from_a_namespace_shows_closed_ports_closed() {
             .replace("from = [\"lab\"]", "from = [\"192.0.2.0/24\"]"),
     );
     let out = probe(Some(&intended));
-    assert_eq!(out.status.code(), Some(1), "{}", json_of(&out));
-    let report = json_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{}", json_stdout(&out));
+    let report = json_stdout(&out);
     assert_eq!(report["violations"], 1);
     assert_eq!(result(&report, port), ("open".into(), "violation".into()));
     drop((web, admin));

@@ -9,20 +9,10 @@
 //!   (drift), another program on a cgroup hook, guard's XDP link detached and another XDP
 //!   program in its place.
 
-use std::{os::fd::AsFd as _, os::unix::fs::PermissionsExt as _, process::Output};
+use std::{os::fd::AsFd as _, os::unix::fs::PermissionsExt as _};
 
-use guard_tests::{Daemon, NetNs, PolicyFile, TestNet, kernel, sh};
+use guard_tests::{Daemon, NetNs, PolicyFile, TestNet, json_stdout, kernel, sh};
 use serde_json::Value;
-
-fn report(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 /// Messages of the findings of `checks` with `severity`.
 fn messages(report: &Value, checks: &[&str], severity: &str) -> Vec<String> {
@@ -119,7 +109,7 @@ fn network_checks_in_a_namespace_show_each_finding_and_its_absence() {
             .expect("run guard doctor")
     };
 
-    let clean = report(&doctor());
+    let clean = json_stdout(&doctor());
     assert!(
         messages(&clean, &NETWORK, "warning").is_empty()
             && messages(&clean, &NETWORK, "error").is_empty(),
@@ -187,7 +177,7 @@ fn network_checks_in_a_namespace_show_each_finding_and_its_absence() {
 
     let out = doctor();
     assert_eq!(out.status.code(), Some(1), "errors exit 1");
-    let dirty = report(&out);
+    let dirty = json_stdout(&out);
     let warnings = messages(&dirty, &NETWORK, "warning");
     assert!(
         has(&warnings, "net.ipv4.ip_forward = 1, recommended 0"),
@@ -256,7 +246,7 @@ fn integrity_hooks_and_permissions_with_a_running_daemon() {
             .args(["doctor", "--json"])
             .output()
             .expect("run guard doctor");
-        report(&out)
+        json_stdout(&out)
     };
 
     let clean = doctor(&daemon);
@@ -366,7 +356,7 @@ fn integrity_hooks_and_permissions_with_a_running_daemon() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let errors = messages(&report(&out), &["bpf-hooks"], "error");
+    let errors = messages(&json_stdout(&out), &["bpf-hooks"], "error");
     assert!(
         has(&errors, &format!("XDP on {} runs id", net.host_if))
             && has(&errors, "which is not guard's"),
