@@ -36,6 +36,12 @@ pub mod maps {
     pub const SRC_V4: &str = "GUARD_SRC_V4";
     /// `LpmTrie<SrcKeyV6, RuleRef>`: as [`SRC_V4`] for IPv6.
     pub const SRC_V6: &str = "GUARD_SRC_V6";
+    /// `Array<u32>`, [`super::PROTOS_LEN`] entries per generation indexed by IP protocol
+    /// number: how packets of protocols without ports in guard's model (everything but TCP,
+    /// UDP and UDP-Lite) are judged, with the same encoding as [`PORTS`] (a class, or a
+    /// direct rule); 0 = the policy default. The ICMP (1) and ICMPv6 (58) entries judge echo
+    /// requests only: other ICMP messages always pass.
+    pub const PROTOS: &str = "GUARD_PROTOS";
     /// `PerCpuArray<RuleStats>` indexed by rule index.
     pub const RULE_STATS: &str = "GUARD_RULES";
     /// `PerCpuArray<u64>` indexed by the `REASON_*` constants.
@@ -72,8 +78,9 @@ pub mod maps {
     pub const SOCKETS: &str = "GUARD_SOCKS";
 
     /// Every map the loader must find in the object.
-    pub const ALL: [&str; 21] = [
+    pub const ALL: [&str; 22] = [
         ACTIVE,
+        PROTOS,
         LISTEN,
         BIND_DENIED,
         CONN_STATS,
@@ -132,6 +139,8 @@ pub mod programs {
     pub const SENDMSG6: &str = "guard_sendmsg6";
     /// cgroup sock_ops connection accounting.
     pub const SOCK_OPS: &str = "guard_sock_ops";
+    /// cgroup `socket()` hook: UDP-Lite sockets, which the kernel's connect hook never sees.
+    pub const SOCK_CREATE: &str = "guard_sock_create";
 }
 
 /// Whole-policy mode, in [`GuardConfig::mode`].
@@ -185,6 +194,33 @@ pub const PORT_VALUE_MASK: u32 = (1 << PORT_ACTION_SHIFT) - 1;
 /// Kept for readers of the class part.
 pub const PORT_CLASS_MASK: u32 = PORT_VALUE_MASK;
 
+/// Entries of [`maps::PROTOS`] per generation: one per IP protocol number.
+pub const PROTOS_LEN: u32 = 256;
+
+/// IP protocol numbers the programs treat specially.
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_TCP: u8 = 6;
+pub const IPPROTO_UDP: u8 = 17;
+pub const IPPROTO_ICMPV6: u8 = 58;
+/// UDP-Lite: judged exactly like UDP (same ports, same rules, same `[listen]` entries).
+pub const IPPROTO_UDPLITE: u8 = 136;
+/// Multipath TCP sockets (`sk_protocol` 262): judged like TCP at the socket hooks.
+pub const IPPROTO_MPTCP: u32 = 262;
+/// ICMP echo request types (IPv4, IPv6): the only ICMP messages a policy judges.
+pub const ICMP_ECHO_REQUEST: u8 = 8;
+pub const ICMPV6_ECHO_REQUEST: u8 = 128;
+
+/// The ingress protocol slot ([`PROTO_IDX_TCP`] or [`PROTO_IDX_UDP`]) of an IP protocol
+/// judged by ports, or `None` for protocols judged as a whole ([`maps::PROTOS`]).
+#[inline(always)]
+pub const fn port_proto_idx(ip_proto: u32) -> Option<u32> {
+    match ip_proto {
+        6 | IPPROTO_MPTCP => Some(PROTO_IDX_TCP),
+        17 | 136 => Some(PROTO_IDX_UDP),
+        _ => None,
+    }
+}
+
 /// Index into [`maps::PORTS`] for a protocol slot and destination port.
 #[inline(always)]
 pub const fn port_index(proto_idx: u32, port: u16) -> u32 {
@@ -210,11 +246,17 @@ pub const REASON_MALFORMED: u32 = 1;
 pub const REASON_UNSUPPORTED: u32 = 2;
 /// IPv4/IPv6 fragments after the first: no ports to judge, passed (see the README).
 pub const REASON_FRAGMENT_PASSED: u32 = 3;
-/// Packets that are not TCP or UDP over IP (ARP, ICMP, ...): passed.
-pub const REASON_NOT_TCP_UDP: u32 = 4;
+/// Frames that are not IP (ARP, LLDP, ...): passed, below the policy.
+pub const REASON_NOT_IP: u32 = 4;
 /// Packets the policy would drop that passed as replies to flows the host started.
 pub const REASON_REPLY_PASSED: u32 = 5;
-pub const REASONS_LEN: u32 = 6;
+/// ICMP and ICMPv6 messages other than echo requests (errors, path MTU, neighbour
+/// discovery): passed, so the network keeps working under default deny.
+pub const REASON_ICMP_PASSED: u32 = 6;
+/// Packets that arrived before a policy was written (the loader writes before it attaches,
+/// so this stays 0): passed.
+pub const REASON_UNCONFIGURED: u32 = 7;
+pub const REASONS_LEN: u32 = 8;
 
 /// Counter indices in [`maps::EVENT_STATS`].
 pub const EVENTS_SENT: u32 = 0;
@@ -288,7 +330,10 @@ pub struct GuardConfig {
     pub udp_flow_timeout_ns: u64,
     /// 1 when `[listen]` is present: `bind()` outside it is denied (audit: reported).
     pub listen_enforced: u32,
-    pub _pad: u32,
+    /// 1 when `[[egress]]` denies (or audits) some UDP destinations: then UDP-Lite sockets
+    /// may not be created in the cgroup (enforce mode), because the kernel runs no connect
+    /// hook for UDP-Lite, so a connected UDP-Lite socket could not be judged.
+    pub udplite_denied: u32,
 }
 
 /// Value of the source tries: which rule matched and what it asks for.
@@ -366,7 +411,7 @@ pub struct FlowKey {
     pub remote: [u8; 16],
     pub local_port: u16,
     pub remote_port: u16,
-    /// IPPROTO_TCP or IPPROTO_UDP.
+    /// IPPROTO_TCP, IPPROTO_UDP or IPPROTO_UDPLITE.
     pub proto: u8,
     pub _pad: [u8; 3],
 }
@@ -416,9 +461,9 @@ pub struct Event {
     pub dst: [u8; 16],
     pub sport: u16,
     pub dport: u16,
-    /// 4 or 6.
+    /// 4 or 6 (4 also for IPv4-mapped IPv6 addresses, which are judged as IPv4).
     pub family: u8,
-    /// IPPROTO_TCP or IPPROTO_UDP.
+    /// The IP protocol number (ports are 0 for protocols without them).
     pub proto: u8,
     /// `EVENT_FLAG_*`.
     pub flags: u16,

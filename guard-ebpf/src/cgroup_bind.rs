@@ -1,22 +1,24 @@
 //! cgroup `bind()` hooks (IPv4 and IPv6): processes in the guarded cgroup may only bind the
-//! ports `[listen]` allows. Port 0 (the kernel picks an ephemeral port) and sockets that never
-//! bind (clients) are not affected.
+//! ports `[listen]` allows. TCP and MPTCP sockets are judged by the TCP list, UDP and UDP-Lite
+//! sockets by the UDP list, and sockets of any other protocol that reach this hook by both:
+//! they may bind a port only when `[listen]` allows it for TCP and for UDP (`allow`). Port 0
+//! (the kernel picks an ephemeral port) and sockets that never bind are not seen here: the
+//! daemon's listener audit reports their listeners (see the README's `[listen]` section).
 //!
 //! Verdicts, chosen on purpose: 1 lets `bind()` proceed, 0 makes it fail with EPERM. Without
-//! a `[listen]` section, before the config is written, for protocols other than TCP and UDP,
-//! and in audit mode, `bind()` proceeds; every denial (and audit-mode would-be denial) is
-//! counted per port and reported as an event with pid and command.
+//! a `[listen]` section, before the config is written, and in audit mode, `bind()` proceeds;
+//! every denial (and audit-mode would-be denial) is counted per port and reported as an
+//! event with pid and command.
 
 use aya_ebpf::{helpers::bpf_get_current_comm, programs::SockAddrContext};
 use guard_common::{
-    EVENT_BIND_DENIED, EVENT_FLAG_AUDIT, Event, MODE_ENFORCE, PROTO_IDX_TCP, PROTO_IDX_UDP,
-    port_index,
+    EVENT_BIND_DENIED, EVENT_FLAG_AUDIT, Event, IPPROTO_MPTCP, IPPROTO_TCP, MODE_ENFORCE,
+    PROTO_IDX_TCP, PROTO_IDX_UDP, port_index, port_proto_idx,
 };
 
 use crate::{
     events,
     maps::{GUARD_BINDDENY, Policy, bump_hash},
-    packet::{IPPROTO_TCP, IPPROTO_UDP},
     sock_addr,
 };
 
@@ -38,16 +40,23 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
     if port == 0 {
         return ALLOW;
     }
-    let proto = sa.protocol as u8;
-    let proto_idx = match proto {
-        IPPROTO_TCP => PROTO_IDX_TCP,
-        IPPROTO_UDP => PROTO_IDX_UDP,
-        _ => return ALLOW,
+    let (allowed, counted_as) = match port_proto_idx(sa.protocol) {
+        Some(proto_idx) => (policy.listen_allowed(proto_idx, port), proto_idx),
+        None => (
+            policy.listen_allowed(PROTO_IDX_TCP, port)
+                && policy.listen_allowed(PROTO_IDX_UDP, port),
+            PROTO_IDX_TCP,
+        ),
     };
-    if policy.listen_allowed(proto_idx, port) {
+    if allowed {
         return ALLOW;
     }
-    bump_hash(&GUARD_BINDDENY, port_index(proto_idx, port));
+    bump_hash(&GUARD_BINDDENY, port_index(counted_as, port));
+    let proto = if sa.protocol == IPPROTO_MPTCP {
+        IPPROTO_TCP
+    } else {
+        sa.protocol as u8
+    };
     let enforce = config.mode == MODE_ENFORCE;
     let (pid, limit_key) = sock_addr::process(0xb1);
     events::send(

@@ -1,24 +1,24 @@
 //! cgroup `connect()` (TCP and UDP, IPv4 and IPv6) and UDP `sendmsg()` hooks enforcing
 //! `[[egress]]` for processes in the guarded cgroup, by destination port and address.
 //!
+//! TCP and MPTCP sockets are judged by the `tcp` rules, UDP and UDP-Lite sockets by the `udp`
+//! rules; an IPv4-mapped IPv6 destination (`::ffff:a.b.c.d`) is judged as the IPv4 address.
+//!
 //! Verdicts, chosen on purpose: 1 lets the call proceed, 0 makes it fail with EPERM. No
 //! `[[egress]]` rule naming the destination means allowed (egress defaults to allow), and so
-//! do protocols other than TCP and UDP, an unconfigured program, and audit mode. Every
+//! do other protocols (egress rules name only TCP and UDP ports), an unconfigured program,
+//! and audit mode. Every
 //! decision is counted under its rule (`egress-default` when none matched); each denial (or
 //! audit-mode would-be denial) is an event with pid and command, limited per process.
 
 use aya_ebpf::{helpers::bpf_get_current_comm, programs::SockAddrContext};
 use guard_common::{
-    ACTION_ALLOW, ACTION_DENY, EVENT_CONNECT_DENIED, EVENT_FLAG_AUDIT, Event, MODE_ENFORCE,
-    PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP, RULE_EGRESS_DEFAULT,
+    ACTION_ALLOW, ACTION_DENY, EVENT_CONNECT_DENIED, EVENT_FLAG_AUDIT, Event, IPPROTO_MPTCP,
+    IPPROTO_TCP, MODE_ENFORCE, PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP, PROTO_IDX_TCP,
+    RULE_EGRESS_DEFAULT, port_proto_idx,
 };
 
-use crate::{
-    events,
-    maps::Policy,
-    packet::{IPPROTO_TCP, IPPROTO_UDP},
-    sock_addr, verdict,
-};
+use crate::{events, maps::Policy, packet::is_v4_mapped, sock_addr, verdict};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -31,18 +31,23 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
     let config = policy.config;
     // SAFETY: the context pointer the kernel passed in.
     let sa = unsafe { &*ctx.sock_addr };
-    let proto = sa.protocol as u8;
-    let slot = match proto {
-        IPPROTO_TCP => PROTO_IDX_EGRESS_TCP,
-        IPPROTO_UDP => PROTO_IDX_EGRESS_UDP,
-        _ => return ALLOW,
+    let slot = match port_proto_idx(sa.protocol) {
+        Some(PROTO_IDX_TCP) => PROTO_IDX_EGRESS_TCP,
+        Some(_) => PROTO_IDX_EGRESS_UDP,
+        None => return ALLOW,
+    };
+    let proto = if sa.protocol == IPPROTO_MPTCP {
+        IPPROTO_TCP
+    } else {
+        sa.protocol as u8
     };
     let (peer, port) = sock_addr::user_addr(ctx, v6);
+    let v4 = !v6 || is_v4_mapped(&peer);
     let (rule, action) = verdict::decide(
         &policy,
         slot,
         port,
-        !v6,
+        v4,
         &peer,
         (RULE_EGRESS_DEFAULT, ACTION_ALLOW),
     );
@@ -58,7 +63,7 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
             rule,
             dst: peer,
             dport: port,
-            family: if v6 { 6 } else { 4 },
+            family: if v4 { 4 } else { 6 },
             proto,
             flags: if deny { 0 } else { EVENT_FLAG_AUDIT },
             pid,

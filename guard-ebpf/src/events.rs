@@ -28,7 +28,7 @@ pub fn report_packet(ctx: &XdpContext, flow: &Flow, kind: u32, rule: u32, config
             sport: flow.sport,
             dport: flow.dport,
             family: if flow.v4 { 4 } else { 6 },
-            proto: flow.ip_proto(),
+            proto: flow.ip_proto,
             ifindex: ctx.ingress_ifindex() as u32,
             ..Event::default()
         },

@@ -19,6 +19,8 @@ mod packet;
 #[cfg(target_arch = "bpf")]
 mod sock_addr;
 #[cfg(target_arch = "bpf")]
+mod sock_create;
+#[cfg(target_arch = "bpf")]
 mod sock_ops;
 #[cfg(target_arch = "bpf")]
 mod tc_egress;
@@ -31,8 +33,8 @@ mod xdp_ingress;
 mod entry {
     use aya_ebpf::{
         bindings::xdp_action::XDP_PASS,
-        macros::{cgroup_sock_addr, classifier, sock_ops, xdp},
-        programs::{SockAddrContext, SockOpsContext, TcContext, XdpContext},
+        macros::{cgroup_sock, cgroup_sock_addr, classifier, sock_ops, xdp},
+        programs::{SockAddrContext, SockContext, SockOpsContext, TcContext, XdpContext},
     };
 
     /// XDP ingress filter on every interface the policy names.
@@ -81,6 +83,12 @@ mod entry {
     #[cgroup_sock_addr(sendmsg6)]
     pub fn guard_sendmsg6(ctx: SockAddrContext) -> i32 {
         crate::cgroup_connect::run(&ctx, true)
+    }
+
+    /// `socket()` in the guarded cgroup: UDP-Lite, which no connect hook sees.
+    #[cgroup_sock(sock_create)]
+    pub fn guard_sock_create(ctx: SockContext) -> i32 {
+        crate::sock_create::run(&ctx)
     }
 
     /// TCP connection accounting for the guarded cgroup.

@@ -9,9 +9,9 @@ use aya_ebpf::{
 use guard_common::{
     ClassLens, ConnStats, EVENT_STATS_LEN, EVENTS_BYTES, EventBucket, FlowKey, FlowState,
     GENERATIONS, GuardConfig, MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS, MAX_RULES,
-    MAX_SOCKETS, MAX_SRC_ENTRIES, MODE_UNSET, POLICY_PORTS_LEN, PORTS_LEN, PortStats, REASONS_LEN,
-    RttHist, RuleRef, RuleStats, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index,
-    port_index,
+    MAX_SOCKETS, MAX_SRC_ENTRIES, MODE_UNSET, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats,
+    REASONS_LEN, RttHist, RuleRef, RuleStats, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
+    gen_index, port_index,
 };
 
 #[map]
@@ -20,6 +20,8 @@ pub static GUARD_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
 pub static GUARD_CONFIG: Array<GuardConfig> = Array::with_max_entries(GENERATIONS, 0);
 #[map]
 pub static GUARD_PORTS: Array<u32> = Array::with_max_entries(GENERATIONS * POLICY_PORTS_LEN, 0);
+#[map]
+pub static GUARD_PROTOS: Array<u32> = Array::with_max_entries(GENERATIONS * PROTOS_LEN, 0);
 #[map]
 pub static GUARD_CLASSLEN: Array<ClassLens> = Array::with_max_entries(MAX_CLASSES, 0);
 #[map]
@@ -116,6 +118,13 @@ impl Policy {
             port_index(proto_idx, port),
         );
         GUARD_PORTS.get(index).copied().unwrap_or(0)
+    }
+
+    /// The [`guard_common::maps::PROTOS`] entry of an IP protocol; 0 = no rule.
+    #[inline(always)]
+    pub fn protocol_entry(&self, ip_proto: u8) -> u32 {
+        let index = gen_index(self.generation, PROTOS_LEN, u32::from(ip_proto));
+        GUARD_PROTOS.get(index).copied().unwrap_or(0)
     }
 
     /// The counter slot of (protocol, port); 0 = the protocol's "other" slot.

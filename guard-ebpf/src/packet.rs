@@ -1,24 +1,30 @@
 //! The one packet parser, for XDP (ingress) and TC (egress) alike: Ethernet (up to
 //! [`MAX_VLAN_TAGS`] 802.1Q/802.1ad tags), IPv4 with options, IPv6 with up to
-//! [`MAX_IPV6_EXT_HEADERS`] extension headers, then TCP or UDP.
+//! [`MAX_IPV6_EXT_HEADERS`] extension headers, then the transport: the ports of TCP, UDP and
+//! UDP-Lite, the type of ICMP and ICMPv6 messages, and nothing more of any other protocol
+//! (which is judged as a whole).
 //!
 //! Every read goes through [`read`], which checks the bounds the verifier needs.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use guard_common::{FlowKey, PROTO_IDX_TCP, PROTO_IDX_UDP};
+use guard_common::{
+    FlowKey, ICMP_ECHO_REQUEST, ICMPV6_ECHO_REQUEST, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP, IPPROTO_UDPLITE, PROTO_IDX_TCP, PROTO_IDX_UDP,
+};
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IPV4: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
-pub const IPPROTO_TCP: u8 = 6;
-pub const IPPROTO_UDP: u8 = 17;
 const IPV6_HOPOPTS: u8 = 0;
 const IPV6_ROUTING: u8 = 43;
 const IPV6_FRAGMENT: u8 = 44;
 const IPV6_AH: u8 = 51;
 const IPV6_DSTOPTS: u8 = 60;
+
+/// [`Flow::proto_idx`] of protocols without ports: judged by protocol and source only.
+pub const PROTO_IDX_NONE: u32 = u32::MAX;
 
 pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
@@ -57,25 +63,31 @@ impl Packet for TcContext {
     }
 }
 
-/// A TCP or UDP packet's facts. Addresses are 16 bytes, IPv4 ones IPv4-mapped.
+/// A judged packet's facts. Addresses are 16 bytes, IPv4 ones IPv4-mapped.
 pub struct Flow {
+    /// [`PROTO_IDX_TCP`] or [`PROTO_IDX_UDP`] (UDP-Lite too) for protocols judged by port,
+    /// [`PROTO_IDX_NONE`] for the others.
     pub proto_idx: u32,
+    /// The IP protocol number.
+    pub ip_proto: u8,
+    /// True for IPv4. (IPv6 packets with an IPv4-mapped source are malformed.)
     pub v4: bool,
     pub src: [u8; 16],
     pub dst: [u8; 16],
+    /// 0 for protocols without ports.
     pub sport: u16,
     pub dport: u16,
-    /// TCP flags (0 for UDP).
+    /// TCP flags (0 for the others).
     pub tcp_flags: u8,
+    /// The frame's length as the IP header states it (link header + IP length), at most
+    /// the bytes received: what the byte counters count, so padding or trailing junk beyond
+    /// the IP packet is not counted.
+    pub len: u32,
 }
 
 impl Flow {
-    pub const fn ip_proto(&self) -> u8 {
-        if self.proto_idx == PROTO_IDX_TCP {
-            IPPROTO_TCP
-        } else {
-            IPPROTO_UDP
-        }
+    pub const fn has_ports(&self) -> bool {
+        self.proto_idx != PROTO_IDX_NONE
     }
     /// The flow key of an inbound packet: the remote end is the source.
     pub fn ingress_key(&self) -> FlowKey {
@@ -83,7 +95,7 @@ impl Flow {
             remote: self.src,
             local_port: self.dport,
             remote_port: self.sport,
-            proto: self.ip_proto(),
+            proto: self.ip_proto,
             _pad: [0; 3],
         }
     }
@@ -94,17 +106,22 @@ impl Flow {
             remote: self.dst,
             local_port: self.sport,
             remote_port: self.dport,
-            proto: self.ip_proto(),
+            proto: self.ip_proto,
             _pad: [0; 3],
         }
     }
 }
 
 pub enum Parsed {
+    /// An IP packet to judge: by port (TCP, UDP, UDP-Lite), or by protocol (ICMP echo
+    /// requests and every other IP protocol).
     Flow(Flow),
-    /// Not TCP or UDP over IP: ARP, ICMP, other IP protocols.
-    Other,
-    /// An IPv4 or IPv6 fragment after the first: it carries no ports.
+    /// Not IP: ARP, LLDP, ...
+    NotIp,
+    /// An ICMP or ICMPv6 message other than an echo request.
+    IcmpControl,
+    /// A fragment after the first of a protocol judged by port (or of ICMP): it carries no
+    /// ports. Later fragments of other protocols are judged by protocol like first ones.
     LaterFragment,
 }
 
@@ -145,7 +162,7 @@ pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, ParseError> {
         ETH_P_8021Q | ETH_P_8021AD => Err(ParseError::Unsupported),
         ETH_P_IPV4 => parse_ipv4(ctx, offset),
         ETH_P_IPV6 => parse_ipv6(ctx, offset),
-        _ => Ok(Parsed::Other),
+        _ => Ok(Parsed::NotIp),
     }
 }
 
@@ -154,6 +171,24 @@ fn mapped(a: &[u8]) -> [u8; 16] {
     [
         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
     ]
+}
+
+/// True for `::ffff:a.b.c.d`.
+#[inline(always)]
+pub fn is_v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10] == [0; 10] && a[10] == 0xff && a[11] == 0xff
+}
+
+/// The bytes the byte counters count: up to the end of the IP packet as its header states
+/// it, never more than was received.
+#[inline(always)]
+fn counted_len<C: Packet>(ctx: &C, ip_end: usize) -> u32 {
+    let frame = ctx.end() - ctx.start();
+    (if ip_end == 0 || ip_end > frame {
+        frame
+    } else {
+        ip_end
+    }) as u32
 }
 
 #[inline(always)]
@@ -167,22 +202,21 @@ fn parse_ipv4<C: Packet>(ctx: &C, offset: usize) -> Result<Parsed, ParseError> {
     if header_len < 20 || total_len < header_len {
         return Err(ParseError::Malformed);
     }
-    let proto_idx = match ip[9] {
-        IPPROTO_TCP => PROTO_IDX_TCP,
-        IPPROTO_UDP => PROTO_IDX_UDP,
-        _ => return Ok(Parsed::Other),
+    let flow = Flow {
+        proto_idx: PROTO_IDX_NONE,
+        ip_proto: ip[9],
+        v4: true,
+        src: mapped(&ip[12..16]),
+        dst: mapped(&ip[16..20]),
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        len: counted_len(ctx, offset + total_len),
     };
     if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
-        return Ok(Parsed::LaterFragment);
+        return Ok(later_fragment(ip[9], flow));
     }
-    parse_l4(
-        ctx,
-        offset + header_len,
-        proto_idx,
-        true,
-        mapped(&ip[12..16]),
-        mapped(&ip[16..20]),
-    )
+    parse_l4(ctx, offset + header_len, flow)
 }
 
 #[inline(always)]
@@ -193,66 +227,123 @@ fn parse_ipv6<C: Packet>(ctx: &C, offset: usize) -> Result<Parsed, ParseError> {
     }
     let mut src = [0u8; 16];
     src.copy_from_slice(&ip[8..24]);
+    if is_v4_mapped(&src) {
+        // No host sends these; the kernel's IPv6 stack drops them (RFC 4291 and
+        // draft-itojun-v6ops-v4mapped-harmful), and so does guard, before they could be judged
+        // by rules written for either family.
+        return Err(ParseError::Malformed);
+    }
     let mut dst = [0u8; 16];
     dst.copy_from_slice(&ip[24..40]);
+    let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    // A jumbogram states 0: count what was received.
+    let ip_end = if payload_len == 0 {
+        0
+    } else {
+        offset + 40 + payload_len
+    };
     let mut next = ip[6];
     let mut offset = offset + 40;
-    // One more round than headers walked: the last may only find TCP, UDP or another protocol.
+    // One more round than headers walked: the last may only find the transport.
     for round in 0..=MAX_IPV6_EXT_HEADERS {
         let header_len = match next {
-            IPPROTO_TCP => return parse_l4(ctx, offset, PROTO_IDX_TCP, false, src, dst),
-            IPPROTO_UDP => return parse_l4(ctx, offset, PROTO_IDX_UDP, false, src, dst),
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT | IPV6_AH => {
                 if round == MAX_IPV6_EXT_HEADERS {
                     return Err(ParseError::Unsupported);
                 }
                 let ext = read::<4, C>(ctx, offset)?;
-                let len = match next {
-                    IPV6_FRAGMENT => {
-                        if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
-                            return Ok(Parsed::LaterFragment);
+                if next == IPV6_FRAGMENT && u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
+                    // A later fragment: judged here, without walking further (the rest of
+                    // the chain, if any, is in the first fragment).
+                    return match ext[0] {
+                        IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT | IPV6_AH => {
+                            Ok(Parsed::LaterFragment)
                         }
-                        8
-                    }
+                        ip_proto => Ok(later_fragment(
+                            ip_proto,
+                            v6_flow(ctx, ip_proto, src, dst, ip_end),
+                        )),
+                    };
+                }
+                let len = match next {
+                    IPV6_FRAGMENT => 8,
                     IPV6_AH => (ext[1] as usize + 2) * 4,
                     _ => (ext[1] as usize + 1) * 8,
                 };
                 next = ext[0];
                 len
             }
-            _ => return Ok(Parsed::Other),
+            _ => return parse_l4(ctx, offset, v6_flow(ctx, next, src, dst, ip_end)),
         };
         offset += header_len;
     }
     Err(ParseError::Unsupported)
 }
 
+/// The flow of an IPv6 packet before its transport is read.
 #[inline(always)]
-fn parse_l4<C: Packet>(
-    ctx: &C,
-    offset: usize,
-    proto_idx: u32,
-    v4: bool,
-    src: [u8; 16],
-    dst: [u8; 16],
-) -> Result<Parsed, ParseError> {
-    let (ports, tcp_flags) = if proto_idx == PROTO_IDX_TCP {
-        let tcp = read::<20, C>(ctx, offset)?;
-        if tcp[12] >> 4 < 5 {
-            return Err(ParseError::Malformed);
-        }
-        ([tcp[0], tcp[1], tcp[2], tcp[3]], tcp[13])
-    } else {
-        let udp = read::<8, C>(ctx, offset)?;
-        ([udp[0], udp[1], udp[2], udp[3]], 0)
-    };
-    Ok(Parsed::Flow(Flow {
-        proto_idx,
-        v4,
+fn v6_flow<C: Packet>(ctx: &C, ip_proto: u8, src: [u8; 16], dst: [u8; 16], ip_end: usize) -> Flow {
+    Flow {
+        proto_idx: PROTO_IDX_NONE,
+        ip_proto,
+        v4: false,
         src,
         dst,
-        sport: u16::from_be_bytes([ports[0], ports[1]]),
-        dport: u16::from_be_bytes([ports[2], ports[3]]),
-        tcp_flags,
-    }))
+        sport: 0,
+        dport: 0,
+        tcp_flags: 0,
+        len: counted_len(ctx, ip_end),
+    }
+}
+
+/// A fragment after the first: protocols judged by port (and ICMP) pass as
+/// [`Parsed::LaterFragment`]; any other protocol is judged by protocol like a first fragment.
+#[inline(always)]
+fn later_fragment(ip_proto: u8, flow: Flow) -> Parsed {
+    match ip_proto {
+        IPPROTO_TCP | IPPROTO_UDP | IPPROTO_UDPLITE | IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            Parsed::LaterFragment
+        }
+        _ => Parsed::Flow(flow),
+    }
+}
+
+/// Reads the transport header at `offset` into `flow`: the ports of TCP, UDP and UDP-Lite,
+/// the type of ICMP messages; nothing of other protocols.
+#[inline(always)]
+fn parse_l4<C: Packet>(ctx: &C, offset: usize, mut flow: Flow) -> Result<Parsed, ParseError> {
+    let ports = match flow.ip_proto {
+        IPPROTO_TCP => {
+            let tcp = read::<20, C>(ctx, offset)?;
+            if tcp[12] >> 4 < 5 {
+                return Err(ParseError::Malformed);
+            }
+            flow.proto_idx = PROTO_IDX_TCP;
+            flow.tcp_flags = tcp[13];
+            [tcp[0], tcp[1], tcp[2], tcp[3]]
+        }
+        IPPROTO_UDP | IPPROTO_UDPLITE => {
+            let udp = read::<8, C>(ctx, offset)?;
+            flow.proto_idx = PROTO_IDX_UDP;
+            [udp[0], udp[1], udp[2], udp[3]]
+        }
+        IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+            // Type, code and checksum: every ICMP message has them. (A one-byte read compiles
+            // to a bounds check the verifier does not follow.)
+            let icmp = read::<4, C>(ctx, offset)?;
+            let echo = if flow.ip_proto == IPPROTO_ICMP {
+                ICMP_ECHO_REQUEST
+            } else {
+                ICMPV6_ECHO_REQUEST
+            };
+            if icmp[0] != echo {
+                return Ok(Parsed::IcmpControl);
+            }
+            return Ok(Parsed::Flow(flow));
+        }
+        _ => return Ok(Parsed::Flow(flow)),
+    };
+    flow.sport = u16::from_be_bytes([ports[0], ports[1]]);
+    flow.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    Ok(Parsed::Flow(flow))
 }

@@ -1,4 +1,5 @@
-//! The TC egress flow recorder: remembers the TCP and UDP flows the host sends on, so the
+//! The TC egress flow recorder: remembers the TCP, UDP and UDP-Lite flows the host sends on,
+//! so the
 //! XDP filter can pass their replies under a default-deny policy (outbound connections,
 //! DNS-style queries).
 //!
@@ -17,7 +18,9 @@ use crate::{
 
 #[inline(always)]
 pub fn run(ctx: &TcContext) -> i32 {
-    if let Ok(Parsed::Flow(flow)) = packet::parse(ctx) {
+    if let Ok(Parsed::Flow(flow)) = packet::parse(ctx)
+        && flow.has_ports()
+    {
         record(&flow);
     }
     TC_ACT_OK

@@ -3,9 +3,9 @@
 
 use aya_ebpf::maps::lpm_trie::Key;
 use guard_common::{
-    ACTION_ALLOW, CLASS_BITS, CLASS_LENS_USE_TRIE, MAX_CLASS_PREFIX_LENS, PORT_ACTION_MASK,
-    PORT_ACTION_SHIFT, PORT_DIRECT, PORT_FAILSAFE, PORT_VALUE_MASK, RULE_FAILSAFE, RuleRef,
-    SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
+    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, CLASS_LENS_USE_TRIE,
+    MAX_CLASS_PREFIX_LENS, PORT_ACTION_MASK, PORT_ACTION_SHIFT, PORT_DIRECT, PORT_FAILSAFE,
+    PORT_VALUE_MASK, RULE_FAILSAFE, RuleRef, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
 };
 
 use crate::maps::{
@@ -25,23 +25,70 @@ pub fn decide(
     peer: &[u8; 16],
     default: (u32, u32),
 ) -> (u32, u32) {
-    let entry = policy.port_entry(slot, port);
+    judge(policy.port_entry(slot, port), v4, peer, default)
+}
+
+/// The rule and action an entry of the ports array (or of the protocols array, for a
+/// protocol judged as a whole: [`Policy::protocol_entry`]) gives `peer`. The action is
+/// [`ACTION_ALLOW`], [`ACTION_AUDIT`] or [`ACTION_DENY`]: any other value (a corrupt or
+/// zeroed entry) is judged as deny, so the kernel fails closed.
+#[inline(always)]
+pub fn judge(entry: u32, v4: bool, peer: &[u8; 16], default: (u32, u32)) -> (u32, u32) {
     if entry & PORT_FAILSAFE != 0 {
         return (RULE_FAILSAFE, ACTION_ALLOW);
     }
-    if entry & PORT_DIRECT != 0 {
-        return (
+    let (rule, action) = if entry & PORT_DIRECT != 0 {
+        (
             entry & PORT_VALUE_MASK,
             (entry & PORT_ACTION_MASK) >> PORT_ACTION_SHIFT,
-        );
+        )
+    } else {
+        let class = entry & PORT_VALUE_MASK;
+        let hit = if class == 0 {
+            None
+        } else {
+            lookup_peer(class, v4, peer)
+        };
+        match hit {
+            Some(hit) => (hit.rule, hit.action),
+            None => default,
+        }
+    };
+    match action {
+        ACTION_ALLOW | ACTION_AUDIT => (rule, action),
+        _ => (rule, ACTION_DENY),
     }
-    let class = entry & PORT_VALUE_MASK;
-    if class != 0
-        && let Some(hit) = lookup_peer(class, v4, peer)
-    {
-        return (hit.rule, hit.action);
-    }
-    default
+}
+
+/// `addr` with all but its first `len` bits cleared, as two big-endian words (few branches:
+/// the verifier walks this once per prefix length a class uses).
+#[inline(always)]
+fn mask_v6(addr: &[u8; 16], len: u32) -> [u8; 16] {
+    let hi = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let lo = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    let hi_mask = if len == 0 {
+        0
+    } else if len >= 64 {
+        u64::MAX
+    } else {
+        u64::MAX << (64 - len)
+    };
+    let lo_mask = if len <= 64 {
+        0
+    } else if len >= 128 {
+        u64::MAX
+    } else {
+        u64::MAX << (128 - len)
+    };
+    let (hi, lo) = ((hi & hi_mask).to_be_bytes(), (lo & lo_mask).to_be_bytes());
+    [
+        hi[0], hi[1], hi[2], hi[3], hi[4], hi[5], hi[6], hi[7], lo[0], lo[1], lo[2], lo[3], lo[4],
+        lo[5], lo[6], lo[7],
+    ]
 }
 
 /// The most specific rule of `class` whose prefix contains `peer`: one hash lookup per
@@ -101,16 +148,7 @@ fn lookup_peer(class: u32, v4: bool, peer: &[u8; 16]) -> Option<RuleRef> {
                 break;
             }
             let len = u32::from(lens.v6[i]) & 255;
-            let mut addr = *peer;
-            let whole = (len / 8) as usize;
-            let rest = len % 8;
-            for (j, byte) in addr.iter_mut().enumerate() {
-                if j > whole || (j == whole && rest == 0) {
-                    *byte = 0;
-                } else if j == whole {
-                    *byte &= 0xffu8 << (8 - rest);
-                }
-            }
+            let addr = mask_v6(peer, len);
             let key = SrcHashKeyV6 {
                 class,
                 prefix_len: len,

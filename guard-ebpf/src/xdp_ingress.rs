@@ -7,15 +7,21 @@
 //! flow lookup (replies to the host's own traffic pass) and, when events are on, the
 //! per-source rate limiter.
 //!
+//! Every IP protocol is judged: TCP, UDP and UDP-Lite by destination port and source; ICMP
+//! and ICMPv6 echo requests and every other IP protocol (SCTP, DCCP, GRE, ESP, ...) by
+//! protocol and source ([`guard_common::maps::PROTOS`]), falling to the policy default.
+//!
 //! Failure verdicts, chosen on purpose:
 //! - packets we cannot judge because a header is cut short or inconsistent, or nests deeper
 //!   than the parser walks: dropped in enforce mode (counted by reason), passed in audit mode;
-//! - fragments after the first: passed (they carry no ports; the first fragment was judged,
-//!   and without it the kernel cannot reassemble the datagram);
-//! - non-TCP/UDP traffic (ARP, ICMP, ...): passed, so neighbour discovery and path MTU keep
-//!   working;
+//! - TCP, UDP, UDP-Lite and ICMP fragments after the first: passed (they carry no ports;
+//!   the first fragment was judged, and without it the kernel cannot reassemble the
+//!   datagram); later fragments of other protocols are judged by protocol like first ones;
+//! - ICMP and ICMPv6 messages other than echo requests, and frames that are not IP (ARP):
+//!   passed, so neighbour discovery, path MTU discovery and error reporting keep working;
+//! - a rule entry whose action is not allow or audit (a corrupt or zeroed entry): deny;
 //! - before the loader has written the config (never seen by packets: it writes first, then
-//!   attaches): passed;
+//!   attaches): passed, counted as `unconfigured`;
 //! - a map lookup that cannot fail failing anyway: treated as "no rule", so the policy
 //!   default applies.
 
@@ -27,8 +33,9 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use guard_common::{
     ACTION_ALLOW, ACTION_DENY, EVENT_AUDIT_DROP, EVENT_DROP, GuardConfig, MODE_ENFORCE,
-    PROTO_IDX_TCP, REASON_FRAGMENT_PASSED, REASON_MALFORMED, REASON_NOT_TCP_UDP, REASON_POLICY,
-    REASON_REPLY_PASSED, REASON_UNSUPPORTED, RULE_DEFAULT, RULE_REPLY,
+    PROTO_IDX_TCP, REASON_FRAGMENT_PASSED, REASON_ICMP_PASSED, REASON_MALFORMED, REASON_NOT_IP,
+    REASON_POLICY, REASON_REPLY_PASSED, REASON_UNCONFIGURED, REASON_UNSUPPORTED, RULE_DEFAULT,
+    RULE_REPLY,
 };
 
 use crate::{
@@ -41,13 +48,14 @@ use crate::{
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
     let Some(policy) = Policy::current() else {
-        return XDP_PASS;
+        return pass_unjudged(REASON_UNCONFIGURED);
     };
     let config = policy.config;
     let enforce = config.mode == MODE_ENFORCE;
     let flow = match packet::parse(ctx) {
         Ok(Parsed::Flow(flow)) => flow,
-        Ok(Parsed::Other) => return pass_unjudged(REASON_NOT_TCP_UDP),
+        Ok(Parsed::NotIp) => return pass_unjudged(REASON_NOT_IP),
+        Ok(Parsed::IcmpControl) => return pass_unjudged(REASON_ICMP_PASSED),
         Ok(Parsed::LaterFragment) => return pass_unjudged(REASON_FRAGMENT_PASSED),
         Err(err) => {
             bump(
@@ -65,21 +73,24 @@ pub fn run(ctx: &XdpContext) -> u32 {
     } else {
         ACTION_DENY
     };
-    let (mut rule, mut action) = verdict::decide(
-        &policy,
-        flow.proto_idx,
-        flow.dport,
-        flow.v4,
-        &flow.src,
-        (RULE_DEFAULT, default_action),
-    );
-    if action != ACTION_ALLOW && is_reply(&flow, config) {
+    let default = (RULE_DEFAULT, default_action);
+    // One lookup path for both kinds of entry keeps the program small for the verifier.
+    let entry = if flow.has_ports() {
+        policy.port_entry(flow.proto_idx, flow.dport)
+    } else {
+        policy.protocol_entry(flow.ip_proto)
+    };
+    let (mut rule, mut action) = verdict::judge(entry, flow.v4, &flow.src, default);
+    if action != ACTION_ALLOW && flow.has_ports() && is_reply(&flow, config) {
         bump(&GUARD_REASONS, REASON_REPLY_PASSED);
         (rule, action) = (RULE_REPLY, ACTION_ALLOW);
     }
-    verdict::count_rule(rule, (ctx.data_end() - ctx.data()) as u64);
+    verdict::count_rule(rule, u64::from(flow.len));
+    // `decide` returns allow, audit or deny, nothing else.
     let drop = enforce && action == ACTION_DENY;
-    count_port(&policy, &flow, drop);
+    if flow.has_ports() {
+        count_port(&policy, &flow, drop);
+    }
     if action == ACTION_ALLOW {
         return XDP_PASS;
     }

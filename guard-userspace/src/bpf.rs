@@ -12,8 +12,9 @@ use aya::{
         lpm_trie::Key,
     },
     programs::{
-        CgroupAttachMode, CgroupSockAddr, ProgramError, SchedClassifier, SockOps, TcAttachType,
-        Xdp, XdpMode,
+        CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SchedClassifier, SockOps,
+        TcAttachType, Xdp, XdpMode,
+        cgroup_sock::CgroupSockLinkId,
         cgroup_sock_addr::CgroupSockAddrLinkId,
         sock_ops::SockOpsLinkId,
         tc::{self, SchedClassifierLinkId},
@@ -23,7 +24,7 @@ use aya::{
 };
 use guard_common::{
     ClassLens, ConnStats, GENERATIONS, GuardConfig, MAX_CLASSES, MAX_RULES, MAX_SRC_ENTRIES,
-    POLICY_PORTS_LEN, PORTS_LEN, PortStats, RttHist, RuleRef, RuleStats, SrcHashKeyV4,
+    POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats, RttHist, RuleRef, RuleStats, SrcHashKeyV4,
     SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index, maps, programs,
 };
 
@@ -278,7 +279,7 @@ impl Capacity {
 }
 
 /// Every program guard attaches to the cgroup.
-pub const CGROUP_PROGRAMS: [&str; 7] = [
+pub const CGROUP_PROGRAMS: [&str; 8] = [
     programs::BIND4,
     programs::BIND6,
     programs::CONNECT4,
@@ -286,6 +287,7 @@ pub const CGROUP_PROGRAMS: [&str; 7] = [
     programs::SENDMSG4,
     programs::SENDMSG6,
     programs::SOCK_OPS,
+    programs::SOCK_CREATE,
 ];
 
 /// The cgroup socket-address hooks: `[listen]` at bind, `[[egress]]` at connect and sendmsg.
@@ -302,6 +304,7 @@ const SOCK_ADDR_PROGRAMS: [&str; 6] = [
 enum CgroupLink {
     SockAddr(&'static str, CgroupSockAddrLinkId),
     SockOps(SockOpsLinkId),
+    Sock(CgroupSockLinkId),
 }
 
 /// What guard attached to one interface.
@@ -386,6 +389,10 @@ impl Guard {
         }
         let sock_ops: &mut SockOps = program_mut(&mut ebpf, programs::SOCK_OPS)?;
         sock_ops.load().map_err(program_err(programs::SOCK_OPS))?;
+        let sock_create: &mut CgroupSock = program_mut(&mut ebpf, programs::SOCK_CREATE)?;
+        sock_create
+            .load()
+            .map_err(program_err(programs::SOCK_CREATE))?;
         Ok(Self {
             ebpf,
             logger,
@@ -445,6 +452,15 @@ impl Guard {
         set_array(&mut self.ebpf, maps::ACTIVE, &[(0, target)])?;
         self.active = target;
         Ok(delta.writes() + 1)
+    }
+
+    /// Undoes the [`Guard::switch`] just made: the programs judge by the previous generation
+    /// again (the switch wrote only the other one, so it is intact).
+    pub fn revert(&mut self) -> Result<(), LoadError> {
+        let previous = 1 - self.active;
+        set_array(&mut self.ebpf, maps::ACTIVE, &[(0, previous)])?;
+        self.active = previous;
+        Ok(())
     }
 
     /// Drift: what the kernel's policy maps hold for the active generation, compared with
@@ -514,6 +530,7 @@ impl Guard {
         Ok(Contents {
             config,
             ports: array(maps::PORTS, POLICY_PORTS_LEN)?,
+            protos: array(maps::PROTOS, PROTOS_LEN)?,
             listen: array(maps::LISTEN, PORTS_LEN)?.into_keys().collect(),
             port_slots: array(maps::PORT_SLOTS, PORTS_LEN)?,
             class_lens,
@@ -659,7 +676,10 @@ impl Guard {
             path: cgroup.display().to_string(),
             source,
         };
-        for name in SOCK_ADDR_PROGRAMS.into_iter().chain([programs::SOCK_OPS]) {
+        for name in SOCK_ADDR_PROGRAMS
+            .into_iter()
+            .chain([programs::SOCK_OPS, programs::SOCK_CREATE])
+        {
             if let Some(pins) = pins {
                 let pin = pins.link(&cgroup_hook(name));
                 if pin.exists() {
@@ -667,7 +687,19 @@ impl Guard {
                     continue;
                 }
             }
-            if name == programs::SOCK_OPS {
+            if name == programs::SOCK_CREATE {
+                let hook: &mut CgroupSock = program_mut(&mut self.ebpf, name)?;
+                let id = hook
+                    .attach(&dir, CgroupAttachMode::Single)
+                    .map_err(attach_err)?;
+                match pins {
+                    Some(pins) => pin_link(
+                        hook.take_link(id).map_err(attach_err)?,
+                        &pins.link(&cgroup_hook(name)),
+                    )?,
+                    None => self.cgroup_links.push(CgroupLink::Sock(id)),
+                }
+            } else if name == programs::SOCK_OPS {
                 let sock_ops: &mut SockOps = program_mut(&mut self.ebpf, name)?;
                 let id = sock_ops
                     .attach(&dir, CgroupAttachMode::Single)
@@ -739,6 +771,10 @@ impl Guard {
                 }
                 CgroupLink::SockOps(id) => {
                     program_mut::<SockOps>(&mut self.ebpf, programs::SOCK_OPS).map(|p| p.detach(id))
+                }
+                CgroupLink::Sock(id) => {
+                    program_mut::<CgroupSock>(&mut self.ebpf, programs::SOCK_CREATE)
+                        .map(|p| p.detach(id))
                 }
             };
             if let Ok(Err(err)) = result {
@@ -849,6 +885,7 @@ where
 /// insertions (so a full map has room), the config last.
 fn write_delta(ebpf: &mut Ebpf, generation: u32, delta: &Delta) -> Result<(), LoadError> {
     set_array(ebpf, maps::PORTS, &delta.ports)?;
+    set_array(ebpf, maps::PROTOS, &delta.protos)?;
     set_array(ebpf, maps::LISTEN, &delta.listen)?;
     set_array(ebpf, maps::PORT_SLOTS, &delta.port_slots)?;
     set_array(ebpf, maps::CLASS_LENS, &delta.class_lens)?;

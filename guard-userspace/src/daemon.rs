@@ -178,6 +178,9 @@ struct Current {
 }
 
 /// An applied policy waiting for `guard confirm`.
+/// The longest commit-confirm window (a day), checked by the daemon as well as the CLI.
+pub const MAX_CONFIRM_SECS: u64 = 86_400;
+
 struct Pending {
     deadline: Instant,
     rollback_to: Current,
@@ -296,6 +299,17 @@ impl Daemon {
             .map(|s| (s.rules.as_slice(), s.port_slots.as_slice()))
             .unwrap_or_default();
         let lowered = policy::lower_after(&checked.policy, prev_rules, prev_slots);
+        // One transaction: what can fail without touching the kernel is done first (the
+        // state file's temporary file is opened, so a read-only or missing run directory
+        // fails here), then the kernel changes, and if any step after them fails they are
+        // undone, so the kernel and the state file never disagree.
+        let pending_state = state::prepare(&self.run_dir)
+            .map_err(|e| runtime("writing state in", &self.run_dir, e))?;
+        if let Some(missing) = interfaces.iter().find(|i| host::if_index(i).is_none()) {
+            return Err(Failure::Runtime(format!(
+                "interface `{missing}` does not exist"
+            )));
+        }
         // The running instance takes the policy in its inactive generation when it fits;
         // otherwise (first start, a restart adopting pinned links, maps too small) a new
         // instance is loaded and every link switched to it.
@@ -312,68 +326,22 @@ impl Daemon {
                 Some(guard)
             }
         };
-        let previous = self.state.as_ref();
-        if let Some(prev) = previous {
-            for gone in prev
-                .interfaces
-                .iter()
-                .filter(|a| !interfaces.contains(&a.name))
-            {
-                self.pins.remove_link(&xdp_hook(&gone.name));
-                self.pins.remove_link(&tc_hook(&gone.name));
-            }
-            if prev.cgroup != cgroup {
-                for name in crate::bpf::CGROUP_PROGRAMS {
-                    self.pins.remove_link(&cgroup_hook(name));
+        let attached =
+            match self.attach_all(fresh.as_mut(), switched.is_some(), &interfaces, &cgroup) {
+                Ok(attached) => attached,
+                Err(e) => {
+                    self.undo(switched.is_some());
+                    return Err(e);
                 }
-            }
-        }
-        let guard = match fresh.as_mut() {
-            Some(guard) => guard,
-            None => self
-                .guard
-                .as_mut()
-                .expect("switched in the running instance"),
-        };
-        let mut attached = Vec::new();
-        for iface in &interfaces {
-            let kept = previous.and_then(|s| s.interfaces.iter().find(|a| &a.name == iface));
-            let xdp_mode = match kept {
-                // Its links already run this instance's programs.
-                Some(kept) if switched.is_some() && self.pins.link(&xdp_hook(iface)).exists() => {
-                    kept.xdp_mode
-                }
-                _ => match guard.attach(iface, Some(&self.pins)).map_err(rt)? {
-                    Attach::New(mode) => mode,
-                    Attach::Replaced => kept.map_or(AttachMode::Default, |a| a.xdp_mode),
-                },
             };
-            attached.push(Attached {
-                name: iface.clone(),
-                xdp_mode,
-            });
-        }
-        if switched.is_none() || previous.is_none_or(|p| p.cgroup != cgroup) {
-            guard.attach_cgroup(&cgroup, Some(&self.pins)).map_err(rt)?;
-        }
-        if !self.readers_opened {
-            // The ring and log maps are pinned: the first instance's readers see every later
-            // instance's records too.
-            let logger = guard.take_logger();
-            let ring = guard.take_events().map_err(rt)?;
-            self.readers = Some((logger, ring));
-            self.readers_opened = true;
-        }
-        self.decoder.set_rules(lowered.rules.clone());
-        if let Some(guard) = fresh {
-            // Every link runs the new programs now; the previous instance can go.
-            self.guard = Some(guard);
-        }
-
-        let before = self.state.as_ref().map(|s| s.policy_hash.clone());
-        let generation = self.state.as_ref().map_or(0, |s| s.generation) + 1;
+        let previous = self.state.as_ref();
+        let before = previous.map(|s| s.policy_hash.clone());
+        let generation = previous.map_or(0, |s| s.generation) + 1;
         let mode = checked.policy.mode.to_string();
-        let summary = diff_summary(self.state.as_ref(), &lowered.rules);
+        let summary = match &self.policy {
+            Some(old) => policy::diff::summary(old, &checked.policy),
+            None => "initial".to_owned(),
+        };
         let state = State {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
@@ -389,8 +357,41 @@ impl Daemon {
             port_slots: lowered.slots.clone(),
             metrics_addr: self.metrics_addr.map(|a| a.to_string()),
         };
-        state::write(&self.run_dir, &state)
-            .map_err(|e| runtime("writing state in", &self.run_dir, e))?;
+        if let Err(e) = pending_state.commit(&state) {
+            self.undo(switched.is_some());
+            return Err(runtime("writing state in", &self.run_dir, e));
+        }
+        // Committed. Interfaces the new policy no longer names are detached now, not before:
+        // until here the old policy could still be restored on them.
+        if let Some(prev) = previous {
+            for gone in prev
+                .interfaces
+                .iter()
+                .filter(|a| !interfaces.contains(&a.name))
+            {
+                self.pins.remove_link(&xdp_hook(&gone.name));
+                self.pins.remove_link(&tc_hook(&gone.name));
+            }
+        }
+        if !self.readers_opened
+            && let Some(guard) = fresh.as_mut().or(self.guard.as_mut())
+        {
+            // The ring and log maps are pinned: the first instance's readers see every later
+            // instance's records too.
+            let logger = guard.take_logger();
+            match guard.take_events() {
+                Ok(ring) => {
+                    self.readers = Some((logger, ring));
+                    self.readers_opened = true;
+                }
+                Err(e) => error!(error = error_chain(&e), "opening the event ring failed"),
+            }
+        }
+        self.decoder.set_rules(lowered.rules.clone());
+        if let Some(guard) = fresh {
+            // Every link runs the new programs now; the previous instance can go.
+            self.guard = Some(guard);
+        }
         self.state = Some(state);
         self.record(json!({
             "ts": now_secs(),
@@ -436,7 +437,87 @@ impl Daemon {
         Ok(())
     }
 
-    /// Validates and applies a policy text; a rejected one is logged and changes nothing.
+    /// Attaches `fresh` (a new instance) or keeps the running instance's links, on every
+    /// interface and the cgroup. Returns what is attached.
+    fn attach_all(
+        &mut self,
+        fresh: Option<&mut Guard>,
+        switched: bool,
+        interfaces: &[String],
+        cgroup: &Path,
+    ) -> Result<Vec<Attached>, Failure> {
+        let rt = |e: crate::bpf::LoadError| Failure::Runtime(error_chain(&e));
+        let previous = self.state.as_ref();
+        if let Some(prev) = previous
+            && prev.cgroup != cgroup
+        {
+            // The pins are named by program, not by cgroup: the old cgroup's go first.
+            for name in crate::bpf::CGROUP_PROGRAMS {
+                self.pins.remove_link(&cgroup_hook(name));
+            }
+        }
+        let guard = match fresh {
+            Some(guard) => guard,
+            None => self
+                .guard
+                .as_mut()
+                .expect("switched in the running instance"),
+        };
+        let mut attached = Vec::new();
+        for iface in interfaces {
+            let kept = previous.and_then(|s| s.interfaces.iter().find(|a| &a.name == iface));
+            let xdp_mode = match kept {
+                // Its links already run this instance's programs.
+                Some(kept) if switched && self.pins.link(&xdp_hook(iface)).exists() => {
+                    kept.xdp_mode
+                }
+                _ => match guard.attach(iface, Some(&self.pins)).map_err(rt)? {
+                    Attach::New(mode) => mode,
+                    Attach::Replaced => kept.map_or(AttachMode::Default, |a| a.xdp_mode),
+                },
+            };
+            attached.push(Attached {
+                name: iface.clone(),
+                xdp_mode,
+            });
+        }
+        if !switched || previous.is_none_or(|p| p.cgroup != cgroup) {
+            guard.attach_cgroup(cgroup, Some(&self.pins)).map_err(rt)?;
+        }
+        Ok(attached)
+    }
+
+    /// Puts the running policy back after a failed apply: flips the generation back, or
+    /// switches the pinned links back to the running instance's programs.
+    fn undo(&mut self, switched: bool) {
+        let Some(guard) = self.guard.as_mut() else {
+            return;
+        };
+        let undone = if switched {
+            guard.revert().map_err(|e| error_chain(&e))
+        } else {
+            let mut result = Ok(());
+            if let Some(prev) = &self.state {
+                for a in &prev.interfaces {
+                    if let Err(e) = guard.attach(&a.name, Some(&self.pins)) {
+                        result = Err(error_chain(&e));
+                    }
+                }
+                if let Err(e) = guard.attach_cgroup(&prev.cgroup, Some(&self.pins)) {
+                    result = Err(error_chain(&e));
+                }
+            }
+            result
+        };
+        match undone {
+            Ok(()) => warn!("the failed policy change was undone: the previous policy is enforced"),
+            Err(e) => error!(
+                error = e,
+                "undoing the failed policy change failed: run `guard doctor`"
+            ),
+        }
+    }
+
     fn record(&self, event: serde_json::Value) {
         if let Ok(mut recent) = self.recent.lock() {
             recent.push(event);
@@ -692,6 +773,17 @@ impl Daemon {
                 policy,
                 confirm_within,
             } => {
+                if let Some(secs) = confirm_within
+                    && !(1..=MAX_CONFIRM_SECS).contains(&secs)
+                {
+                    // Checked before anything changes: the running policy stays.
+                    return (
+                        Reply::error(format!(
+                            "confirm_within must be 1 to {MAX_CONFIRM_SECS} seconds, not {secs}"
+                        )),
+                        false,
+                    );
+                }
                 let rollback_to = self.current.as_ref().map(|c| Current {
                     source: c.source.clone(),
                     text: c.text.clone(),
@@ -772,50 +864,6 @@ fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
-}
-
-/// "+added -removed ~changed" rule names between the running policy and a new rule set.
-fn diff_summary(before: Option<&State>, after: &[policy::RuleInfo]) -> String {
-    let Some(before) = before else {
-        return "initial".into();
-    };
-    let old: std::collections::HashMap<&str, &str> = before
-        .rules
-        .iter()
-        .map(|r| (r.name.as_str(), r.action.as_str()))
-        .collect();
-    let new: std::collections::HashMap<&str, &str> = after
-        .iter()
-        .map(|r| (r.name.as_str(), r.action.as_str()))
-        .collect();
-    let added: Vec<&str> = after
-        .iter()
-        .map(|r| r.name.as_str())
-        .filter(|n| !old.contains_key(n))
-        .collect();
-    let removed: Vec<&str> = before
-        .rules
-        .iter()
-        .map(|r| r.name.as_str())
-        .filter(|n| !new.contains_key(n))
-        .collect();
-    let changed = after
-        .iter()
-        .filter(|r| old.get(r.name.as_str()).is_some_and(|a| *a != r.action))
-        .count();
-    // Name at most a few rules; the counts say the rest.
-    let names: Vec<String> = added
-        .iter()
-        .take(5)
-        .map(|n| format!("+{n}"))
-        .chain(removed.iter().take(5).map(|n| format!("-{n}")))
-        .collect();
-    format!(
-        "+{} -{} ~{changed} ({})",
-        added.len(),
-        removed.len(),
-        names.join(" ")
-    )
 }
 
 fn resolve_interfaces(specs: &[InterfaceSpec]) -> Result<Vec<String>, Failure> {

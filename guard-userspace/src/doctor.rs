@@ -865,7 +865,7 @@ fn xdp_programs(iface: &str) -> Result<Vec<u32>, String> {
 }
 
 /// cgroup attach types guard uses, with its program on each (`bpf_attach_type`).
-const CGROUP_HOOKS: [(u32, &str); 7] = [
+const CGROUP_HOOKS: [(u32, &str); 8] = [
     (8, guard_common::programs::BIND4),
     (9, guard_common::programs::BIND6),
     (10, guard_common::programs::CONNECT4),
@@ -873,6 +873,7 @@ const CGROUP_HOOKS: [(u32, &str); 7] = [
     (14, guard_common::programs::SENDMSG4),
     (15, guard_common::programs::SENDMSG6),
     (3, guard_common::programs::SOCK_OPS),
+    (2, guard_common::programs::SOCK_CREATE),
 ];
 
 /// Guard's links and the other programs on its hooks.

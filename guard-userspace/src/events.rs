@@ -24,7 +24,8 @@ pub struct DenyEvent {
     /// The process (socket events).
     pub pid: Option<u32>,
     pub comm: Option<String>,
-    pub proto: &'static str,
+    /// `tcp`, `udp`, `udplite`, or another IP protocol's name or number.
+    pub proto: String,
     pub src: IpAddr,
     pub sport: u16,
     pub dst: IpAddr,
@@ -118,7 +119,7 @@ impl Decoder {
             audit: ev.flags & EVENT_FLAG_AUDIT != 0,
             pid: socket_event.then_some(ev.pid),
             comm: socket_event.then(|| String::from_utf8_lossy(&ev.comm[..comm_len]).into_owned()),
-            proto: if ev.proto == 6 { "tcp" } else { "udp" },
+            proto: crate::policy::model::protocol_name(ev.proto),
             src: addr(ev.src, ev.family),
             sport: ev.sport,
             dst: addr(ev.dst, ev.family),
@@ -257,7 +258,7 @@ mod tests {
         ev.dst[10..].copy_from_slice(&[0xff, 0xff, 198, 18, 0, 1]);
         let got = d.decode(&raw(&ev)).unwrap();
         assert_eq!(
-            (got.kind, got.rule.as_str(), got.proto),
+            (got.kind, got.rule.as_str(), got.proto.as_str()),
             ("drop", "default", "tcp")
         );
         assert_eq!(got.src, "198.18.0.2".parse::<IpAddr>().unwrap());
@@ -275,7 +276,7 @@ mod tests {
         ev.src = "2001:db8::1".parse::<Ipv6Addr>().unwrap().octets();
         let got = d.decode(&raw(&ev)).unwrap();
         assert_eq!(
-            (got.kind, got.rule.as_str(), got.proto),
+            (got.kind, got.rule.as_str(), got.proto.as_str()),
             ("audit_drop", "#9", "udp")
         );
         assert_eq!(got.src, "2001:db8::1".parse::<IpAddr>().unwrap());

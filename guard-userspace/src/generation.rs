@@ -10,8 +10,8 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use guard_common::{
-    ClassLens, GuardConfig, POLICY_PORTS_LEN, PORT_DIRECT, PORT_VALUE_MASK, PORTS_LEN, RuleRef,
-    SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index,
+    ClassLens, GuardConfig, POLICY_PORTS_LEN, PORT_DIRECT, PORT_VALUE_MASK, PORTS_LEN, PROTOS_LEN,
+    RuleRef, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index,
 };
 
 use crate::policy::Lowered;
@@ -23,6 +23,7 @@ use crate::policy::Lowered;
 pub struct Contents {
     pub config: GuardConfig,
     pub ports: BTreeMap<u32, u32>,
+    pub protos: BTreeMap<u32, u32>,
     pub listen: BTreeSet<u32>,
     pub port_slots: BTreeMap<u32, u32>,
     pub class_lens: BTreeMap<u32, ClassLens>,
@@ -52,6 +53,11 @@ impl Contents {
                 .ports
                 .iter()
                 .map(|&(i, v)| (gen_index(generation, POLICY_PORTS_LEN, i), port_value(v)))
+                .collect(),
+            protos: lowered
+                .protos
+                .iter()
+                .map(|&(i, v)| (gen_index(generation, PROTOS_LEN, i), port_value(v)))
                 .collect(),
             listen: lowered
                 .listen
@@ -114,6 +120,7 @@ impl Contents {
     pub fn without_zeros(&self) -> Self {
         let mut c = self.clone();
         c.ports.retain(|_, v| *v != 0);
+        c.protos.retain(|_, v| *v != 0);
         c.port_slots.retain(|_, v| *v != 0);
         c.class_lens.retain(|_, v| *v != ClassLens::default());
         c
@@ -136,6 +143,7 @@ impl Contents {
 pub struct Delta {
     pub config: Option<GuardConfig>,
     pub ports: Vec<(u32, u32)>,
+    pub protos: Vec<(u32, u32)>,
     pub listen: Vec<(u32, u32)>,
     pub port_slots: Vec<(u32, u32)>,
     pub class_lens: Vec<(u32, ClassLens)>,
@@ -202,6 +210,7 @@ impl Delta {
         [
             (maps::CONFIG, usize::from(self.config.is_some())),
             (maps::PORTS, self.ports.len()),
+            (maps::PROTOS, self.protos.len()),
             (maps::LISTEN, self.listen.len()),
             (maps::PORT_SLOTS, self.port_slots.len()),
             (maps::CLASS_LENS, self.class_lens.len()),
@@ -234,6 +243,7 @@ impl Delta {
         Self {
             config: (old.config != new.config).then_some(new.config),
             ports: array_changes(&old.ports, &new.ports),
+            protos: array_changes(&old.protos, &new.protos),
             listen: array_changes(&listen_old, &listen_new),
             port_slots: array_changes(&old.port_slots, &new.port_slots),
             class_lens: array_changes(&old.class_lens, &new.class_lens),
@@ -248,6 +258,7 @@ impl Delta {
     pub fn writes(&self) -> usize {
         usize::from(self.config.is_some())
             + self.ports.len()
+            + self.protos.len()
             + self.listen.len()
             + self.port_slots.len()
             + self.class_lens.len()
@@ -345,6 +356,7 @@ tcp = [22, 80, 443]
         assert_eq!(
             fill.writes(),
             1 + g.ports.len()
+                + g.protos.len()
                 + g.listen.len()
                 + g.port_slots.len()
                 + g.class_lens.len()
@@ -416,6 +428,13 @@ tcp = [22, 80, 443]
                 model.ports.remove(&i);
             } else {
                 model.ports.insert(i, v);
+            }
+        }
+        for (i, v) in delta.protos {
+            if v == 0 {
+                model.protos.remove(&i);
+            } else {
+                model.protos.insert(i, v);
             }
         }
         for (i, v) in delta.listen {

@@ -43,7 +43,8 @@ pub struct Process {
 impl Listener {
     /// True when the socket only accepts traffic addressed to a loopback address.
     pub fn loopback_only(&self) -> bool {
-        self.address.is_loopback()
+        // `::ffff:127.0.0.1` is a loopback address too.
+        self.address.to_canonical().is_loopback()
     }
 }
 
@@ -213,17 +214,29 @@ pub fn add_owners(listeners: &mut [Listener]) {
 /// As [`listeners`], without the processes (no scan of `/proc`).
 pub fn sockets() -> io::Result<Vec<Listener>> {
     let mut found = Vec::new();
-    for (proto, ip_proto, states) in [
-        (Proto::Tcp, libc::IPPROTO_TCP, 1u32 << TCP_LISTEN),
-        (Proto::Udp, libc::IPPROTO_UDP, 1u32 << UDP_UNCONNECTED),
+    // UDP-Lite sockets are judged as UDP (policy and `[listen]` alike), so they are listed as
+    // UDP. Its dump is optional: a kernel without UDP-Lite has no such sockets.
+    for (proto, ip_proto, states, required) in [
+        (Proto::Tcp, libc::IPPROTO_TCP, 1u32 << TCP_LISTEN, true),
+        (Proto::Udp, libc::IPPROTO_UDP, 1u32 << UDP_UNCONNECTED, true),
+        (
+            Proto::Udp,
+            libc::IPPROTO_UDPLITE,
+            1u32 << UDP_UNCONNECTED,
+            false,
+        ),
     ] {
         for family in [libc::AF_INET, libc::AF_INET6] {
-            let msgs = dump(family as u8, ip_proto as u8, states).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("sock_diag dump of {proto} sockets (family {family}): {e}"),
-                )
-            })?;
+            let msgs = match dump(family as u8, ip_proto as u8, states) {
+                Ok(msgs) => msgs,
+                Err(_) if !required => continue,
+                Err(e) => {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("sock_diag dump of {proto} sockets (family {family}): {e}"),
+                    ));
+                }
+            };
             for m in msgs.into_iter().filter(|m| m.port != 0) {
                 found.push(Listener {
                     proto,

@@ -57,16 +57,46 @@ pub fn create_run_dir(dir: &Path) -> io::Result<()> {
 }
 
 pub fn write(dir: &Path, state: &State) -> io::Result<()> {
+    prepare(dir)?.commit(state)
+}
+
+/// A state file about to be replaced: its temporary file is open, so a run directory that
+/// cannot be written (read-only, gone) fails here, before anything changes in the kernel.
+pub struct Pending {
+    dir: PathBuf,
+    tmp: PathBuf,
+    file: fs::File,
+}
+
+/// Opens the temporary file a [`Pending::commit`] will fill and rename over the state file.
+pub fn prepare(dir: &Path) -> io::Result<Pending> {
     let tmp = dir.join(format!("{STATE_FILE}.tmp"));
-    let mut f = fs::OpenOptions::new()
+    let file = fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
         .mode(0o600)
         .open(&tmp)?;
-    f.write_all(&serde_json::to_vec_pretty(state).map_err(io::Error::other)?)?;
-    f.sync_all()?;
-    fs::rename(tmp, dir.join(STATE_FILE))
+    Ok(Pending {
+        dir: dir.to_path_buf(),
+        tmp,
+        file,
+    })
+}
+
+impl Pending {
+    /// Writes `state`, syncs it and renames it over the state file (atomic).
+    pub fn commit(mut self, state: &State) -> io::Result<()> {
+        let written = self
+            .file
+            .write_all(&serde_json::to_vec_pretty(state).map_err(io::Error::other)?)
+            .and_then(|()| self.file.sync_all())
+            .and_then(|()| fs::rename(&self.tmp, self.dir.join(STATE_FILE)));
+        if written.is_err() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+        written
+    }
 }
 
 /// The state of the daemon using `dir`, or an error saying it is not running.

@@ -478,6 +478,13 @@ impl Daemon {
         self.child.as_ref().expect("running").id()
     }
 
+    /// True while the daemon process has not exited.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().expect("wait").is_none())
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn stop(&mut self) -> ExitStatus {
         self.stop_with(libc::SIGTERM)

@@ -458,3 +458,222 @@ fn egress_audit_rules_allow_and_report() {
         "{log}"
     );
 }
+
+/// A socket of `family`, `kind` and `protocol` (raw libc: std has no UDP-Lite or TFO).
+fn raw_socket(family: i32, kind: i32, protocol: i32) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain socket(2); the fd is owned from here on.
+    let fd = unsafe { libc::socket(family, kind | libc::SOCK_CLOEXEC, protocol) };
+    assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a new, valid fd.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// A `sockaddr_storage` for `addr` (IPv6 addresses as given, so `::ffff:a.b.c.d` stays
+/// IPv4-mapped) and its length.
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: all-zero is a valid sockaddr_storage.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            // SAFETY: sockaddr_storage is larger than and aligned for sockaddr_in.
+            let sin = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in) };
+            sin.sin_family = libc::AF_INET as u16;
+            sin.sin_port = a.port().to_be();
+            sin.sin_addr.s_addr = u32::from_ne_bytes(a.ip().octets());
+            std::mem::size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 = unsafe { &mut *(&mut ss as *mut _ as *mut libc::sockaddr_in6) };
+            sin6.sin6_family = libc::AF_INET6 as u16;
+            sin6.sin6_port = a.port().to_be();
+            sin6.sin6_addr.s6_addr = a.ip().octets();
+            std::mem::size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+/// 0 or the errno of one socket call.
+fn errno_of(ret: isize) -> i32 {
+    if ret < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    } else {
+        0
+    }
+}
+
+fn raw_bind(fd: &std::os::fd::OwnedFd, addr: SocketAddr) -> i32 {
+    use std::os::fd::AsRawFd as _;
+    let (ss, len) = sockaddr(addr);
+    // SAFETY: a valid fd and sockaddr of `len` bytes.
+    errno_of(unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            &ss as *const _ as *const libc::sockaddr,
+            len,
+        )
+    } as isize)
+}
+
+fn raw_connect(fd: &std::os::fd::OwnedFd, addr: SocketAddr) -> i32 {
+    use std::os::fd::AsRawFd as _;
+    let (ss, len) = sockaddr(addr);
+    // SAFETY: as in raw_bind.
+    errno_of(unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            &ss as *const _ as *const libc::sockaddr,
+            len,
+        )
+    } as isize)
+}
+
+fn raw_sendto(fd: &std::os::fd::OwnedFd, addr: SocketAddr, flags: i32) -> i32 {
+    use std::os::fd::AsRawFd as _;
+    let (ss, len) = sockaddr(addr);
+    let data = b"x";
+    // SAFETY: as in raw_bind, with a one-byte buffer.
+    errno_of(unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            flags,
+            &ss as *const _ as *const libc::sockaddr,
+            len,
+        )
+    })
+}
+
+/// Issue K-1 and K-2 at the socket hooks: UDP-Lite sockets are judged as UDP by `[listen]`,
+/// and IPv4-mapped IPv6 destinations are judged by the IPv4 rules (connect and TCP Fast
+/// Open).
+#[test]
+fn udplite_binds_and_ipv4_mapped_tcp_destinations_are_judged() {
+    let net = TestNet::new();
+    let (allowed, other) = (free_port(), free_port());
+    let db = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let db = db.local_addr().unwrap();
+    let policy = policy(
+        &net,
+        &format!(
+            "[zones]\nlocal4 = [\"127.0.0.0/8\"]\n\
+             [[egress]]\nname = \"no-db\"\nproto = \"tcp\"\nports = [{}]\nto = [\"local4\"]\naction = \"deny\"\n\
+             [listen]\nallow = [{allowed}]\n",
+            db.port(),
+        ),
+    );
+    let mut daemon = Daemon::start(&["--policy", policy.arg()]);
+    daemon.cgroup.run(|| {
+        let lite4 = || raw_socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE);
+        let lite6 = || raw_socket(libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE);
+        assert_eq!(
+            raw_bind(&lite4(), v4(other)),
+            EPERM,
+            "UDP-Lite bind outside [listen]"
+        );
+        assert_eq!(
+            raw_bind(&lite6(), v6(other)),
+            EPERM,
+            "UDP-Lite v6 bind outside [listen]"
+        );
+        assert_eq!(
+            raw_bind(&lite4(), v4(allowed)),
+            0,
+            "UDP-Lite bind inside [listen]"
+        );
+        let tcp6 = || raw_socket(libc::AF_INET6, libc::SOCK_STREAM, 0);
+        assert_eq!(
+            raw_connect(&tcp6(), mapped(db.port())),
+            EPERM,
+            "mapped TCP connect"
+        );
+        assert_eq!(
+            raw_sendto(&tcp6(), mapped(db.port()), libc::MSG_FASTOPEN),
+            EPERM,
+            "mapped TCP Fast Open"
+        );
+        // Control: a mapped destination the rules do not name is allowed.
+        let web = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        assert_eq!(
+            raw_connect(&tcp6(), mapped(web.local_addr().unwrap().port())),
+            0
+        );
+    });
+    let stats = daemon.dirs.stats();
+    assert_eq!(rule_packets(&stats, "no-db"), 2, "{stats}");
+    assert!(daemon.stop().success());
+    let log = daemon.log_text();
+    assert!(
+        log.lines().any(|l| l.contains("bind_denied")
+            && l.contains(&format!("port={other}"))
+            && l.contains("proto=\"udplite\"")),
+        "UDP-Lite bind denials are events naming the protocol:\n{log}"
+    );
+}
+
+/// Issue K-1 and K-2 for UDP: IPv4-mapped destinations are judged by the IPv4 rules; and
+/// since the kernel runs no connect hook for UDP-Lite, a policy whose `[[egress]]` denies UDP
+/// destinations denies creating UDP-Lite sockets in the cgroup.
+#[test]
+fn udp_egress_rules_hold_for_ipv4_mapped_destinations_and_udplite() {
+    let net = TestNet::new();
+    let udp_target = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let udp_target = udp_target.local_addr().unwrap();
+    let policy = policy(
+        &net,
+        &format!(
+            "[zones]\nlocal4 = [\"127.0.0.0/8\"]\n\
+             [[egress]]\nname = \"no-udp\"\nproto = \"udp\"\nports = [{}]\nto = [\"local4\"]\naction = \"deny\"\n",
+            udp_target.port(),
+        ),
+    );
+    let mut daemon = Daemon::start(&["--policy", policy.arg()]);
+    daemon.cgroup.run(|| {
+        let udp6 = || raw_socket(libc::AF_INET6, libc::SOCK_DGRAM, 0);
+        assert_eq!(
+            raw_sendto(&udp6(), mapped(udp_target.port()), 0),
+            EPERM,
+            "mapped UDP sendto"
+        );
+        assert_eq!(
+            raw_connect(&udp6(), mapped(udp_target.port())),
+            EPERM,
+            "mapped UDP connect"
+        );
+        let other = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        assert_eq!(
+            raw_sendto(&udp6(), mapped(other.local_addr().unwrap().port()), 0),
+            0
+        );
+        // SAFETY: plain socket(2).
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) };
+        let err = std::io::Error::last_os_error().raw_os_error();
+        assert_eq!(
+            (fd, err),
+            (-1, Some(EPERM)),
+            "UDP-Lite socket() under a UDP egress deny"
+        );
+    });
+    let stats = daemon.dirs.stats();
+    assert_eq!(rule_packets(&stats, "no-udp"), 2, "{stats}");
+    assert!(daemon.stop().success());
+    let log = daemon.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("connect_denied") && l.contains("proto=\"udplite\"")),
+        "the refused UDP-Lite socket is an event:\n{log}"
+    );
+}
+
+fn mapped(port: u16) -> SocketAddr {
+    SocketAddr::from(("::ffff:127.0.0.1".parse::<Ipv6Addr>().unwrap(), port))
+}
+fn v4(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
+}
+fn v6(port: u16) -> SocketAddr {
+    SocketAddr::from((Ipv6Addr::LOCALHOST, port))
+}

@@ -252,7 +252,7 @@ fn events_are_rate_limited_per_source_and_carry_the_suppressed_count() {
     let from_a: Vec<_> = events.iter().filter(|e| e.src == IpAddr::V4(a)).collect();
     let first = from_a[0];
     assert_eq!(
-        (first.kind, first.rule.as_str(), first.proto),
+        (first.kind, first.rule.as_str(), first.proto.as_str()),
         ("drop", "default", "tcp")
     );
     assert_eq!(

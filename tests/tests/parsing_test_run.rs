@@ -158,23 +158,31 @@ fn ipv6_extension_headers_are_walked_up_to_eight() {
         "nine headers"
     );
     assert_eq!(g.counters().reason("unsupported"), 1);
-    // A later fragment carries no ports; ICMPv6 after extension headers is not TCP/UDP.
+    // A later fragment carries no ports; ICMPv6 after extension headers is found: a
+    // neighbour solicitation passes as ICMP control, an echo request is judged (the default
+    // `icmp-echo` rule allows it from any source).
     assert_eq!(
         g.verdict(&ipv6(out6(), host6(), &[Ext::Fragment(9, false)], &tcp(81))),
         XDP_PASS
     );
-    let icmp = L4::Other {
-        proto: 58,
-        bytes: vec![128, 0, 0, 0, 0, 0, 0, 0],
-    };
-    assert_eq!(
-        g.verdict(&ipv6(out6(), host6(), &[Ext::HopByHop(0)], &icmp)),
-        XDP_PASS
-    );
+    for icmp_type in [135, 128] {
+        let icmp = L4::Other {
+            proto: 58,
+            bytes: vec![icmp_type, 0, 0, 0, 0, 0, 0, 0],
+        };
+        assert_eq!(
+            g.verdict(&ipv6(out6(), host6(), &[Ext::HopByHop(0)], &icmp)),
+            XDP_PASS
+        );
+    }
     let c = g.counters();
     assert_eq!(
-        (c.reason("fragment_passed"), c.reason("not_tcp_udp")),
-        (1, 1)
+        (
+            c.reason("fragment_passed"),
+            c.reason("icmp_control"),
+            c.rule("icmp-echo").unwrap().packets
+        ),
+        (1, 1, 1)
     );
 }
 

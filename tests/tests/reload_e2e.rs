@@ -369,3 +369,198 @@ fn the_control_socket_is_root_only_and_survives_garbage() {
     assert_eq!(reply["ok"], true, "the daemon still answers: {reply}");
     assert_eq!(reply["version"], 1);
 }
+
+/// One control-socket request, raw: the reply line as JSON.
+fn ask_raw(daemon: &Daemon, payload: &[u8]) -> serde_json::Value {
+    let path = daemon.dirs.run_dir.join("guard.sock");
+    let mut s = UnixStream::connect(&path).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(payload).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap_or(serde_json::Value::Null)
+}
+
+/// Issue K-7: every field of an `apply` request at its extremes. A confirm window outside
+/// 1..=86400 is refused before anything changes, and no request panics the daemon.
+#[test]
+fn control_requests_at_their_extremes_are_refused_and_change_nothing() {
+    let net = TestNet::new();
+    let (_a, a) = listener(&net);
+    let (_b, b) = listener(&net);
+    let policy = PolicyFile::new(&policy_text(&net, &[a.port()]));
+    let mut daemon = Daemon::start(&["--policy", policy.arg()]);
+    let candidate = serde_json::to_string(&policy_text(&net, &[a.port(), b.port()])).unwrap();
+    for confirm in ["0", "86401", "18446744073709551615"] {
+        let reply = ask_raw(
+            &daemon,
+            format!(
+                "{{\"version\":1,\"cmd\":\"apply\",\"name\":\"x.toml\",\"policy\":{candidate},\"confirm_within\":{confirm}}}\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(reply["ok"], false, "{reply}");
+        assert!(
+            reply["error"]
+                .as_str()
+                .unwrap()
+                .contains("confirm_within must be 1 to 86400 seconds"),
+            "{reply}"
+        );
+        assert!(!open(&net, b), "refused: nothing applied ({confirm})");
+    }
+    for bad in [
+        "-1",
+        "1.5",
+        "\"30\"",
+        "18446744073709551616",
+        "1e400",
+        "null, \"x\": 1",
+    ] {
+        let reply = ask_raw(
+            &daemon,
+            format!(
+                "{{\"version\":1,\"cmd\":\"apply\",\"name\":\"x.toml\",\"policy\":{candidate},\"confirm_within\":{bad}}}\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(reply["ok"], false, "{bad}: {reply}");
+        assert!(!open(&net, b), "refused: nothing applied ({bad})");
+    }
+    for extreme in [
+        format!(
+            "{{\"version\":1,\"cmd\":\"events\",\"since\":{}}}\n",
+            u64::MAX
+        ),
+        format!(
+            "{{\"version\":1,\"cmd\":\"apply\",\"name\":\"{}\",\"policy\":\"\"}}\n",
+            "n".repeat(100_000)
+        ),
+        "{\"version\":1,\"cmd\":\"apply\",\"name\":\"\\u0000\\n\",\"policy\":\"\\u0000\"}\n"
+            .to_owned(),
+        format!("{}\n", "[".repeat(100_000)),
+        "{\"version\":18446744073709551616,\"cmd\":\"status\"}\n".to_owned(),
+    ] {
+        let _ = ask_raw(&daemon, extreme.as_bytes());
+    }
+    // The largest allowed window is accepted, and still answers and enforces.
+    let reply = ask_raw(
+        &daemon,
+        format!(
+            "{{\"version\":1,\"cmd\":\"apply\",\"name\":\"x.toml\",\"policy\":{candidate},\"confirm_within\":86400}}\n"
+        )
+        .as_bytes(),
+    );
+    assert_eq!(reply["ok"], true, "{reply}");
+    assert!(open(&net, b));
+    let status = ask_raw(&daemon, b"{\"version\":1,\"cmd\":\"status\"}\n");
+    assert_eq!(status["data"]["pending_confirm"], true, "{status}");
+    assert!(daemon.is_running(), "{}", daemon.log_text());
+}
+
+/// Issue K-4: an apply that cannot record its result (the run directory is read-only) fails
+/// and changes nothing in the kernel: the old policy is enforced and reported.
+#[test]
+fn a_failed_apply_leaves_the_old_policy_enforced_and_reported() {
+    let net = TestNet::new();
+    let (_a, a) = listener(&net);
+    let (_b, b) = listener(&net);
+    let policy = PolicyFile::new(&policy_text(&net, &[a.port()]));
+    let daemon = Daemon::start(&["--policy", policy.arg()]);
+    let before = guard_cmd(&daemon, &["status", "--json"]);
+    let before: serde_json::Value = serde_json::from_slice(&before.stdout).unwrap();
+    let candidate = PolicyFile::new(&policy_text(&net, &[a.port(), b.port()]));
+    let run_dir = daemon.dirs.run_dir.to_str().unwrap().to_owned();
+    let ro = ReadOnly::new(&run_dir);
+    let out = guard_cmd(&daemon, &["apply", candidate.arg()]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Read-only file system"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!open(&net, b), "the new policy is not enforced");
+    assert!(open(&net, a), "the old one is");
+    drop(ro);
+    let after = guard_cmd(&daemon, &["status", "--json"]);
+    let after: serde_json::Value = serde_json::from_slice(&after.stdout).unwrap();
+    assert_eq!(after["policy_hash"], before["policy_hash"]);
+    assert_eq!(after["generation"], before["generation"]);
+    let verify = ask_raw(&daemon, b"{\"version\":1,\"cmd\":\"verify\"}\n");
+    assert_eq!(verify["data"]["drift"], serde_json::json!([]), "{verify}");
+    // Writable again: the same apply goes through.
+    assert!(
+        guard_cmd(&daemon, &["apply", candidate.arg()])
+            .status
+            .success()
+    );
+    assert!(open(&net, b));
+}
+
+/// A read-only bind mount of a directory over itself, undone on drop.
+struct ReadOnly(String);
+
+impl ReadOnly {
+    fn new(dir: &str) -> Self {
+        for args in [
+            &["--bind", dir, dir][..],
+            &["-o", "remount,bind,ro", dir, dir][..],
+        ] {
+            let out = std::process::Command::new("mount")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "mount {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Self(dir.to_owned())
+    }
+}
+
+impl Drop for ReadOnly {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Issue K-9: the audit trail names every kind of change, not only changed actions.
+#[test]
+fn policy_applied_names_changed_ports_sources_and_settings() {
+    let net = TestNet::new();
+    let (_a, a) = listener(&net);
+    let text = policy_text(&net, &[a.port()]);
+    let policy = PolicyFile::new(&text);
+    let daemon = Daemon::start(&["--policy", policy.arg()]);
+    // Each change on top of the one before.
+    let ports = text.replace(
+        &format!("ports = [{}]", a.port()),
+        &format!("ports = [{}, 1]", a.port()),
+    );
+    let default = ports.replace("default = \"deny\"", "default = \"allow\"");
+    let failsafe = default.replace("failsafe_ports = []", "failsafe_ports = [2222]");
+    let changes = [
+        (ports, format!("+0 -0 ~1 (~p{})", a.port())),
+        (default, "+0 -0 ~0 () settings: default".to_owned()),
+        (failsafe, "+0 -0 ~0 () settings: failsafe_ports".to_owned()),
+    ];
+    for (new, want) in changes {
+        let file = PolicyFile::new(&new);
+        assert!(guard_cmd(&daemon, &["apply", file.arg()]).status.success());
+        let events = guard_cmd(&daemon, &["events", "--json"]);
+        let last = String::from_utf8_lossy(&events.stdout)
+            .lines()
+            .rfind(|l| l.contains("policy_applied"))
+            .unwrap_or_default()
+            .to_owned();
+        assert!(last.contains(&want), "want {want} in {last}");
+    }
+}

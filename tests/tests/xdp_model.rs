@@ -22,6 +22,7 @@ mode = "enforce"
 interfaces = ["unused0"]
 default = "deny"
 failsafe_ports = [22]
+icmp_echo = ["internal"]
 [zones]
 internal = ["10.0.0.0/8", "fd00::/8"]
 lab      = ["10.1.0.0/16", "fd00:1::/32"]
@@ -64,6 +65,18 @@ proto = "tcp"
 ports = [22]
 from = ["dmz"]
 action = "deny"
+[[ingress]]
+name = "gre-lab"
+proto = "gre"
+from = ["lab"]
+[[ingress]]
+name = "no-esp-dmz"
+proto = "esp"
+from = ["dmz"]
+action = "deny"
+[[ingress]]
+name = "esp"
+proto = "esp"
 "#;
 
 /// Nine prefix lengths on one port (more than the hash path takes): the LPM-trie path.
@@ -84,9 +97,31 @@ fn policy_text() -> String {
 enum Judged {
     Malformed,
     Unsupported,
+    /// Not IP, or ICMP other than an echo request: passed unjudged.
     Other,
     LaterFragment,
-    Flow { tcp: bool, src: IpAddr, dport: u16 },
+    Flow {
+        tcp: bool,
+        src: IpAddr,
+        dport: u16,
+    },
+    /// A protocol judged as a whole (ICMP echo requests included).
+    Whole {
+        proto: u8,
+        src: IpAddr,
+    },
+}
+
+/// ICMP (1, type 8) and ICMPv6 (58, type 128) echo requests are judged; other ICMP passes.
+fn icmp(p: &[u8], at: usize, proto: u8, src: IpAddr) -> Judged {
+    let Some(h) = p.get(at..at + 4) else {
+        return Judged::Malformed;
+    };
+    if h[0] == if proto == 1 { 8 } else { 128 } {
+        Judged::Whole { proto, src }
+    } else {
+        Judged::Other
+    }
 }
 
 fn be16(b: &[u8], at: usize) -> Option<u16> {
@@ -94,7 +129,8 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
 }
 
 /// Parses as documented in the README: Ethernet, up to 2 VLAN tags, IPv4 (IHL, total
-/// length, fragments), IPv6 with up to 8 extension headers, TCP/UDP.
+/// length, fragments), IPv6 with up to 8 extension headers, TCP/UDP/UDP-Lite by port, ICMP
+/// echo requests and every other protocol as a whole.
 fn model_parse(p: &[u8]) -> Judged {
     let Some(mut ethertype) = be16(p, 12) else {
         return Judged::Malformed;
@@ -121,16 +157,15 @@ fn model_parse(p: &[u8]) -> Judged {
             {
                 return Judged::Malformed;
             }
-            let tcp = match ip[9] {
-                6 => true,
-                17 => false,
-                _ => return Judged::Other,
-            };
-            if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
-                return Judged::LaterFragment;
-            }
             let src = IpAddr::V4(Ipv4Addr::new(ip[12], ip[13], ip[14], ip[15]));
-            transport(p, at + ihl, tcp, src)
+            let later = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0;
+            match (ip[9], later) {
+                (6 | 17 | 136 | 1 | 58, true) => Judged::LaterFragment,
+                (6, false) => transport(p, at + ihl, true, src),
+                (17 | 136, false) => transport(p, at + ihl, false, src),
+                (1 | 58, false) => icmp(p, at + ihl, ip[9], src),
+                (proto, _) => Judged::Whole { proto, src },
+            }
         }
         0x86dd => {
             let Some(ip) = p.get(at..at + 40) else {
@@ -139,14 +174,19 @@ fn model_parse(p: &[u8]) -> Judged {
             if ip[0] >> 4 != 6 {
                 return Judged::Malformed;
             }
-            let src = IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap()));
+            let src = Ipv6Addr::from(<[u8; 16]>::try_from(&ip[8..24]).unwrap());
+            if src.to_ipv4_mapped().is_some() {
+                return Judged::Malformed;
+            }
+            let src = IpAddr::V6(src);
             let mut next = ip[6];
             at += 40;
             let mut walked = 0;
             loop {
                 match next {
                     6 => return transport(p, at, true, src),
-                    17 => return transport(p, at, false, src),
+                    17 | 136 => return transport(p, at, false, src),
+                    1 | 58 => return icmp(p, at, next, src),
                     0 | 43 | 60 | 44 | 51 => {
                         if walked == 8 {
                             return Judged::Unsupported;
@@ -156,7 +196,12 @@ fn model_parse(p: &[u8]) -> Judged {
                         };
                         let len = match next {
                             44 if u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 => {
-                                return Judged::LaterFragment;
+                                return match ext[0] {
+                                    6 | 17 | 136 | 1 | 58 | 0 | 43 | 60 | 44 | 51 => {
+                                        Judged::LaterFragment
+                                    }
+                                    proto => Judged::Whole { proto, src },
+                                };
                             }
                             44 => 8,
                             51 => (usize::from(ext[1]) + 2) * 4,
@@ -166,7 +211,7 @@ fn model_parse(p: &[u8]) -> Judged {
                         at += len;
                         walked += 1;
                     }
-                    _ => return Judged::Other,
+                    proto => return Judged::Whole { proto, src },
                 }
             }
         }
@@ -225,6 +270,37 @@ fn model_decide(policy: &Policy, tcp: bool, src: IpAddr, dport: u16) -> (String,
     }
 }
 
+/// The rule and action the policy gives a packet of a protocol judged as a whole.
+fn model_decide_whole(policy: &Policy, proto: u8, src: IpAddr) -> (String, RuleAction) {
+    let mut best: Option<(u8, RuleAction, i64, &str)> = None;
+    for (i, rule) in policy.protocols.iter().enumerate() {
+        if !rule.protocols.contains(&proto) {
+            continue;
+        }
+        for net in rule.nets.iter().filter(|n| n.contains(&src)) {
+            let cand = (
+                net.prefix_len(),
+                rule.action,
+                -(i as i64),
+                rule.name.as_str(),
+            );
+            if best.is_none_or(|b| (cand.0, cand.1, cand.2) > (b.0, b.1, b.2)) {
+                best = Some(cand);
+            }
+        }
+    }
+    match best {
+        Some((_, action, _, name)) => (name.to_owned(), action),
+        None => (
+            "default".into(),
+            match policy.default_action {
+                DefaultAction::Allow => RuleAction::Allow,
+                DefaultAction::Deny => RuleAction::Deny,
+            },
+        ),
+    }
+}
+
 /// The verdict and the rule credited (None when no rule is).
 fn model(policy: &Policy, p: &[u8]) -> (u32, Option<String>) {
     let enforce = policy.mode == Mode::Enforce;
@@ -235,6 +311,11 @@ fn model(policy: &Policy, p: &[u8]) -> (u32, Option<String>) {
         Judged::Other | Judged::LaterFragment => (XDP_PASS, None),
         Judged::Flow { tcp, src, dport } => {
             let (rule, action) = model_decide(policy, tcp, src, dport);
+            let drop = enforce && action == RuleAction::Deny;
+            (if drop { XDP_DROP } else { XDP_PASS }, Some(rule))
+        }
+        Judged::Whole { proto, src } => {
+            let (rule, action) = model_decide_whole(policy, proto, src);
             let drop = enforce && action == RuleAction::Deny;
             (if drop { XDP_DROP } else { XDP_PASS }, Some(rule))
         }
@@ -276,8 +357,9 @@ fn arb_l4() -> impl Strategy<Value = L4> {
     let port = prop_oneof![prop::sample::select(&PORTS[..]), any::<u16>()];
     prop_oneof![
         4 => (port.clone(), prop::sample::select(vec![TCP_SYN, TCP_ACK, TCP_SYN | TCP_ACK, TCP_RST, 0])).prop_map(|(dport, flags)| L4::Tcp { sport: 40000, dport, flags }),
-        3 => port.prop_map(|dport| L4::Udp { sport: 40000, dport, payload: vec![1, 2, 3] }),
-        1 => prop::sample::select(vec![1u8, 58, 47, 50, 132]).prop_map(|proto| L4::Other { proto, bytes: vec![0; 8] }),
+        3 => port.clone().prop_map(|dport| L4::Udp { sport: 40000, dport, payload: vec![1, 2, 3] }),
+        2 => (prop::sample::select(vec![1u8, 58, 47, 50, 132, 33, 59]), prop::sample::select(vec![0u8, 3, 8, 128, 135])).prop_map(|(proto, first)| L4::Other { proto, bytes: vec![first, 0, 0, 0, 0, 0, 0, 0] }),
+        1 => port.clone().prop_map(|dport| { let mut b = vec![0u8; 8]; b[0..2].copy_from_slice(&40000u16.to_be_bytes()); b[2..4].copy_from_slice(&dport.to_be_bytes()); L4::Other { proto: 136, bytes: b } }),
     ]
 }
 
@@ -418,6 +500,27 @@ fn policy_switches_match_the_model() {
     }
 }
 
+/// The bytes a judged packet counts (README): up to the end of the IP packet as its header
+/// states it, link header included, never more than the frame.
+fn counted_len(p: &[u8]) -> u64 {
+    let mut at = 14;
+    while matches!(be16(p, at - 2), Some(0x8100 | 0x88a8)) {
+        at += 4;
+    }
+    let ip_end = match be16(p, at - 2) {
+        Some(0x0800) => be16(p, at + 2).map_or(0, |l| at + usize::from(l)),
+        Some(0x86dd) => {
+            be16(p, at + 4).map_or(0, |l| if l == 0 { 0 } else { at + 40 + usize::from(l) })
+        }
+        _ => 0,
+    };
+    (if ip_end == 0 || ip_end > p.len() {
+        p.len()
+    } else {
+        ip_end
+    }) as u64
+}
+
 /// The per-rule counters after a deterministic batch equal the model's tally.
 #[test]
 fn rule_counters_match_the_model_tally() {
@@ -434,7 +537,7 @@ fn rule_counters_match_the_model_tally() {
         if let Some(rule) = rule {
             let e = tally.entry(rule).or_default();
             e.0 += 1;
-            e.1 += p.len() as u64;
+            e.1 += counted_len(&p);
         }
     }
     let c = g.counters();

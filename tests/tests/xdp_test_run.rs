@@ -213,7 +213,7 @@ fn non_ip_and_vlan_and_later_fragments() {
     frag[IP_OFFSET + 7] = 185;
     assert_eq!(g.verdict(&frag), XDP_PASS);
     let c = g.counters();
-    assert_eq!(c.reason("not_tcp_udp"), 1);
+    assert_eq!(c.reason("not_ip"), 1);
     assert_eq!(c.reason("fragment_passed"), 1);
 }
 

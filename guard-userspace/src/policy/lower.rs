@@ -20,7 +20,7 @@ use guard_common::{
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::model::{DefaultAction, Mode, Policy, PortRange, Proto, Rule, RuleAction};
+use super::model::{DefaultAction, Mode, Policy, PortRange, Proto, RuleAction};
 
 /// What a rule's counters mean, for `guard stats` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -60,6 +60,8 @@ pub struct Lowered {
     pub fresh_slots: Vec<u32>,
     /// Non-zero entries of the ports array: (index, class | flags).
     pub ports: Vec<(u32, u32)>,
+    /// Non-zero entries of the protocols array: (IP protocol number, class or direct rule).
+    pub protos: Vec<(u32, u32)>,
     /// Entries of the class-lengths array: (class, prefix lengths).
     pub class_lens: Vec<(u32, ClassLens)>,
     /// Source hash entries (classes with at most `MAX_CLASS_PREFIX_LENS` lengths).
@@ -158,28 +160,47 @@ pub fn lower_after(
         })
         .collect();
     debug_assert_eq!(rules.len() as u32, RULE_FIRST_POLICY);
-    // Ingress rules, then egress rules; names are unique across both.
-    let all_rules: Vec<&Rule> = policy.ingress.iter().chain(&policy.egress).collect();
-    let names: Vec<&str> = all_rules.iter().map(|r| r.name.as_str()).collect();
+    // Ingress rules, then egress rules, then whole-protocol rules; names are unique across
+    // all of them. Each is (name, action, source networks).
+    let all_rules: Vec<(&str, RuleAction, &[IpNet])> = policy
+        .ingress
+        .iter()
+        .chain(&policy.egress)
+        .map(|r| (r.name.as_str(), r.action, r.nets.as_slice()))
+        .chain(
+            policy
+                .protocols
+                .iter()
+                .map(|r| (r.name.as_str(), r.action, r.nets.as_slice())),
+        )
+        .collect();
+    let names: Vec<&str> = all_rules.iter().map(|r| r.0).collect();
     let previous: Vec<(&str, u32)> = previous_rules
         .iter()
         .filter(|r| r.index >= RULE_FIRST_POLICY)
         .map(|r| (r.name.as_str(), r.index))
         .collect();
     let (index_of, fresh_rules) = assign(&names, &previous, RULE_FIRST_POLICY);
-    let rule_by_index: HashMap<u32, &Rule> = index_of
+    let rule_by_index: HashMap<u32, (RuleAction, &[IpNet])> = index_of
         .iter()
         .copied()
-        .zip(all_rules.iter().copied())
+        .zip(all_rules.iter().map(|&(_, action, nets)| (action, nets)))
         .collect();
-    rules.extend(all_rules.iter().zip(&index_of).map(|(r, &index)| RuleInfo {
-        index,
-        name: r.name.clone(),
-        action: label(r.action, policy.mode),
-    }));
+    rules.extend(
+        all_rules
+            .iter()
+            .zip(&index_of)
+            .map(|(&(name, action, _), &index)| RuleInfo {
+                index,
+                name: name.to_owned(),
+                action: label(action, policy.mode),
+            }),
+    );
     rules.sort_by_key(|r| r.index);
     let ingress_index = &index_of[..policy.ingress.len()];
-    let egress_index = &index_of[policy.ingress.len()..];
+    let egress_end = policy.ingress.len() + policy.egress.len();
+    let egress_index = &index_of[policy.ingress.len()..egress_end];
+    let protocol_index = &index_of[egress_end..];
 
     // Port segments and their classes.
     let mut class_of_set: HashMap<Vec<u32>, u32> = HashMap::new();
@@ -214,21 +235,36 @@ pub fn lower_after(
             segment_classes.push((proto_idx, segment, class));
         }
     }
+    // Whole protocols: the rules naming each protocol number form its class.
+    let mut protocol_sets: BTreeMap<u8, Vec<u32>> = BTreeMap::new();
+    for (rule, &index) in policy.protocols.iter().zip(protocol_index) {
+        for &number in &rule.protocols {
+            protocol_sets.entry(number).or_default().push(index);
+        }
+    }
+    let mut protocol_classes: Vec<(u8, u32)> = Vec::new();
+    for (number, mut set) in protocol_sets {
+        set.sort_unstable();
+        set.dedup();
+        let next = class_of_set.len() as u32 + 1;
+        let class = *class_of_set.entry(set).or_insert(next);
+        protocol_classes.push((number, class));
+    }
 
     // (class, net) -> best (action, rule index).
     let mut best: BTreeMap<(u32, IpNet), (RuleAction, u32)> = BTreeMap::new();
     for (set, &class) in &class_of_set {
         for &rule in set {
-            let r = rule_by_index[&rule];
-            for net in &r.nets {
+            let (action, nets) = rule_by_index[&rule];
+            for net in nets {
                 best.entry((class, *net))
                     .and_modify(|cur| {
                         // Stronger action wins; at equal action the earlier rule keeps it.
-                        if r.action > cur.0 {
-                            *cur = (r.action, rule);
+                        if action > cur.0 {
+                            *cur = (action, rule);
                         }
                     })
-                    .or_insert((r.action, rule));
+                    .or_insert((action, rule));
             }
         }
     }
@@ -272,6 +308,15 @@ pub fn lower_after(
             *ports.entry(port_index(PROTO_IDX_TCP, port)).or_insert(0) |= PORT_FAILSAFE;
         }
     }
+    let protos: Vec<(u32, u32)> = protocol_classes
+        .iter()
+        .map(|&(number, class)| {
+            (
+                u32::from(number),
+                direct.get(&class).copied().unwrap_or(class),
+            )
+        })
+        .collect();
 
     // Per class and family: the distinct prefix lengths, longest first. Up to
     // MAX_CLASS_PREFIX_LENS of them are judged by hash lookups; more go to the LPM trie.
@@ -392,12 +437,18 @@ pub fn lower_after(
             tcp_flow_timeout_ns: u64::from(policy.flows.tcp_timeout_seconds) * 1_000_000_000,
             udp_flow_timeout_ns: u64::from(policy.flows.udp_timeout_seconds) * 1_000_000_000,
             listen_enforced: u32::from(policy.listen.is_some()),
-            _pad: 0,
+            udplite_denied: u32::from(
+                policy
+                    .egress
+                    .iter()
+                    .any(|r| r.proto == Proto::Udp && r.action != RuleAction::Allow),
+            ),
         },
         rules,
         fresh_rules,
         fresh_slots,
         ports: ports.into_iter().collect(),
+        protos,
         class_lens,
         src_hash_v4,
         src_hash_v6,

@@ -1,6 +1,7 @@
 //! Policy: TOML text -> [`raw::RawPolicy`] -> validated [`model::Policy`] ->
 //! [`lower::Lowered`] map contents. Three steps, three modules, each unit-tested.
 
+pub mod diff;
 pub mod lower;
 pub mod model;
 pub mod raw;

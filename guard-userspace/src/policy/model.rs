@@ -76,6 +76,66 @@ pub struct Rule {
     pub action: RuleAction,
 }
 
+/// An `[[ingress]]` rule for a protocol judged as a whole (no ports): every IP protocol but
+/// TCP, UDP and UDP-Lite. For ICMP and ICMPv6 it judges echo requests only (other ICMP
+/// messages always pass).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolRule {
+    pub name: String,
+    /// IP protocol numbers.
+    pub protocols: Vec<u8>,
+    /// The `from` entries as written.
+    pub peers: Vec<String>,
+    pub nets: Vec<IpNet>,
+    pub action: RuleAction,
+}
+
+/// Names guard gives its own counters: the policy default, the failsafe ports, replies to
+/// the host's own flows, the egress default, and the rule `icmp_echo` stands for. A policy
+/// rule may not take one (its counters and metric series would be confused with them).
+pub const RESERVED_RULE_NAMES: [&str; 5] = [
+    "default",
+    "failsafe",
+    "reply",
+    "egress-default",
+    ICMP_ECHO_RULE,
+];
+/// The rule `icmp_echo = [...]` stands for.
+pub const ICMP_ECHO_RULE: &str = "icmp-echo";
+
+/// IP protocols a policy names, by name (`/etc/protocols` spelling) and number.
+pub const PROTOCOL_NAMES: [(&str, u8); 16] = [
+    ("icmp", 1),
+    ("igmp", 2),
+    ("ipip", 4),
+    ("ipv6", 41),
+    ("gre", 47),
+    ("esp", 50),
+    ("ah", 51),
+    ("icmpv6", 58),
+    ("eigrp", 88),
+    ("ospf", 89),
+    ("pim", 103),
+    ("vrrp", 112),
+    ("l2tp", 115),
+    ("sctp", 132),
+    ("dccp", 33),
+    ("mpls-in-ip", 137),
+];
+
+/// The name of an IP protocol number, or the number itself.
+pub fn protocol_name(number: u8) -> String {
+    match number {
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        136 => "udplite".into(),
+        n => PROTOCOL_NAMES
+            .iter()
+            .find(|(_, p)| *p == n)
+            .map_or_else(|| n.to_string(), |(name, _)| (*name).to_owned()),
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
     pub mode: Mode,
@@ -85,6 +145,9 @@ pub struct Policy {
     pub failsafe_ports: Vec<PortRange>,
     pub zones: BTreeMap<String, Vec<IpNet>>,
     pub ingress: Vec<Rule>,
+    /// `[[ingress]]` rules for protocols without ports, and the `icmp-echo` rule that
+    /// `icmp_echo` stands for.
+    pub protocols: Vec<ProtocolRule>,
     /// `[[egress]]`: judged at `connect()` and UDP `sendmsg()`; no match means allowed.
     pub egress: Vec<Rule>,
     /// The cgroup v2 directory the cgroup programs attach to (`None`: the cgroup2 root).

@@ -14,6 +14,7 @@ pub struct RawPolicy {
     pub interfaces: Option<Spanned<Vec<Spanned<String>>>>,
     pub default: Option<Spanned<String>>,
     pub failsafe_ports: Option<Spanned<Vec<Spanned<RawPort>>>>,
+    pub icmp_echo: Option<Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
     pub zones: BTreeMap<Spanned<String>, Spanned<Vec<Spanned<String>>>>,
     #[serde(default)]
@@ -59,7 +60,8 @@ pub struct RawFlows {
 pub struct RawIngress {
     pub name: Spanned<String>,
     pub proto: Spanned<String>,
-    pub ports: Spanned<Vec<Spanned<RawPort>>>,
+    /// Required for `tcp` and `udp`; absent for protocols judged as a whole.
+    pub ports: Option<Spanned<Vec<Spanned<RawPort>>>>,
     pub from: Option<Spanned<Vec<Spanned<String>>>>,
     pub action: Option<Spanned<String>>,
 }

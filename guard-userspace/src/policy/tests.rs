@@ -114,7 +114,7 @@ mode = "block"
 lan = ["10.0.0.1/8", "not-an-ip/3"]
 [[ingress]]
 name = "a"
-proto = "icmp"
+proto = "bogus"
 ports = [0, 70000, "20-10", "x"]
 from = ["nowhere"]
 "#;
@@ -123,7 +123,7 @@ from = ["nowhere"]
         ("p.toml:2:8:", "unknown mode `block`"),
         ("p.toml:4:8:", "host bits set; did you mean 10.0.0.0/8"),
         ("p.toml:4:22:", "invalid CIDR `not-an-ip/3`"),
-        ("p.toml:7:9:", "unknown proto `icmp`"),
+        ("p.toml:7:9:", "unknown proto `bogus`"),
         ("p.toml:8:10:", "port 0 is out of range"),
         ("p.toml:8:13:", "port 70000 is out of range"),
         ("p.toml:8:20:", "reversed port range `20-10`"),
@@ -303,7 +303,14 @@ fn lowering_assigns_classes_and_failsafe_flags() {
     let names: Vec<&str> = l.rules.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(
         names,
-        ["default", "failsafe", "reply", "egress-default", "web"]
+        [
+            "default",
+            "failsafe",
+            "reply",
+            "egress-default",
+            "web",
+            "icmp-echo"
+        ]
     );
     // `web` is from any: every source resolves to it, so the port entry holds the rule.
     let direct_web = PORT_DIRECT | (ACTION_ALLOW << PORT_ACTION_SHIFT) | RULE_FIRST_POLICY;
@@ -329,7 +336,10 @@ fn lowering_assigns_classes_and_failsafe_flags() {
         l.src_v4.is_empty() && l.src_v6.is_empty(),
         "direct classes need no trie entries"
     );
-    assert_eq!((l.classes, l.direct_classes), (1, 1));
+    // `web`'s class, and `icmp-echo`'s (ICMP and ICMPv6 echo from any: direct).
+    assert_eq!((l.classes, l.direct_classes), (2, 2));
+    let echo = PORT_DIRECT | (ACTION_ALLOW << PORT_ACTION_SHIFT) | (RULE_FIRST_POLICY + 1);
+    assert_eq!(l.protos, [(1, echo), (58, echo)]);
     assert_eq!(
         l.config.event_interval_ns, 200_000_000,
         "5 events/s by default"
@@ -439,7 +449,8 @@ ports = [53]
             "egress-default",
             "web",
             "no-db",
-            "dns-anywhere"
+            "dns-anywhere",
+            "icmp-echo"
         ]
     );
     let no_db = port_entry(&l, PROTO_IDX_EGRESS_TCP, 5432);
@@ -791,4 +802,204 @@ action = "deny"
         "{w:#?}"
     );
     assert!(check("p.toml", MINIMAL).unwrap().warnings.is_empty());
+}
+
+// ---- every IP protocol, mapped addresses, reserved names ----
+
+fn protocol_entry(l: &Lowered, number: u32) -> u32 {
+    l.protos
+        .iter()
+        .find(|(p, _)| *p == number)
+        .map_or(0, |&(_, v)| v)
+}
+
+#[test]
+fn whole_protocol_rules_by_name_or_number_and_their_errors() {
+    let c = check(
+        "p.toml",
+        r#"interfaces = ["eth0"]
+[zones]
+peers = ["198.18.7.0/24"]
+[[ingress]]
+name = "gre-peers"
+proto = "gre"
+from = ["peers"]
+[[ingress]]
+name = "esp"
+proto = "50"
+[[ingress]]
+name = "no-sctp"
+proto = "SCTP"
+action = "deny"
+"#,
+    )
+    .expect("valid");
+    let p = &c.policy;
+    assert!(p.ingress.is_empty());
+    let by_name: Vec<(&str, &[u8])> = p
+        .protocols
+        .iter()
+        .map(|r| (r.name.as_str(), r.protocols.as_slice()))
+        .collect();
+    assert_eq!(
+        by_name,
+        [
+            ("gre-peers", &[47u8][..]),
+            ("esp", &[50][..]),
+            ("no-sctp", &[132][..]),
+            ("icmp-echo", &[1, 58][..])
+        ]
+    );
+    let l = lower(p);
+    // GRE from one zone: a class with source entries; ESP from any: the rule itself.
+    let gre = protocol_entry(&l, 47);
+    assert_eq!(gre & PORT_DIRECT, 0);
+    assert_ne!(gre & PORT_CLASS_MASK, 0);
+    assert!(
+        l.src_hash_v4
+            .iter()
+            .any(|(k, v)| k.class == gre && k.prefix_len == 24 && v.action == ACTION_ALLOW)
+    );
+    assert_eq!(protocol_entry(&l, 50) & PORT_DIRECT, PORT_DIRECT);
+    assert_eq!(
+        (protocol_entry(&l, 132) & PORT_ACTION_MASK) >> PORT_ACTION_SHIFT,
+        ACTION_DENY
+    );
+    assert_eq!(protocol_entry(&l, 33), 0, "DCCP: no rule, the default");
+    assert!(
+        l.ports
+            .iter()
+            .all(|&(i, _)| i >> 16 <= PROTO_IDX_EGRESS_UDP),
+        "no port entries for whole protocols"
+    );
+
+    let e = errors(
+        r#"interfaces = ["eth0"]
+[[ingress]]
+name = "a"
+proto = "gre"
+ports = [1]
+[[ingress]]
+name = "b"
+proto = "udplite"
+ports = [5000]
+[[ingress]]
+name = "c"
+proto = "256"
+[[egress]]
+name = "d"
+proto = "sctp"
+ports = [9]
+[[ingress]]
+name = "e"
+proto = "tcp"
+"#,
+    );
+    let expect = [
+        ("p.toml:5:9:", "`gre` is judged as a whole protocol"),
+        ("p.toml:8:9:", "UDP-Lite is judged as UDP"),
+        ("p.toml:12:9:", "unknown proto `256`"),
+        (
+            "p.toml:15:9:",
+            "egress rules judge \"tcp\" and \"udp\" only",
+        ),
+        ("p.toml:18:8:", "rule `e` has no ports"),
+    ];
+    for (at, what) in expect {
+        assert!(
+            e.iter().any(|l| l.starts_with(at) && l.contains(what)),
+            "missing {at} {what} in {e:#?}"
+        );
+    }
+    assert_eq!(e.len(), expect.len(), "{e:#?}");
+}
+
+#[test]
+fn icmp_echo_is_a_rule_that_can_be_narrowed_or_removed() {
+    let zones = "[zones]\nlan = [\"198.18.0.0/16\"]\n";
+    let base = "interfaces = [\"eth0\"]\n";
+    let l = lowered(&format!("{base}icmp_echo = [\"lan\"]\n{zones}"));
+    let echo = protocol_entry(&l, 1);
+    assert_eq!(echo, protocol_entry(&l, 58), "one rule for ICMP and ICMPv6");
+    assert_eq!(echo & PORT_DIRECT, 0, "narrowed to a zone: a class");
+    let none = lowered(&format!("{base}icmp_echo = []\n{zones}"));
+    assert!(none.protos.is_empty(), "{:?}", none.protos);
+    assert!(none.rules.iter().all(|r| r.name != "icmp-echo"));
+    let e = errors(&format!("{base}icmp_echo = [\"dmz\"]\n{zones}"));
+    assert!(
+        e[0].contains("unknown zone `dmz` in rule `icmp-echo`"),
+        "{e:?}"
+    );
+}
+
+#[test]
+fn reserved_rule_names_are_rejected() {
+    for name in [
+        "default",
+        "failsafe",
+        "reply",
+        "egress-default",
+        "icmp-echo",
+    ] {
+        let e = errors(&format!(
+            "interfaces = [\"eth0\"]\n[[ingress]]\nname = \"{name}\"\nproto = \"tcp\"\nports = [1]\n"
+        ));
+        assert!(
+            e.len() == 1 && e[0].starts_with("p.toml:3:8:") && e[0].contains("reserved"),
+            "{name}: {e:?}"
+        );
+    }
+}
+
+#[test]
+fn ipv4_mapped_networks_are_judged_as_ipv4() {
+    let c = check(
+        "p.toml",
+        r#"interfaces = ["eth0"]
+[zones]
+mapped = ["::ffff:198.18.100.0/120"]
+[[ingress]]
+name = "a"
+proto = "tcp"
+ports = [25]
+from = ["mapped", "::ffff:198.18.5.5"]
+[[egress]]
+name = "b"
+proto = "tcp"
+ports = [25]
+to = ["::ffff:198.18.100.0/120"]
+action = "deny"
+[[ingress]]
+name = "c"
+proto = "tcp"
+ports = [26]
+from = ["::/64"]
+"#,
+    )
+    .expect("valid");
+    let p = &c.policy;
+    let v4 = |s: &str| s.parse::<ipnet::IpNet>().unwrap();
+    assert_eq!(p.zones["mapped"], [v4("198.18.100.0/24")]);
+    assert_eq!(
+        p.ingress[0].nets,
+        [v4("198.18.5.5/32"), v4("198.18.100.0/24")]
+    );
+    assert_eq!(p.egress[0].nets, [v4("198.18.100.0/24")]);
+    assert_eq!(p.ingress[1].nets, [v4("::/64")]);
+    let warned = |at: &str, what: &str| {
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.starts_with(at) && w.contains(what)),
+            "missing {at} {what} in {:#?}",
+            c.warnings
+        )
+    };
+    warned("p.toml:3:11:", "judged as the IPv4 network 198.18.100.0/24");
+    warned("p.toml:8:19:", "judged as the IPv4 network 198.18.5.5/32");
+    warned("p.toml:13:7:", "judged as the IPv4 network 198.18.100.0/24");
+    warned(
+        "p.toml:19:9:",
+        "contains the IPv4-mapped range ::ffff:0.0.0.0/96",
+    );
 }

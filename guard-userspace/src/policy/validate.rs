@@ -12,8 +12,9 @@ use toml::Spanned;
 use super::{
     Diagnostic,
     model::{
-        DefaultAction, EventLimits, FlowTimeouts, HealthPolicy, InterfaceSpec, ListenPolicy, Mode,
-        Policy, PortRange, Proto, Rule, RuleAction,
+        DefaultAction, EventLimits, FlowTimeouts, HealthPolicy, ICMP_ECHO_RULE, InterfaceSpec,
+        ListenPolicy, Mode, PROTOCOL_NAMES, Policy, PortRange, Proto, ProtocolRule,
+        RESERVED_RULE_NAMES, Rule, RuleAction,
     },
     raw::{RawEgress, RawIngress, RawPolicy, RawPort},
 };
@@ -103,25 +104,57 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
 
     let zones = zones(&raw, &mut f);
 
-    // Rule names are unique across ingress and egress: they name the counters.
+    // Rule names are unique across ingress and egress, and not guard's own: they name the
+    // counters and metric series.
     let mut names = HashSet::new();
     let mut checked = |view: RawRuleView<'_>, f: &mut Findings| {
         let name = view.name.get_ref();
-        if !names.insert(name.clone()) {
+        if RESERVED_RULE_NAMES.contains(&name.as_str()) {
+            f.error(
+                view.name.span(),
+                format!(
+                    "rule name `{name}` is reserved for guard's own counters ({}); choose another",
+                    RESERVED_RULE_NAMES.join(", ")
+                ),
+            );
+        } else if !names.insert(name.clone()) {
             f.error(view.name.span(), format!("duplicate rule name `{name}`"));
         }
         rule(view, &zones, f)
     };
-    let ingress: Vec<Rule> = raw
-        .ingress
-        .iter()
-        .filter_map(|r| checked(r.get_ref().into(), &mut f))
-        .collect();
+    let mut ingress: Vec<Rule> = Vec::new();
+    let mut protocols: Vec<ProtocolRule> = Vec::new();
+    for r in &raw.ingress {
+        match checked(r.get_ref().into(), &mut f) {
+            Some(CheckedRule::Ports(rule)) => ingress.push(rule),
+            Some(CheckedRule::Protocol(rule)) => protocols.push(rule),
+            None => {}
+        }
+    }
     let egress: Vec<Rule> = raw
         .egress
         .iter()
-        .filter_map(|r| checked(r.get_ref().into(), &mut f))
+        .filter_map(|r| match checked(r.get_ref().into(), &mut f) {
+            Some(CheckedRule::Ports(rule)) => Some(rule),
+            _ => None,
+        })
         .collect();
+    // `icmp_echo`: who may ping (ICMP and ICMPv6 echo requests); every other ICMP message
+    // always passes.
+    let echo_from: Option<(Vec<String>, Vec<IpNet>)> = match &raw.icmp_echo {
+        None => Some((vec![ANY.to_owned()], vec![any_v4(), any_v6()])),
+        Some(list) if list.get_ref().is_empty() => None,
+        Some(list) => peers(list.get_ref(), ICMP_ECHO_RULE, &zones, &mut f),
+    };
+    if let Some((peers, nets)) = echo_from {
+        protocols.push(ProtocolRule {
+            name: ICMP_ECHO_RULE.to_owned(),
+            protocols: vec![1, 58],
+            peers,
+            nets,
+            action: RuleAction::Allow,
+        });
+    }
 
     let listen = raw.listen.as_ref().map(|l| {
         let raw_listen = l.get_ref();
@@ -180,6 +213,7 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
             failsafe_ports,
             zones: zones.into_iter().map(|(k, (_, v))| (k, v)).collect(),
             ingress,
+            protocols,
             egress,
             cgroup,
             listen,
@@ -486,7 +520,43 @@ fn cidr(text: &Spanned<String>, f: &mut Findings) -> Option<IpNet> {
         );
         return None;
     }
-    Some(net)
+    Some(unmapped(net, text.span(), f))
+}
+
+/// The IPv4-mapped IPv6 range `::ffff:0:0/96`.
+const V4_MAPPED: ipnet::Ipv6Net =
+    match ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96) {
+        Ok(net) => net,
+        Err(_) => panic!("valid prefix"),
+    };
+
+/// guard judges IPv4-mapped IPv6 addresses as IPv4, so an IPv4-mapped network is the IPv4
+/// network it maps (said in a warning). An IPv6 network that contains the mapped range
+/// without being it (e.g. `::/64`) keeps its IPv6 part; a warning says its mapped part is
+/// judged by the IPv4 rules.
+fn unmapped(net: IpNet, span: Range<usize>, f: &mut Findings) -> IpNet {
+    let IpNet::V6(v6) = net else {
+        return net;
+    };
+    if V4_MAPPED.contains(&v6) {
+        let v4 = v6.addr().to_ipv4_mapped().expect("inside ::ffff:0:0/96");
+        let net =
+            IpNet::V4(ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).expect("prefix at most 32"));
+        f.warn(
+            span,
+            format!("IPv4-mapped `{v6}` is judged as the IPv4 network {net}"),
+        );
+        return net;
+    }
+    if v6.prefix_len() > 0 && v6.contains(&V4_MAPPED) {
+        f.warn(
+            span,
+            format!(
+                "`{v6}` contains the IPv4-mapped range {V4_MAPPED}, which guard judges as IPv4: name the IPv4 networks too if they are meant"
+            ),
+        );
+    }
+    net
 }
 
 fn ports(list: &[Spanned<RawPort>], f: &mut Findings) -> Vec<PortRange> {
@@ -543,7 +613,7 @@ fn port(p: &Spanned<RawPort>, f: &mut Findings) -> Option<PortRange> {
 struct RawRuleView<'a> {
     name: &'a Spanned<String>,
     proto: &'a Spanned<String>,
-    ports: &'a Spanned<Vec<Spanned<RawPort>>>,
+    ports: Option<&'a Spanned<Vec<Spanned<RawPort>>>>,
     peers: Option<&'a Spanned<Vec<Spanned<String>>>>,
     peer_key: &'static str,
     action: Option<&'a Spanned<String>>,
@@ -554,7 +624,7 @@ impl<'a> From<&'a RawIngress> for RawRuleView<'a> {
         Self {
             name: &r.name,
             proto: &r.proto,
-            ports: &r.ports,
+            ports: r.ports.as_ref(),
             peers: r.from.as_ref(),
             peer_key: "from",
             action: r.action.as_ref(),
@@ -567,7 +637,7 @@ impl<'a> From<&'a RawEgress> for RawRuleView<'a> {
         Self {
             name: &r.name,
             proto: &r.proto,
-            ports: &r.ports,
+            ports: Some(&r.ports),
             peers: r.to.as_ref(),
             peer_key: "to",
             action: r.action.as_ref(),
@@ -575,23 +645,113 @@ impl<'a> From<&'a RawEgress> for RawRuleView<'a> {
     }
 }
 
-fn rule(r: RawRuleView<'_>, zones: &ZoneTable, f: &mut Findings) -> Option<Rule> {
+/// A validated rule: by port (TCP, UDP) or for a whole protocol (ingress only).
+enum CheckedRule {
+    Ports(Rule),
+    Protocol(ProtocolRule),
+}
+
+/// What a rule's `proto` names.
+enum RuleProto {
+    Ports(Proto),
+    Whole(u8),
+}
+
+/// `proto`: `tcp`, `udp` (UDP-Lite too), a protocol name of [`PROTOCOL_NAMES`] or a number
+/// 0-255. Egress rules judge TCP and UDP only (the connect and sendmsg hooks see no other).
+fn rule_proto(proto: &Spanned<String>, egress: bool, f: &mut Findings) -> Option<RuleProto> {
+    let text = proto.get_ref().trim().to_ascii_lowercase();
+    let number = text.parse::<u8>().ok();
+    let parsed = match (text.as_str(), number) {
+        ("tcp", _) | (_, Some(6)) => RuleProto::Ports(Proto::Tcp),
+        ("udp", _) | (_, Some(17)) => RuleProto::Ports(Proto::Udp),
+        ("udplite" | "udp-lite", _) | (_, Some(136)) => {
+            f.error(
+                proto.span(),
+                "UDP-Lite is judged as UDP: write proto = \"udp\" (the rule then covers both)",
+            );
+            return None;
+        }
+        (_, Some(n)) => RuleProto::Whole(n),
+        (name, None) => match PROTOCOL_NAMES.iter().find(|(n, _)| *n == name) {
+            Some(&(_, n)) => RuleProto::Whole(n),
+            None => {
+                f.error(
+                    proto.span(),
+                    format!(
+                        "unknown proto `{}`; expected \"tcp\", \"udp\", an IP protocol name ({}) or number (\"0\" to \"255\")",
+                        proto.get_ref(),
+                        PROTOCOL_NAMES.map(|(n, _)| n).join(", ")
+                    ),
+                );
+                return None;
+            }
+        },
+    };
+    if egress && let RuleProto::Whole(_) = parsed {
+        f.error(
+            proto.span(),
+            format!(
+                "egress rules judge \"tcp\" and \"udp\" only (the connect and sendmsg hooks see no other protocol), not `{}`",
+                proto.get_ref()
+            ),
+        );
+        return None;
+    }
+    Some(parsed)
+}
+
+/// A `from`/`to` list: zone names, `any`, CIDRs and addresses. Returns the entries as
+/// written and the networks they resolve to (sorted, de-duplicated); `None` after an error.
+fn peers(
+    list: &[Spanned<String>],
+    name: &str,
+    zones: &ZoneTable,
+    f: &mut Findings,
+) -> Option<(Vec<String>, Vec<IpNet>)> {
+    let errors_before = f.errors.len();
+    let mut sources = Vec::new();
+    for entry in list {
+        let text = entry.get_ref();
+        if text == ANY {
+            sources.extend([any_v4(), any_v6()]);
+        } else if let Some((_, nets)) = zones.get(text.as_str()) {
+            sources.extend(nets.iter().copied());
+        } else if text
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_hexdigit() || c == ':')
+            && (text.contains('.') || text.contains(':'))
+        {
+            sources.extend(cidr(entry, f));
+        } else {
+            let known: Vec<&str> = zones.keys().map(String::as_str).collect();
+            f.error(
+                entry.span(),
+                format!(
+                    "unknown zone `{text}` in rule `{name}` (zones defined: {})",
+                    if known.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            );
+        }
+    }
+    sources.sort();
+    sources.dedup();
+    (f.errors.len() == errors_before)
+        .then(|| (list.iter().map(|s| s.get_ref().clone()).collect(), sources))
+}
+
+fn rule(r: RawRuleView<'_>, zones: &ZoneTable, f: &mut Findings) -> Option<CheckedRule> {
     let errors_before = f.errors.len();
     let name = r.name.get_ref().clone();
     if name.trim().is_empty() {
         f.error(r.name.span(), "rule name is empty");
     }
-    let proto = match r.proto.get_ref().as_str() {
-        "tcp" => Some(Proto::Tcp),
-        "udp" => Some(Proto::Udp),
-        other => {
-            f.error(
-                r.proto.span(),
-                format!("unknown proto `{other}`; expected \"tcp\" or \"udp\""),
-            );
-            None
-        }
-    };
+    let proto = rule_proto(r.proto, r.peer_key == "to", f);
     let action = match r.action.as_ref().map(|a| (a.span(), a.get_ref().as_str())) {
         None | Some((_, "allow")) => RuleAction::Allow,
         Some((_, "deny")) => RuleAction::Deny,
@@ -604,14 +764,35 @@ fn rule(r: RawRuleView<'_>, zones: &ZoneTable, f: &mut Findings) -> Option<Rule>
             RuleAction::Allow
         }
     };
-    if r.ports.get_ref().is_empty() {
-        f.error(r.ports.span(), format!("rule `{name}` has no ports"));
-    }
-    let ports = ports(r.ports.get_ref(), f);
+    let ports = match (&proto, r.ports) {
+        (Some(RuleProto::Ports(_)), None) => {
+            f.error(r.name.span(), format!("rule `{name}` has no ports"));
+            Vec::new()
+        }
+        (Some(RuleProto::Ports(_)), Some(list)) => {
+            if list.get_ref().is_empty() {
+                f.error(list.span(), format!("rule `{name}` has no ports"));
+            }
+            ports(list.get_ref(), f)
+        }
+        (Some(RuleProto::Whole(_)), Some(list)) => {
+            f.error(
+                list.span(),
+                format!(
+                    "rule `{name}`: `{}` is judged as a whole protocol (only tcp and udp have ports here); remove `ports`",
+                    r.proto.get_ref()
+                ),
+            );
+            Vec::new()
+        }
+        // An unknown proto: still report the ports' own errors.
+        (None, Some(list)) => ports(list.get_ref(), f),
+        (_, None) => Vec::new(),
+    };
 
     let peer_key = r.peer_key;
-    let (peers, nets) = match r.peers {
-        None => (vec![ANY.to_owned()], vec![any_v4(), any_v6()]),
+    let resolved = match r.peers {
+        None => Some((vec![ANY.to_owned()], vec![any_v4(), any_v6()])),
         Some(list) => {
             if list.get_ref().is_empty() {
                 f.error(
@@ -621,54 +802,30 @@ fn rule(r: RawRuleView<'_>, zones: &ZoneTable, f: &mut Findings) -> Option<Rule>
                     ),
                 );
             }
-            let mut sources = Vec::new();
-            for entry in list.get_ref() {
-                let text = entry.get_ref();
-                if text == ANY {
-                    sources.extend([any_v4(), any_v6()]);
-                } else if let Some((_, nets)) = zones.get(text.as_str()) {
-                    sources.extend(nets.iter().copied());
-                } else if text
-                    .chars()
-                    .next()
-                    .is_some_and(|c| c.is_ascii_hexdigit() || c == ':')
-                    && (text.contains('.') || text.contains(':'))
-                {
-                    sources.extend(cidr(entry, f));
-                } else {
-                    let known: Vec<&str> = zones.keys().map(String::as_str).collect();
-                    f.error(
-                        entry.span(),
-                        format!(
-                            "unknown zone `{text}` in rule `{name}` (zones defined: {})",
-                            if known.is_empty() {
-                                "none".to_owned()
-                            } else {
-                                known.join(", ")
-                            }
-                        ),
-                    );
-                }
-            }
-            sources.sort();
-            sources.dedup();
-            (
-                list.get_ref().iter().map(|s| s.get_ref().clone()).collect(),
-                sources,
-            )
+            peers(list.get_ref(), &name, zones, f)
         }
     };
 
     if f.errors.len() != errors_before {
         return None;
     }
-    Some(Rule {
-        name,
-        proto: proto?,
-        ports,
-        peers,
-        nets,
-        action,
+    let (peers, nets) = resolved?;
+    Some(match proto? {
+        RuleProto::Ports(proto) => CheckedRule::Ports(Rule {
+            name,
+            proto,
+            ports,
+            peers,
+            nets,
+            action,
+        }),
+        RuleProto::Whole(number) => CheckedRule::Protocol(ProtocolRule {
+            name,
+            protocols: vec![number],
+            peers,
+            nets,
+            action,
+        }),
     })
 }
 
