@@ -20,9 +20,17 @@ use crate::{
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A policy file's text: unreadable is a runtime error (exit 2), not UTF-8 an invalid policy
+/// (exit 1, `FILE:LINE:COL`).
+fn read_policy(file: &Path) -> Result<String, Failure> {
+    policy::read(file).map_err(|e| match e {
+        policy::ReadError::Io(m) => Failure::Runtime(m),
+        policy::ReadError::NotUtf8(m) => Failure::Invalid(m),
+    })
+}
+
 pub fn check(file: &Path) -> Result<(), Failure> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| Failure::Runtime(format!("cannot read policy {}: {e}", file.display())))?;
+    let text = read_policy(file)?;
     let checked = policy::check(&file.display().to_string(), &text)
         .map_err(|e| Failure::Invalid(e.to_string()))?;
     for w in &checked.warnings {
@@ -361,13 +369,21 @@ pub fn status(run_dir: &Path, json: bool) -> Result<(), Failure> {
         .collect();
     println!("interfaces {}", ifaces.join(", "));
     println!(
-        "cgroup     {} (bind/connect/sendmsg hooks, sock_ops)",
+        "cgroup     {} (bind/connect/sendmsg/socket hooks, sock_ops)",
         st.cgroup.display()
     );
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    println!("uptime     {}s", now.saturating_sub(st.started_at));
+    if running {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        println!("uptime     {}s", now.saturating_sub(st.started_at));
+    } else {
+        // A dead daemon has no uptime; say when the last one started.
+        println!(
+            "uptime     - (the daemon started at {} s since the epoch and is gone)",
+            st.started_at
+        );
+    }
     println!("rules      {}", st.rules.len());
     if v["pending_confirm"].as_bool() == Some(true) {
         println!("pending    a policy applied with --confirm-within awaits `guard confirm`");
@@ -376,8 +392,7 @@ pub fn status(run_dir: &Path, json: bool) -> Result<(), Failure> {
 }
 
 pub fn apply(run_dir: &Path, file: &Path, confirm_within: Option<u64>) -> Result<(), Failure> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| Failure::Runtime(format!("cannot read policy {}: {e}", file.display())))?;
+    let text = read_policy(file)?;
     // Validate here first: precise errors even when the daemon is down.
     policy::check(&file.display().to_string(), &text)
         .map_err(|e| Failure::Invalid(e.to_string()))?;
@@ -453,12 +468,7 @@ pub fn policy_for(
     file: Option<&Path>,
 ) -> Result<(String, policy::model::Policy), Failure> {
     let (label, text) = match file {
-        Some(file) => (
-            file.display().to_string(),
-            std::fs::read_to_string(file).map_err(|e| {
-                Failure::Runtime(format!("cannot read policy {}: {e}", file.display()))
-            })?,
-        ),
+        Some(file) => (file.display().to_string(), read_policy(file)?),
         None => {
             let reply = call(run_dir, &Request::Policy {})?.ok_or_else(|| {
                 Failure::Runtime(
@@ -590,6 +600,12 @@ pub fn doctor(
     netns: Option<&str>,
 ) -> Result<(), Failure> {
     use crate::doctor;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(Failure::Runtime(
+            "guard doctor needs root: it reads guard's pins, BPF programs, links and maps (run it with sudo)".into(),
+        ));
+    }
     // The running daemon's policy when there is one; no policy is not an error here.
     let policy = match policy_for(run_dir, policy_file) {
         Ok((_, p)) => Some(p),

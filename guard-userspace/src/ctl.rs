@@ -141,6 +141,12 @@ pub enum CallError {
     },
     #[error("control socket: bad reply: {0}")]
     BadReply(String),
+    #[error(
+        "the daemon closed the control connection without replying (did it stop or restart? see its log)"
+    )]
+    NoReply,
+    #[error("the request is {0} bytes, more than the control socket takes ({MAX_MESSAGE} bytes)")]
+    TooLarge(usize),
 }
 
 /// Sends one request to the daemon using `run_dir` and waits for its reply.
@@ -163,12 +169,21 @@ pub fn call(run_dir: &Path, request: &Request, timeout: Duration) -> Result<Repl
     })
     .expect("serialisable");
     line.push(b'\n');
-    stream.write_all(&line).map_err(io)?;
+    if line.len() > MAX_MESSAGE {
+        return Err(CallError::TooLarge(line.len()));
+    }
+    // The daemon may answer (and close) before reading everything, e.g. to say a message is
+    // too large: its reply is the better error than the broken pipe of our write.
+    let written = stream.write_all(&line);
     let mut reply = Vec::new();
-    BufReader::new(stream)
+    let read = BufReader::new(&stream)
         .take(MAX_MESSAGE as u64)
-        .read_until(b'\n', &mut reply)
-        .map_err(io)?;
+        .read_until(b'\n', &mut reply);
+    if reply.is_empty() {
+        written.map_err(io)?;
+        read.map_err(io)?;
+        return Err(CallError::NoReply);
+    }
     serde_json::from_slice(&reply).map_err(|e| CallError::BadReply(e.to_string()))
 }
 

@@ -666,9 +666,18 @@ impl Daemon {
                 return;
             }
         };
-        // Only whether each socket is expected: the exposure matrix is `guard audit`'s.
+        // Only whether each socket is expected: the exposure matrix is `guard audit`'s. The
+        // daemon's own metrics listener is expected: the operator configured it.
+        let own = self.metrics_addr;
         let unexpected: Vec<crate::sockets::Listener> = listeners
             .into_iter()
+            .filter(|l| {
+                !own.is_some_and(|a| {
+                    l.proto == crate::policy::model::Proto::Tcp
+                        && l.port == a.port()
+                        && l.address == a.ip()
+                })
+            })
             .filter(|l| !crate::audit::expected(policy, l))
             .collect();
         let key = |l: &crate::sockets::Listener| (l.proto, l.address, l.port);

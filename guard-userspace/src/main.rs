@@ -5,6 +5,12 @@ use guard::cli::{Cli, Command, Failure};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // A CLI writing into a closed pipe (`guard stats | head`) ends quietly, as Unix tools
+        // do, instead of panicking on the failed write. The daemon keeps Rust's default.
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match &cli.command {
         Command::Run(args) => guard::daemon::run(&cli.pin_dir, &cli.run_dir, args),
         Command::Check { file } => guard::commands::check(file),

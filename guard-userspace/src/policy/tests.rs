@@ -1003,3 +1003,52 @@ from = ["::/64"]
         "contains the IPv4-mapped range ::ffff:0.0.0.0/96",
     );
 }
+
+#[test]
+fn line_index_places_offsets_like_a_scan_does() {
+    let text = "a = 1\nbé = \"ü\"\n\n[x]\nlast";
+    let index = super::LineIndex::new(text);
+    for offset in 0..=text.len() + 3 {
+        let o = text.floor_char_boundary(offset.min(text.len()));
+        let before = &text[..o];
+        let want = (
+            before.matches('\n').count() + 1,
+            before.rsplit('\n').next().unwrap().chars().count() + 1,
+        );
+        assert_eq!(index.line_col(text, offset), want, "offset {offset}");
+    }
+}
+
+#[test]
+fn a_policy_that_is_not_utf8_is_placed_at_its_first_bad_byte() {
+    let dir = std::env::temp_dir().join(format!("guard-utf8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("p.toml");
+    std::fs::write(&path, b"interfaces = [\"eth0\"]\nmode = \"au\xffdit\"\n").unwrap();
+    let err = super::read(&path).unwrap_err();
+    assert_eq!(
+        err,
+        super::ReadError::NotUtf8(format!(
+            "{}:2:11: the policy is not UTF-8 text (byte 0xff)",
+            path.display()
+        ))
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn many_errors_are_all_reported_with_their_places() {
+    // 20 000 invalid ports: each placed (the line index keeps this linear).
+    let ports: Vec<String> = (0..20_000).map(|_| "70000".to_owned()).collect();
+    let text = format!(
+        "interfaces = [\"eth0\"]\n[[ingress]]\nname = \"a\"\nproto = \"tcp\"\nports = [\n{}\n]\n",
+        ports.join(",\n")
+    );
+    let e = errors(&text);
+    assert_eq!(e.len(), 20_000);
+    assert!(
+        e[19_999].starts_with("p.toml:20005:1: port 70000 is out of range"),
+        "{}",
+        e[19_999]
+    );
+}
