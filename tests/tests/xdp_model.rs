@@ -240,50 +240,37 @@ fn model_decide(policy: &Policy, tcp: bool, src: IpAddr, dport: u16) -> (String,
         return ("failsafe".into(), RuleAction::Allow);
     }
     let proto = if tcp { Proto::Tcp } else { Proto::Udp };
-    // (prefix length, action, -index): the greatest wins.
-    let mut best: Option<(u8, RuleAction, i64, &str)> = None;
-    for (i, rule) in policy.ingress.iter().enumerate() {
-        if rule.proto != proto || !rule.ports.iter().any(|r| r.contains(dport)) {
-            continue;
-        }
-        for net in rule.nets.iter().filter(|n| n.contains(&src)) {
-            let cand = (
-                net.prefix_len(),
-                rule.action,
-                -(i as i64),
-                rule.name.as_str(),
-            );
-            if best.is_none_or(|b| (cand.0, cand.1, cand.2) > (b.0, b.1, b.2)) {
-                best = Some(cand);
-            }
-        }
-    }
-    match best {
-        Some((_, action, _, name)) => (name.to_owned(), action),
-        None => (
-            "default".into(),
-            match policy.default_action {
-                DefaultAction::Allow => RuleAction::Allow,
-                DefaultAction::Deny => RuleAction::Deny,
-            },
-        ),
-    }
+    let rules = policy
+        .ingress
+        .iter()
+        .filter(|r| r.proto == proto && r.ports.iter().any(|p| p.contains(dport)))
+        .map(|r| (r.name.as_str(), r.action, r.nets.as_slice()));
+    best_rule(policy, rules, src)
 }
 
 /// The rule and action the policy gives a packet of a protocol judged as a whole.
 fn model_decide_whole(policy: &Policy, proto: u8, src: IpAddr) -> (String, RuleAction) {
+    let rules = policy
+        .protocols
+        .iter()
+        .filter(|r| r.protocols.contains(&proto))
+        .map(|r| (r.name.as_str(), r.action, r.nets.as_slice()));
+    best_rule(policy, rules, src)
+}
+
+/// Among the rules that name a packet (in file order), the one whose most specific network
+/// contains `src`; at equal prefix the stronger action, then the earlier rule; else the
+/// default.
+fn best_rule<'a>(
+    policy: &Policy,
+    rules: impl Iterator<Item = (&'a str, RuleAction, &'a [ipnet::IpNet])>,
+    src: IpAddr,
+) -> (String, RuleAction) {
+    // (prefix length, action, -index): the greatest wins.
     let mut best: Option<(u8, RuleAction, i64, &str)> = None;
-    for (i, rule) in policy.protocols.iter().enumerate() {
-        if !rule.protocols.contains(&proto) {
-            continue;
-        }
-        for net in rule.nets.iter().filter(|n| n.contains(&src)) {
-            let cand = (
-                net.prefix_len(),
-                rule.action,
-                -(i as i64),
-                rule.name.as_str(),
-            );
+    for (i, (name, action, nets)) in rules.enumerate() {
+        for net in nets.iter().filter(|n| n.contains(&src)) {
+            let cand = (net.prefix_len(), action, -(i as i64), name);
             if best.is_none_or(|b| (cand.0, cand.1, cand.2) > (b.0, b.1, b.2)) {
                 best = Some(cand);
             }
