@@ -221,6 +221,17 @@ pub const fn port_proto_idx(ip_proto: u32) -> Option<u32> {
     }
 }
 
+/// The IP protocol an event names for a socket's `sk_protocol`: MPTCP (262, which does not
+/// fit a byte) is TCP on the wire.
+#[inline(always)]
+pub const fn event_proto(sk_protocol: u32) -> u8 {
+    if sk_protocol == IPPROTO_MPTCP {
+        IPPROTO_TCP
+    } else {
+        sk_protocol as u8
+    }
+}
+
 /// Index into [`maps::PORTS`] for a protocol slot and destination port.
 #[inline(always)]
 pub const fn port_index(proto_idx: u32, port: u16) -> u32 {

@@ -12,8 +12,8 @@
 
 use aya_ebpf::{helpers::bpf_get_current_comm, programs::SockAddrContext};
 use guard_common::{
-    EVENT_BIND_DENIED, EVENT_FLAG_AUDIT, Event, IPPROTO_MPTCP, IPPROTO_TCP, MODE_ENFORCE,
-    PROTO_IDX_TCP, PROTO_IDX_UDP, port_index, port_proto_idx,
+    EVENT_BIND_DENIED, EVENT_FLAG_AUDIT, Event, MODE_ENFORCE, PROTO_IDX_TCP, PROTO_IDX_UDP,
+    event_proto, port_index, port_proto_idx,
 };
 
 use crate::{
@@ -52,11 +52,7 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
         return ALLOW;
     }
     bump_hash(&GUARD_BINDDENY, port_index(counted_as, port));
-    let proto = if sa.protocol == IPPROTO_MPTCP {
-        IPPROTO_TCP
-    } else {
-        sa.protocol as u8
-    };
+    let proto = event_proto(sa.protocol);
     let enforce = config.mode == MODE_ENFORCE;
     let (pid, limit_key) = sock_addr::process(0xb1);
     events::send(

@@ -13,9 +13,9 @@
 
 use aya_ebpf::{helpers::bpf_get_current_comm, programs::SockAddrContext};
 use guard_common::{
-    ACTION_ALLOW, ACTION_DENY, EVENT_CONNECT_DENIED, EVENT_FLAG_AUDIT, Event, IPPROTO_MPTCP,
-    IPPROTO_TCP, MODE_ENFORCE, PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP, PROTO_IDX_TCP,
-    RULE_EGRESS_DEFAULT, port_proto_idx,
+    ACTION_ALLOW, ACTION_DENY, EVENT_CONNECT_DENIED, EVENT_FLAG_AUDIT, Event, MODE_ENFORCE,
+    PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP, PROTO_IDX_TCP, RULE_EGRESS_DEFAULT, event_proto,
+    port_proto_idx,
 };
 
 use crate::{events, maps::Policy, packet::is_v4_mapped, sock_addr, verdict};
@@ -36,11 +36,7 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
         Some(_) => PROTO_IDX_EGRESS_UDP,
         None => return ALLOW,
     };
-    let proto = if sa.protocol == IPPROTO_MPTCP {
-        IPPROTO_TCP
-    } else {
-        sa.protocol as u8
-    };
+    let proto = event_proto(sa.protocol);
     let (peer, port) = sock_addr::user_addr(ctx, v6);
     let v4 = !v6 || is_v4_mapped(&peer);
     let (rule, action) = verdict::decide(

@@ -86,6 +86,22 @@ pub struct Flow {
 }
 
 impl Flow {
+    /// A packet's facts before its transport header is read (no ports, no flags).
+    #[inline(always)]
+    const fn new(ip_proto: u8, v4: bool, src: [u8; 16], dst: [u8; 16], len: u32) -> Self {
+        Self {
+            proto_idx: PROTO_IDX_NONE,
+            ip_proto,
+            v4,
+            src,
+            dst,
+            sport: 0,
+            dport: 0,
+            tcp_flags: 0,
+            len,
+        }
+    }
+
     pub const fn has_ports(&self) -> bool {
         self.proto_idx != PROTO_IDX_NONE
     }
@@ -202,17 +218,13 @@ fn parse_ipv4<C: Packet>(ctx: &C, offset: usize) -> Result<Parsed, ParseError> {
     if header_len < 20 || total_len < header_len {
         return Err(ParseError::Malformed);
     }
-    let flow = Flow {
-        proto_idx: PROTO_IDX_NONE,
-        ip_proto: ip[9],
-        v4: true,
-        src: mapped(&ip[12..16]),
-        dst: mapped(&ip[16..20]),
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        len: counted_len(ctx, offset + total_len),
-    };
+    let flow = Flow::new(
+        ip[9],
+        true,
+        mapped(&ip[12..16]),
+        mapped(&ip[16..20]),
+        counted_len(ctx, offset + total_len),
+    );
     if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
         return Ok(later_fragment(ip[9], flow));
     }
@@ -283,17 +295,7 @@ fn parse_ipv6<C: Packet>(ctx: &C, offset: usize) -> Result<Parsed, ParseError> {
 /// The flow of an IPv6 packet before its transport is read.
 #[inline(always)]
 fn v6_flow<C: Packet>(ctx: &C, ip_proto: u8, src: [u8; 16], dst: [u8; 16], ip_end: usize) -> Flow {
-    Flow {
-        proto_idx: PROTO_IDX_NONE,
-        ip_proto,
-        v4: false,
-        src,
-        dst,
-        sport: 0,
-        dport: 0,
-        tcp_flags: 0,
-        len: counted_len(ctx, ip_end),
-    }
+    Flow::new(ip_proto, false, src, dst, counted_len(ctx, ip_end))
 }
 
 /// A fragment after the first: protocols judged by port (and ICMP) pass as

@@ -687,42 +687,27 @@ impl Guard {
                     continue;
                 }
             }
-            if name == programs::SOCK_CREATE {
-                let hook: &mut CgroupSock = program_mut(&mut self.ebpf, name)?;
-                let id = hook
-                    .attach(&dir, CgroupAttachMode::Single)
-                    .map_err(attach_err)?;
-                match pins {
-                    Some(pins) => pin_link(
-                        hook.take_link(id).map_err(attach_err)?,
-                        &pins.link(&cgroup_hook(name)),
-                    )?,
-                    None => self.cgroup_links.push(CgroupLink::Sock(id)),
-                }
-            } else if name == programs::SOCK_OPS {
-                let sock_ops: &mut SockOps = program_mut(&mut self.ebpf, name)?;
-                let id = sock_ops
-                    .attach(&dir, CgroupAttachMode::Single)
-                    .map_err(attach_err)?;
-                match pins {
-                    Some(pins) => pin_link(
-                        sock_ops.take_link(id).map_err(attach_err)?,
-                        &pins.link(&cgroup_hook(name)),
-                    )?,
-                    None => self.cgroup_links.push(CgroupLink::SockOps(id)),
-                }
-            } else {
-                let hook: &mut CgroupSockAddr = program_mut(&mut self.ebpf, name)?;
-                let id = hook
-                    .attach(&dir, CgroupAttachMode::Single)
-                    .map_err(attach_err)?;
-                match pins {
-                    Some(pins) => pin_link(
-                        hook.take_link(id).map_err(attach_err)?,
-                        &pins.link(&cgroup_hook(name)),
-                    )?,
-                    None => self.cgroup_links.push(CgroupLink::SockAddr(name, id)),
-                }
+            // Attach program `name` as type `$kind`, then pin the link (or keep its id in
+            // `$own` when nothing is pinned). aya's three cgroup program types share no trait.
+            macro_rules! attach {
+                ($kind:ty, $own:expr) => {{
+                    let hook: &mut $kind = program_mut(&mut self.ebpf, name)?;
+                    let id = hook
+                        .attach(&dir, CgroupAttachMode::Single)
+                        .map_err(attach_err)?;
+                    match pins {
+                        Some(pins) => pin_link(
+                            hook.take_link(id).map_err(attach_err)?,
+                            &pins.link(&cgroup_hook(name)),
+                        )?,
+                        None => self.cgroup_links.push($own(id)),
+                    }
+                }};
+            }
+            match name {
+                programs::SOCK_CREATE => attach!(CgroupSock, CgroupLink::Sock),
+                programs::SOCK_OPS => attach!(SockOps, CgroupLink::SockOps),
+                _ => attach!(CgroupSockAddr, |id| CgroupLink::SockAddr(name, id)),
             }
         }
         Ok(())
