@@ -15,7 +15,8 @@
 /// `g * len + index` ([`gen_index`](super::gen_index)); the class-keyed maps need no offset,
 /// because the controller numbers each generation's port classes apart.
 pub mod maps {
-    /// `Array<u32>`, one entry: the policy generation in force (0 or 1).
+    /// `Array<ActiveGeneration>`, one entry: the policy generation in force (0 or 1), and
+    /// during a commit-confirm window the generation to fall back to after its deadline.
     pub const ACTIVE: &str = "GUARD_ACTIVE";
     /// `Array<GuardConfig>`, one entry per generation: mode and default action.
     pub const CONFIG: &str = "GUARD_CONFIG";
@@ -347,6 +348,31 @@ pub struct GuardConfig {
     pub udplite_denied: u32,
 }
 
+/// The entry of [`maps::ACTIVE`]. The programs judge by `generation`, unless `deadline_ns`
+/// is set and has passed (`bpf_ktime_get_coarse_ns`, CLOCK_MONOTONIC): then by `fallback`.
+/// That is commit-confirm kept by the kernel: an unconfirmed policy ends at its deadline
+/// even when no daemon is left to roll it back.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ActiveGeneration {
+    pub generation: u32,
+    pub fallback: u32,
+    /// 0: no deadline (the policy is confirmed).
+    pub deadline_ns: u64,
+}
+
+impl ActiveGeneration {
+    /// The generation the programs judge by at monotonic time `now_ns`.
+    #[inline(always)]
+    pub const fn in_force(&self, now_ns: u64) -> u32 {
+        if self.deadline_ns != 0 && now_ns >= self.deadline_ns {
+            self.fallback & 1
+        } else {
+            self.generation & 1
+        }
+    }
+}
+
 /// Value of the source tries: which rule matched and what it asks for.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -525,12 +551,14 @@ const _: () = assert!(core::mem::size_of::<RuleRef>() == 8);
 const _: () = assert!(core::mem::size_of::<SrcKeyV4>() == 8);
 const _: () = assert!(core::mem::size_of::<SrcKeyV6>() == 20);
 const _: () = assert!(core::mem::size_of::<RuleStats>() == 16);
+const _: () = assert!(core::mem::size_of::<ActiveGeneration>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all of these are repr(C), made only of integers and byte arrays, without padding
     // (checked by the size assertions above), so every bit pattern is valid.
     unsafe impl aya::Pod for super::GuardConfig {}
+    unsafe impl aya::Pod for super::ActiveGeneration {}
     unsafe impl aya::Pod for super::RuleRef {}
     unsafe impl aya::Pod for super::SrcKeyV4 {}
     unsafe impl aya::Pod for super::SrcKeyV6 {}

@@ -3,19 +3,20 @@
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
+    helpers::bpf_ktime_get_coarse_ns,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use guard_common::{
-    ClassLens, ConnStats, EVENT_STATS_LEN, EVENTS_BYTES, EventBucket, FlowKey, FlowState,
-    GENERATIONS, GuardConfig, MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS, MAX_RULES,
-    MAX_SOCKETS, MAX_SRC_ENTRIES, MODE_UNSET, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats,
-    REASONS_LEN, RttHist, RuleRef, RuleStats, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
-    gen_index, port_index,
+    ActiveGeneration, ClassLens, ConnStats, EVENT_STATS_LEN, EVENTS_BYTES, EventBucket, FlowKey,
+    FlowState, GENERATIONS, GuardConfig, MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS,
+    MAX_RULES, MAX_SOCKETS, MAX_SRC_ENTRIES, MODE_UNSET, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN,
+    PortStats, REASONS_LEN, RttHist, RuleRef, RuleStats, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4,
+    SrcKeyV6, gen_index, port_index,
 };
 
 #[map]
-pub static GUARD_ACTIVE: Array<u32> = Array::with_max_entries(1, 0);
+pub static GUARD_ACTIVE: Array<ActiveGeneration> = Array::with_max_entries(1, 0);
 #[map]
 pub static GUARD_CONFIG: Array<GuardConfig> = Array::with_max_entries(GENERATIONS, 0);
 #[map]
@@ -101,7 +102,15 @@ impl Policy {
     /// verdict applies (never seen in practice: the loader writes before it attaches).
     #[inline(always)]
     pub fn current() -> Option<Self> {
-        let generation = GUARD_ACTIVE.get(0).copied().unwrap_or(0) & 1;
+        let generation = match GUARD_ACTIVE.get(0) {
+            // A commit-confirm window: the clock is read only while one is open.
+            Some(active) if active.deadline_ns != 0 => {
+                // SAFETY: a helper without preconditions.
+                active.in_force(unsafe { bpf_ktime_get_coarse_ns() })
+            }
+            Some(active) => active.generation & 1,
+            None => 0,
+        };
         let config = GUARD_CONFIG.get(generation)?;
         if config.mode == MODE_UNSET {
             return None;

@@ -23,9 +23,9 @@ use aya::{
     util::KernelVersion,
 };
 use guard_common::{
-    ClassLens, ConnStats, GENERATIONS, GuardConfig, MAX_CLASSES, MAX_RULES, MAX_SRC_ENTRIES,
-    POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats, RttHist, RuleRef, RuleStats, SrcHashKeyV4,
-    SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index, maps, programs,
+    ActiveGeneration, ClassLens, ConnStats, GENERATIONS, GuardConfig, MAX_CLASSES, MAX_RULES,
+    MAX_SRC_ENTRIES, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats, RttHist, RuleRef,
+    RuleStats, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index, maps, programs,
 };
 
 use crate::{
@@ -378,7 +378,7 @@ impl Guard {
             0,
             &Delta::between(&Contents::default(), &contents),
         )?;
-        set_array(&mut ebpf, maps::ACTIVE, &[(0, 0u32)])?;
+        set_array(&mut ebpf, maps::ACTIVE, &[(0, ActiveGeneration::default())])?;
         let xdp: &mut Xdp = program_mut(&mut ebpf, programs::XDP_INGRESS)?;
         xdp.load().map_err(program_err(programs::XDP_INGRESS))?;
         let tc: &mut SchedClassifier = program_mut(&mut ebpf, programs::TC_EGRESS)?;
@@ -436,7 +436,15 @@ impl Guard {
     /// new rules and ports, then flips the active generation (one map write: each program
     /// run sees the old policy or the new one, never a mix). Returns the number of map
     /// writes. Call only when [`Guard::fits`]; on an error the running policy stays.
-    pub fn switch(&mut self, lowered: &Lowered) -> Result<usize, LoadError> {
+    ///
+    /// With `deadline_ns` (CLOCK_MONOTONIC_COARSE, see [`monotonic_ns`]) the switch is
+    /// provisional: unless [`Guard::confirm`] comes first, the programs themselves go back
+    /// to the previous generation at the deadline, whether or not a daemon is running.
+    pub fn switch(
+        &mut self,
+        lowered: &Lowered,
+        deadline_ns: Option<u64>,
+    ) -> Result<usize, LoadError> {
         let target = 1 - self.active;
         let contents = Contents::of(lowered, target, self.capacity.classes_per_generation);
         let old = self.generations[target as usize]
@@ -449,18 +457,45 @@ impl Guard {
         write_delta(&mut self.ebpf, target, &delta)?;
         self.generations[target as usize] = Some(contents);
         self.zero_fresh(lowered)?;
-        set_array(&mut self.ebpf, maps::ACTIVE, &[(0, target)])?;
+        let active = ActiveGeneration {
+            generation: target,
+            fallback: self.active,
+            deadline_ns: deadline_ns.unwrap_or(0),
+        };
+        set_array(&mut self.ebpf, maps::ACTIVE, &[(0, active)])?;
         self.active = target;
         Ok(delta.writes() + 1)
+    }
+
+    /// Makes the running generation final: a provisional [`Guard::switch`]'s deadline is
+    /// cleared.
+    pub fn confirm(&mut self) -> Result<(), LoadError> {
+        self.set_active(self.active)
     }
 
     /// Undoes the [`Guard::switch`] just made: the programs judge by the previous generation
     /// again (the switch wrote only the other one, so it is intact).
     pub fn revert(&mut self) -> Result<(), LoadError> {
-        let previous = 1 - self.active;
-        set_array(&mut self.ebpf, maps::ACTIVE, &[(0, previous)])?;
-        self.active = previous;
+        self.set_active(1 - self.active)
+    }
+
+    fn set_active(&mut self, generation: u32) -> Result<(), LoadError> {
+        let active = ActiveGeneration {
+            generation,
+            fallback: generation,
+            deadline_ns: 0,
+        };
+        set_array(&mut self.ebpf, maps::ACTIVE, &[(0, active)])?;
+        self.active = generation;
         Ok(())
+    }
+
+    /// The kernel's [`maps::ACTIVE`] record.
+    pub fn active_record(&self) -> Result<ActiveGeneration, LoadError> {
+        Array::<_, ActiveGeneration>::try_from(self.map(maps::ACTIVE)?)
+            .map_err(map_err(maps::ACTIVE))?
+            .get(&0, 0)
+            .map_err(map_err(maps::ACTIVE))
     }
 
     /// Drift: what the kernel's policy maps hold for the active generation, compared with
@@ -468,14 +503,17 @@ impl Guard {
     /// differ); none means the kernel judges by exactly the running policy.
     pub fn verify(&self) -> Result<Vec<String>, LoadError> {
         let mut found = Vec::new();
-        let flag = Array::<_, u32>::try_from(self.map(maps::ACTIVE)?)
-            .map_err(map_err(maps::ACTIVE))?
-            .get(&0, 0)
-            .map_err(map_err(maps::ACTIVE))?;
+        let record = self.active_record()?;
+        let flag = record.in_force(monotonic_ns());
         if flag != self.active {
             found.push(format!(
-                "{}: the programs judge by generation {flag}, the daemon wrote generation {}",
+                "{}: the programs judge by generation {flag}{}, the daemon wrote generation {}",
                 maps::ACTIVE,
+                if record.generation == self.active {
+                    " (a commit-confirm deadline passed)"
+                } else {
+                    ""
+                },
                 self.active
             ));
         }
@@ -830,6 +868,18 @@ impl Guard {
             .read(rules, slots)
             .map_err(map_err(maps::RULE_STATS))
     }
+}
+
+/// CLOCK_MONOTONIC_COARSE in ns: the clock of `bpf_ktime_get_coarse_ns`, which the
+/// programs compare a commit-confirm deadline with.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 /// Pins a link (any type aya can turn into an fd link) at `path`.

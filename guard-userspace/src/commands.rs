@@ -326,6 +326,10 @@ pub fn status(run_dir: &Path, json: bool) -> Result<(), Failure> {
             let mut v = serde_json::to_value(&st).expect("serialisable");
             v["running"] = false.into();
             v["enforcing"] = Pins::new(&st.pin_dir).has_links().into();
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            v["rolled_back_by_kernel"] = st.rolled_back_by_kernel(now).into();
             v
         }
     };
@@ -356,6 +360,19 @@ pub fn status(run_dir: &Path, json: bool) -> Result<(), Failure> {
         "policy     {} (sha256 {}, generation {})",
         st.policy, st.policy_hash, st.generation
     );
+    if let Some(pc) = &st.pending_confirm {
+        if v["rolled_back_by_kernel"].as_bool() == Some(true) {
+            println!(
+                "ROLLED BACK this policy was never confirmed: at its deadline the kernel went back to the previous policy (sha256 {})",
+                pc.rollback_hash
+            );
+        } else {
+            println!(
+                "unconfirmed the kernel goes back to sha256 {} at {} s since the epoch unless `guard confirm` comes first",
+                pc.rollback_hash, pc.deadline_unix
+            );
+        }
+    }
     let ifaces: Vec<String> = st
         .interfaces
         .iter()

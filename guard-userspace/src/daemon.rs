@@ -160,7 +160,14 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
         policy: None,
         unexpected: None,
     };
-    if let Err(err) = daemon.apply(source, text, checked, "start") {
+    if let Some(pc) = daemon
+        .state
+        .as_ref()
+        .and_then(|s| s.pending_confirm.clone())
+    {
+        report_orphaned_confirm(&daemon, &pc);
+    }
+    if let Err(err) = daemon.apply(source, text, checked, "start", None) {
         if !adopting {
             // Nothing may stay attached after a failed first start.
             let _ = daemon.pins.remove_all();
@@ -177,10 +184,11 @@ struct Current {
     text: String,
 }
 
-/// An applied policy waiting for `guard confirm`.
 /// The longest commit-confirm window (a day), checked by the daemon as well as the CLI.
 pub const MAX_CONFIRM_SECS: u64 = 86_400;
 
+/// An applied policy waiting for `guard confirm`. The kernel holds the same deadline
+/// ([`Guard::switch`]), so the policy ends even if this daemon does not live to roll it back.
 struct Pending {
     deadline: Instant,
     rollback_to: Current,
@@ -285,6 +293,7 @@ impl Daemon {
         text: String,
         checked: Checked,
         how: &str,
+        confirm_within: Option<u64>,
     ) -> Result<(), Failure> {
         let started = std::time::Instant::now();
         let rt = |e: crate::bpf::LoadError| Failure::Runtime(error_chain(&e));
@@ -299,6 +308,22 @@ impl Daemon {
             .map(|s| (s.rules.as_slice(), s.port_slots.as_slice()))
             .unwrap_or_default();
         let lowered = policy::lower_after(&checked.policy, prev_rules, prev_slots);
+        let fits = self.guard.as_ref().is_some_and(|g| g.fits(&lowered));
+        if confirm_within.is_some() && !fits {
+            // The kernel's fallback lives in the running programs' maps; a change that needs
+            // new programs has no previous generation there to fall back to.
+            return Err(Failure::Runtime(
+                "this change needs new programs (the policy outgrew the loaded maps), so it cannot be applied with --confirm-within: apply it without, keeping a session open to undo it".into(),
+            ));
+        }
+        let rollback_to = self.current.as_ref().map(|c| Current {
+            source: c.source.clone(),
+            text: c.text.clone(),
+        });
+        let confirm = confirm_within.zip(rollback_to);
+        let deadline_ns = confirm
+            .as_ref()
+            .map(|(secs, _)| crate::bpf::monotonic_ns() + secs * 1_000_000_000);
         // One transaction: what can fail without touching the kernel is done first (the
         // state file's temporary file is opened, so a read-only or missing run directory
         // fails here), then the kernel changes, and if any step after them fails they are
@@ -314,7 +339,7 @@ impl Daemon {
         // otherwise (first start, a restart adopting pinned links, maps too small) a new
         // instance is loaded and every link switched to it.
         let switched = match self.guard.as_mut() {
-            Some(guard) if guard.fits(&lowered) => Some(guard.switch(&lowered).map_err(rt)?),
+            Some(guard) if fits => Some(guard.switch(&lowered, deadline_ns).map_err(rt)?),
             _ => None,
         };
         let mut fresh = match switched {
@@ -356,6 +381,10 @@ impl Daemon {
             rules: lowered.rules.clone(),
             port_slots: lowered.slots.clone(),
             metrics_addr: self.metrics_addr.map(|a| a.to_string()),
+            pending_confirm: confirm.as_ref().map(|(secs, _)| state::PendingConfirm {
+                deadline_unix: now_secs() as u64 + secs,
+                rollback_hash: previous.map(|p| p.policy_hash.clone()).unwrap_or_default(),
+            }),
         };
         if let Err(e) = pending_state.commit(&state) {
             self.undo(switched.is_some());
@@ -428,6 +457,12 @@ impl Daemon {
             if mode == "audit" { "auditing: counting what the policy would drop, dropping nothing" } else { "enforcing" }
         );
         self.current = Some(Current { source, text });
+        // Any change ends a pending commit-confirm (the kernel's deadline was cleared by the
+        // switch); a change applied with --confirm-within starts a new one.
+        self.pending = confirm.map(|(secs, rollback_to)| Pending {
+            deadline: Instant::now() + Duration::from_secs(secs),
+            rollback_to,
+        });
         self.reloads.applied += 1;
         self.policy = Some(checked.policy);
         self.audit_listeners();
@@ -529,6 +564,7 @@ impl Daemon {
         source: PolicySource,
         text: String,
         how: &str,
+        confirm_within: Option<u64>,
     ) -> Result<(), (String, Vec<String>)> {
         let checked = match policy::check(&source.label(), &text) {
             Ok(c) => c,
@@ -539,7 +575,7 @@ impl Daemon {
                 return Err(("policy rejected".into(), e.lines));
             }
         };
-        self.apply(source, text, checked, how).map_err(|e| {
+        self.apply(source, text, checked, how, confirm_within).map_err(|e| {
             self.reloads.rejected += 1;
             error!(target: "guard::event", kind = "policy_rejected", how, error = %e, "applying the policy failed");
             (e.to_string(), Vec::new())
@@ -559,7 +595,7 @@ impl Daemon {
                 if self.current.as_ref().is_some_and(|c| c.text == text) {
                     return;
                 }
-                let _ = self.try_apply(PolicySource::File(path), text, how);
+                let _ = self.try_apply(PolicySource::File(path), text, how, None);
             }
             Err(e) => {
                 error!(target: "guard::event", kind = "policy_rejected", how, policy = %path.display(), error = %e, "cannot read the policy file; the running policy stays")
@@ -571,7 +607,7 @@ impl Daemon {
         if let Some(pending) = self.pending.take() {
             warn!("no `guard confirm` in time: rolling back");
             let Current { source, text } = pending.rollback_to;
-            let _ = self.try_apply(source, text, "rollback");
+            let _ = self.try_apply(source, text, "rollback", None);
         }
     }
 
@@ -793,23 +829,17 @@ impl Daemon {
                         false,
                     );
                 }
-                let rollback_to = self.current.as_ref().map(|c| Current {
-                    source: c.source.clone(),
-                    text: c.text.clone(),
-                });
-                match self.try_apply(PolicySource::File(PathBuf::from(&name)), policy, "apply") {
+                if confirm_within.is_some() && self.pending.is_some() {
+                    return (
+                        Reply::error(
+                            "a policy applied with --confirm-within is pending: `guard confirm` it, or let it roll back, before applying another with --confirm-within",
+                        ),
+                        false,
+                    );
+                }
+                let source = PolicySource::File(PathBuf::from(&name));
+                match self.try_apply(source, policy, "apply", confirm_within) {
                     Ok(()) => {
-                        if let (Some(secs), Some(rollback_to)) = (confirm_within, rollback_to) {
-                            // A newer apply keeps the oldest rollback target: the last confirmed policy.
-                            let rollback_to =
-                                self.pending.take().map_or(rollback_to, |p| p.rollback_to);
-                            self.pending = Some(Pending {
-                                deadline: Instant::now() + Duration::from_secs(secs),
-                                rollback_to,
-                            });
-                        } else {
-                            self.pending = None;
-                        }
                         let st = self.state.as_ref().expect("applied");
                         (
                             Reply::ok(
@@ -829,12 +859,22 @@ impl Daemon {
                     .unwrap_or_default();
                 (Reply::ok(json!({"events": events, "next": next})), false)
             }
-            Request::Confirm {} => match self.pending.take() {
-                Some(_) => {
-                    info!("policy confirmed");
+            Request::Confirm {} => match (&self.pending, self.guard.as_mut()) {
+                (Some(_), Some(guard)) => {
+                    if let Err(e) = guard.confirm() {
+                        return (Reply::error(error_chain(&e)), false);
+                    }
+                    self.pending = None;
+                    if let Some(st) = self.state.as_mut() {
+                        st.pending_confirm = None;
+                        if let Err(e) = state::write(&self.run_dir, st) {
+                            warn!(error = %e, "confirmed, but the state file could not be updated");
+                        }
+                    }
+                    info!(target: "guard::event", kind = "policy_confirmed", "policy confirmed");
                     (Reply::ok(json!({"confirmed": true})), false)
                 }
-                None => (Reply::error("nothing to confirm"), false),
+                _ => (Reply::error("nothing to confirm"), false),
             },
             Request::Verify {} => match &self.guard {
                 Some(guard) => match guard.verify() {
@@ -873,6 +913,41 @@ fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// A previous daemon stopped while a policy applied with `--confirm-within` was pending: say
+/// what became of it (the kernel fell back at the deadline; this daemon now applies its own
+/// policy file either way).
+fn report_orphaned_confirm(daemon: &Daemon, pc: &state::PendingConfirm) {
+    let now = now_secs() as u64;
+    let hash = daemon.state.as_ref().map_or("", |s| s.policy_hash.as_str());
+    let passed = now >= pc.deadline_unix;
+    daemon.record(json!({
+        "ts": now_secs(),
+        "kind": "confirm_expired",
+        "unconfirmed_hash": hash,
+        "rollback_hash": pc.rollback_hash,
+        "deadline": pc.deadline_unix,
+        "deadline_passed": passed,
+    }));
+    if passed {
+        warn!(
+            target: "guard::event",
+            kind = "confirm_expired",
+            unconfirmed = &hash[..hash.len().min(16)],
+            restored = &pc.rollback_hash[..pc.rollback_hash.len().min(16)],
+            deadline = pc.deadline_unix,
+            "the previous daemon stopped with an unconfirmed policy; at its deadline the kernel went back to the previous policy"
+        );
+    } else {
+        warn!(
+            target: "guard::event",
+            kind = "confirm_expired",
+            unconfirmed = &hash[..hash.len().min(16)],
+            deadline = pc.deadline_unix,
+            "the previous daemon stopped with an unconfirmed policy before its deadline; it is replaced by this daemon's policy"
+        );
+    }
 }
 
 fn resolve_interfaces(specs: &[InterfaceSpec]) -> Result<Vec<String>, Failure> {

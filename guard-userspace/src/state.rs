@@ -39,6 +39,28 @@ pub struct State {
     /// Where /metrics and /health are served (the bound address), if they are.
     #[serde(default)]
     pub metrics_addr: Option<String>,
+    /// Set while this policy was applied with `--confirm-within` and is not confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_confirm: Option<PendingConfirm>,
+}
+
+/// An unconfirmed policy: at `deadline_unix` the kernel itself goes back to the policy
+/// whose hash is `rollback_hash`, daemon or no daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingConfirm {
+    /// Seconds since the Unix epoch.
+    pub deadline_unix: u64,
+    pub rollback_hash: String,
+}
+
+impl State {
+    /// True when a commit-confirm deadline recorded here has passed: the kernel judges by
+    /// the previous policy, not by this one.
+    pub fn rolled_back_by_kernel(&self, now_unix: u64) -> bool {
+        self.pending_confirm
+            .as_ref()
+            .is_some_and(|p| now_unix >= p.deadline_unix)
+    }
 }
 
 /// An interface the XDP program is attached to.

@@ -39,12 +39,18 @@ impl Loaded {
     /// written into the inactive generation, then flipped ([`Guard::switch`]). Rules and
     /// ports that stay keep their counters. Returns the number of map writes.
     pub fn switch(&mut self, text: &str) -> usize {
+        self.switch_until(text, None)
+    }
+
+    /// As [`Loaded::switch`], provisional until `deadline_ns` (CLOCK_MONOTONIC_COARSE, see
+    /// `guard::bpf::monotonic_ns`): after it the programs judge by the previous policy.
+    pub fn switch_until(&mut self, text: &str, deadline_ns: Option<u64>) -> usize {
         let checked = policy::check("test.toml", text).unwrap_or_else(|e| panic!("{e}"));
         let lowered = policy::lower_after(&checked.policy, &self.rules, &self.slots);
         assert!(self.guard.fits(&lowered), "the policy fits the loaded maps");
         let writes = self
             .guard
-            .switch(&lowered)
+            .switch(&lowered, deadline_ns)
             .unwrap_or_else(|e| panic!("switch: {e}"));
         self.rules = lowered.rules;
         self.slots = lowered.slots;

@@ -564,3 +564,54 @@ fn policy_applied_names_changed_ports_sources_and_settings() {
         assert!(last.contains(&want), "want {want} in {last}");
     }
 }
+
+/// Issue K-6: commit-confirm survives the daemon. Applied with --confirm-within 2, then
+/// SIGKILL: the kernel itself goes back to the previous policy at the deadline, `guard
+/// status` says so, and a restarted daemon reports it.
+#[test]
+fn commit_confirm_rolls_back_in_the_kernel_when_the_daemon_is_dead() {
+    let net = TestNet::new();
+    let (_a, a) = listener(&net);
+    let (_b, b) = listener(&net);
+    let policy = PolicyFile::new(&policy_text(&net, &[a.port()]));
+    let mut daemon = Daemon::start(&["--policy", policy.arg()]);
+    let candidate = PolicyFile::new(&policy_text(&net, &[a.port(), b.port()]));
+    let out = guard_cmd(
+        &daemon,
+        &["apply", candidate.arg(), "--confirm-within", "2"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A second provisional apply while one is pending is refused.
+    let out = guard_cmd(
+        &daemon,
+        &["apply", candidate.arg(), "--confirm-within", "5"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is pending"));
+    assert!(open(&net, b), "applied at once");
+    daemon.stop_with(libc::SIGKILL);
+    assert!(open(&net, b), "still enforced right after the daemon died");
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while open(&net, b) {
+        assert!(Instant::now() < deadline, "the kernel did not fall back");
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(open(&net, a), "the previous policy, whole");
+    let status = guard_cmd(&daemon, &["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("ROLLED BACK"), "{text}");
+    daemon.restart();
+    assert!(
+        daemon.log_text().contains("kind=\"confirm_expired\""),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        !open(&net, b) && open(&net, a),
+        "the restarted daemon runs its policy file"
+    );
+}

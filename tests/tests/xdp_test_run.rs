@@ -235,3 +235,45 @@ fn truncated_headers_drop_in_enforce_and_pass_in_audit() {
     let g = load(&WEB.replace("mode = \"enforce\"", "mode = \"audit\""));
     assert_eq!(g.verdict(cut), XDP_PASS);
 }
+
+/// Issue K-6: commit-confirm kept by the kernel. A provisional switch is judged by the new
+/// policy until its deadline and by the previous one after it, with no userspace action;
+/// a confirmed one stays.
+#[test]
+fn a_provisional_policy_ends_at_its_deadline_in_the_kernel() {
+    let mut g = load(WEB);
+    let to_81 = tcp4(ip4("192.0.2.1"), 81);
+    assert_eq!(g.verdict(&to_81), XDP_DROP);
+    let opened = WEB.replace(
+        "ports = [80, \"8000-8010\"]",
+        "ports = [80, 81, \"8000-8010\"]",
+    );
+    let now = guard::bpf::monotonic_ns();
+    g.switch_until(&opened, Some(now + 400_000_000));
+    assert_eq!(
+        g.verdict(&to_81),
+        XDP_PASS,
+        "before the deadline: the new policy"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(g.verdict(&to_81), XDP_DROP, "after it: the previous policy");
+    assert_eq!(
+        g.verdict(&tcp4(ip4("192.0.2.1"), 80)),
+        XDP_PASS,
+        "the previous policy whole"
+    );
+    let record = g.guard.active_record().unwrap();
+    assert_eq!(record.in_force(guard::bpf::monotonic_ns()), record.fallback);
+    assert!(
+        !g.guard.verify().unwrap().is_empty(),
+        "the drift check sees the fallback"
+    );
+
+    // Confirmed before its deadline: it stays.
+    let mut g = load(WEB);
+    g.switch_until(&opened, Some(guard::bpf::monotonic_ns() + 300_000_000));
+    g.guard.confirm().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(g.verdict(&to_81), XDP_PASS);
+    assert!(g.guard.verify().unwrap().is_empty());
+}
