@@ -339,7 +339,42 @@ impl Guard {
             return Err(LoadError::NoObject);
         }
         let level = kernel_log.level();
-        let capacity = Capacity::for_policy(lowered);
+        let mut capacity = Capacity::for_policy(lowered);
+        // The pinned per-rule counters outlive every load. Too small for this policy: they
+        // are moved into a new map of the needed size (the pin is replaced; the running
+        // programs keep the old map until their links switch). Larger: used as they are.
+        let outgrown = match pins {
+            Some(pins) => outgrow_rule_counters(pins, &mut capacity)?,
+            None => None,
+        };
+        let loaded = Self::load_sized(lowered, kernel_log, level, pins, capacity);
+        match (loaded, outgrown) {
+            (Ok(mut guard), Some(old)) => {
+                guard.carry_rule_counters(&old)?;
+                Ok(guard)
+            }
+            (Err(e), Some(old)) => {
+                // Put the old counters back where they were, so nothing is lost.
+                if let Some(pins) = pins {
+                    let path = pins.map(maps::RULE_STATS);
+                    let _ = std::fs::remove_file(&path);
+                    if let Err(pin) = old.pin(&path) {
+                        tracing::error!(error = %pin, "re-pinning the rule counters failed");
+                    }
+                }
+                Err(e)
+            }
+            (loaded, None) => loaded,
+        }
+    }
+
+    fn load_sized(
+        lowered: &Lowered,
+        kernel_log: KernelLog,
+        level: u8,
+        pins: Option<&Pins>,
+        capacity: Capacity,
+    ) -> Result<Self, LoadError> {
         let mut loader = EbpfLoader::new();
         if let Some(pins) = pins {
             // Shared with every other load: created and pinned by the first, reused after.
@@ -402,6 +437,24 @@ impl Guard {
             generations: [Some(contents), Some(Contents::default())],
             capacity,
         })
+    }
+
+    /// Copies every per-CPU rule counter of `old` (a smaller map this load replaces) into
+    /// this load's counters.
+    fn carry_rule_counters(&mut self, old: &MapData) -> Result<(), LoadError> {
+        let name = maps::RULE_STATS;
+        let info = old.info().map_err(map_err(name))?;
+        let old_map = Map::from_map_data(MapData::from_id(info.id()).map_err(map_err(name))?)
+            .map_err(map_err(name))?;
+        let old_counters =
+            PerCpuArray::<_, RuleStats>::try_from(&old_map).map_err(map_err(name))?;
+        let mut new = PerCpuArray::<_, RuleStats>::try_from(map_mut(&mut self.ebpf, name)?)
+            .map_err(map_err(name))?;
+        for index in 0..info.max_entries() {
+            let values = old_counters.get(&index, 0).map_err(map_err(name))?;
+            new.set(index, values, 0).map_err(map_err(name))?;
+        }
+        Ok(())
     }
 
     /// True when `lowered` can replace the running policy in this instance's maps
@@ -637,6 +690,18 @@ impl Guard {
             pins.remove_link(&xdp_hook(iface));
             pins.remove_link(&tc_hook(iface));
         }
+        let mode = self.attach_xdp(iface, pins)?;
+        self.attach_tc(iface, pins)?;
+        Ok(Attach::New(mode))
+    }
+
+    /// A new XDP link on `iface` (native when the driver supports it, else generic), pinned
+    /// with `pins`. The daemon also uses it alone, for an XDP link detached behind its back.
+    pub fn attach_xdp(
+        &mut self,
+        iface: &str,
+        pins: Option<&Pins>,
+    ) -> Result<AttachMode, LoadError> {
         let attach_err = |source| LoadError::Attach {
             iface: iface.to_owned(),
             source,
@@ -665,6 +730,15 @@ impl Guard {
                 tc: None,
             });
         }
+        Ok(mode)
+    }
+
+    /// A new TC egress link on `iface`, pinned with `pins` (see [`Guard::attach_xdp`]).
+    pub fn attach_tc(&mut self, iface: &str, pins: Option<&Pins>) -> Result<(), LoadError> {
+        let attach_err = |source| LoadError::Attach {
+            iface: iface.to_owned(),
+            source,
+        };
         // Kernels before 6.6 have no TCX and need a clsact qdisc for TC programs.
         let has_tcx = KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0));
         if !has_tcx && let Err(err) = tc::qdisc_add_clsact(iface) {
@@ -675,10 +749,10 @@ impl Guard {
         if let Some(pins) = pins {
             let link = tc.take_link(tc_link).map_err(attach_err)?;
             pin_link(link, &pins.link(&tc_hook(iface)))?;
-        } else if let Some(link) = self.links.last_mut() {
+        } else if let Some(link) = self.links.iter_mut().rfind(|l| l.iface == iface) {
             link.tc = Some(tc_link);
         }
-        Ok(Attach::New(mode))
+        Ok(())
     }
 
     /// Switches the pinned link at `pin` to this load's program `name`.
@@ -868,6 +942,36 @@ impl Guard {
             .read(rules, slots)
             .map_err(map_err(maps::RULE_STATS))
     }
+}
+
+/// When the pinned rule-counter map holds fewer slots than `capacity` asks, unpins it and
+/// returns it (its counters are carried into the new map the load creates). When it holds
+/// more, `capacity` grows to its size, so the loader's idea of the map is the kernel's.
+fn outgrow_rule_counters(
+    pins: &Pins,
+    capacity: &mut Capacity,
+) -> Result<Option<MapData>, LoadError> {
+    let name = maps::RULE_STATS;
+    let path = pins.map(name);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let pinned = MapData::from_pin(&path).map_err(map_err(name))?;
+    let slots = pinned.info().map_err(map_err(name))?.max_entries();
+    if slots >= capacity.rules {
+        capacity.rules = slots;
+        return Ok(None);
+    }
+    tracing::info!(
+        from = slots,
+        to = capacity.rules,
+        "the policy outgrows the pinned rule counters: moving them into a larger map"
+    );
+    std::fs::remove_file(&path).map_err(|source| LoadError::PinLink {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(Some(pinned))
 }
 
 /// CLOCK_MONOTONIC_COARSE in ns: the clock of `bpf_ktime_get_coarse_ns`, which the

@@ -20,12 +20,15 @@
 //! `guard unload` detaches.
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeMap, BTreeSet},
     ffi::OsString,
     fs,
     net::IpAddr,
     net::SocketAddr,
-    os::{fd::AsRawFd as _, unix::fs::PermissionsExt as _},
+    os::{
+        fd::{AsFd as _, AsRawFd as _},
+        unix::fs::PermissionsExt as _,
+    },
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -155,6 +158,8 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
         metrics_listener,
         detectors: Detectors::default(),
         reloads: Reloads::default(),
+        repairs: Repairs::default(),
+        held: BTreeMap::new(),
         decoder: Arc::new(Decoder::new(Vec::new())),
         recent: Arc::default(),
         policy: None,
@@ -192,6 +197,32 @@ pub const MAX_CONFIRM_SECS: u64 = 86_400;
 struct Pending {
     deadline: Instant,
     rollback_to: Current,
+}
+
+/// Links put back since the daemon started ([`Daemon::repair_links`]).
+#[derive(Debug, Default)]
+struct Repairs {
+    repinned: u64,
+    reattached: u64,
+}
+
+/// Hooks the running policy attaches to: the link pin name, and the interface for XDP and
+/// TC hooks (`None` for the cgroup's).
+fn hooks(st: &State) -> Vec<(String, Option<String>)> {
+    st.interfaces
+        .iter()
+        .flat_map(|a| {
+            [
+                (xdp_hook(&a.name), Some(a.name.clone())),
+                (tc_hook(&a.name), Some(a.name.clone())),
+            ]
+        })
+        .chain(
+            crate::bpf::CGROUP_PROGRAMS
+                .iter()
+                .map(|p| (cgroup_hook(p), None)),
+        )
+        .collect()
 }
 
 /// Policy changes since the daemon started, by result.
@@ -237,6 +268,9 @@ struct Daemon {
     /// The anomaly detectors' state (configured by the running policy's `[health]`).
     detectors: Detectors,
     reloads: Reloads,
+    repairs: Repairs,
+    /// The running policy's links, held open ([`Daemon::hold_links`]).
+    held: BTreeMap<String, std::os::fd::OwnedFd>,
     /// Names the rules of kernel events; given the rules of every policy applied.
     decoder: Arc<Decoder>,
     /// Recent events for `guard events`, filled by the event reader and by policy changes.
@@ -464,6 +498,7 @@ impl Daemon {
             rollback_to,
         });
         self.reloads.applied += 1;
+        self.hold_links();
         self.policy = Some(checked.policy);
         self.audit_listeners();
         // Parsing a large policy leaves tens of MiB of freed heap behind; hand it back.
@@ -618,20 +653,136 @@ impl Daemon {
         if self.guard.is_none() {
             return Err("no programs loaded".into());
         }
-        let hooks = st
-            .interfaces
-            .iter()
-            .flat_map(|a| [xdp_hook(&a.name), tc_hook(&a.name)])
-            .chain(crate::bpf::CGROUP_PROGRAMS.iter().map(|p| cgroup_hook(p)));
-        for hook in hooks {
-            if !self.pins.link(&hook).exists() {
+        for (hook, _) in hooks(st) {
+            if !self.link_attached(&hook).0 {
                 return Err(format!(
-                    "the link of hook {hook} is gone from {} (detached?)",
+                    "the link of hook {hook} is detached (see {})",
                     self.pins.dir().display()
                 ));
             }
         }
         Ok(())
+    }
+
+    /// Whether `hook`'s link is attached, judged by its pin or, with the pin gone (or
+    /// replaced by another object), by the link the daemon holds; and whether it is pinned.
+    fn link_attached(&self, hook: &str) -> (bool, bool) {
+        let id = |fd: std::os::fd::BorrowedFd<'_>| crate::sys::link_info(fd).ok().map(|i| i.id);
+        let pinned = crate::sys::obj_get(&self.pins.link(hook))
+            .ok()
+            .filter(|pin| match self.held.get(hook) {
+                // Something else pinned at guard's path is not guard's link.
+                Some(held) => id(pin.as_fd()) == id(held.as_fd()),
+                None => true,
+            });
+        let fd = pinned
+            .as_ref()
+            .map(|f| f.as_fd())
+            .or_else(|| self.held.get(hook).map(|f| f.as_fd()));
+        let attached = fd.is_some_and(|fd| crate::sys::link_info(fd).is_ok_and(|i| i.attached()));
+        (attached, pinned.is_some())
+    }
+
+    /// Opens and keeps every pinned link of the running policy: a link the daemon holds
+    /// stays attached when its pin is removed behind its back.
+    fn hold_links(&mut self) {
+        let Some(st) = &self.state else {
+            return;
+        };
+        self.held = hooks(st)
+            .into_iter()
+            .filter_map(|(hook, _)| {
+                let fd = crate::sys::obj_get(&self.pins.link(&hook)).ok()?;
+                Some((hook, fd))
+            })
+            .collect();
+    }
+
+    /// Puts guard's hooks back as the running policy has them: a link whose pin was removed
+    /// is pinned again from the daemon's own reference; a link detached by other means
+    /// (BPF_LINK_DETACH, a netlink or tc command) is attached anew. Each repair is an event
+    /// and counted in `guard_links_repaired_total`.
+    fn repair_links(&mut self) {
+        let Some(st) = self.state.clone() else {
+            return;
+        };
+        if self.guard.is_none() {
+            return;
+        }
+        // (hook, interface, XDP rather than TC)
+        let mut detached_ifaces = Vec::new();
+        let mut detached_cgroup = Vec::new();
+        for (hook, iface) in hooks(&st) {
+            let (attached, pinned) = self.link_attached(&hook);
+            if attached && !pinned {
+                let Some(fd) = self.held.get(&hook) else {
+                    continue;
+                };
+                // A foreign object pinned in its place goes first.
+                self.pins.remove_link(&hook);
+                match crate::sys::obj_pin(fd.as_fd(), &self.pins.link(&hook)) {
+                    Ok(()) => self.repaired(&hook, "repinned", "its pin was removed: pinned again"),
+                    Err(e) => error!(hook, error = %e, "re-pinning a link failed"),
+                }
+            } else if !attached {
+                match iface {
+                    Some(iface) => {
+                        let xdp = hook == xdp_hook(&iface);
+                        detached_ifaces.push((hook, iface, xdp));
+                    }
+                    None => detached_cgroup.push(hook),
+                }
+            }
+        }
+        let guard = self.guard.as_mut().expect("checked");
+        let mut reattached = Vec::new();
+        // One hook at a time: the other hook of the interface may be attached still.
+        for (hook, iface, xdp) in detached_ifaces {
+            self.pins.remove_link(&hook);
+            let attached = if xdp {
+                guard.attach_xdp(&iface, Some(&self.pins)).map(drop)
+            } else {
+                guard.attach_tc(&iface, Some(&self.pins))
+            };
+            match attached {
+                Ok(()) => reattached.push(hook),
+                Err(e) => error!(
+                    iface,
+                    error = error_chain(&e),
+                    "re-attaching a detached interface failed"
+                ),
+            }
+        }
+        if !detached_cgroup.is_empty() {
+            for hook in &detached_cgroup {
+                self.pins.remove_link(hook);
+            }
+            match guard.attach_cgroup(&st.cgroup, Some(&self.pins)) {
+                Ok(()) => reattached.extend(detached_cgroup),
+                Err(e) => error!(
+                    cgroup = %st.cgroup.display(),
+                    error = error_chain(&e),
+                    "re-attaching the cgroup hooks failed"
+                ),
+            }
+        }
+        for hook in reattached {
+            self.repaired(
+                &hook,
+                "reattached",
+                "guard's link was detached behind its back: attached again",
+            );
+        }
+        self.hold_links();
+    }
+
+    fn repaired(&mut self, hook: &str, how: &'static str, message: &str) {
+        match how {
+            "repinned" => self.repairs.repinned += 1,
+            _ => self.repairs.reattached += 1,
+        }
+        warn!(target: "guard::event", kind = "link_repaired", how, hook, "{message}");
+        self.record(json!({"ts": now_secs(), "kind": "link_repaired", "how": how, "hook": hook}));
     }
 
     fn counters(&self) -> Option<crate::counters::Counters> {
@@ -663,6 +814,10 @@ impl Daemon {
                     anomalies: &self.detectors.firing(),
                     anomalies_fired: &self.detectors.fired(),
                     unexpected_listeners: self.unexpected.as_ref().map(BTreeSet::len),
+                    links_repaired: &[
+                        ("repinned", self.repairs.repinned),
+                        ("reattached", self.repairs.reattached),
+                    ],
                 });
                 (200, metrics::CONTENT_TYPE, text)
             }
@@ -758,6 +913,7 @@ impl Daemon {
     /// One detector window: audits the listeners, reads the counters, logs anomalies that
     /// fire or clear.
     fn tick(&mut self, at_secs: f64) {
+        self.repair_links();
         self.audit_listeners();
         let Some(counters) = self.counters() else {
             return;
@@ -896,6 +1052,8 @@ impl Daemon {
             },
             Request::Unload {} => match self.pins.remove_all() {
                 Ok(()) => {
+                    // The links the daemon holds go too: nothing stays attached.
+                    self.held.clear();
                     state::remove(&self.run_dir);
                     info!("unloaded: programs detached, pins removed");
                     (Reply::ok(json!({"unloaded": true})), true)

@@ -32,6 +32,8 @@ pub struct Scrape<'a> {
     /// Listening sockets the policy does not expect, at the last listener audit (`None`
     /// before the first).
     pub unexpected_listeners: Option<usize>,
+    /// Links the daemon put back, by how: `repinned`, `reattached`.
+    pub links_repaired: &'a [(&'static str, u64)],
 }
 
 /// Kernel run statistics of one of guard's programs.
@@ -181,6 +183,15 @@ pub fn families(s: &Scrape<'_>) -> Vec<proto::MetricFamily> {
         reloads = reloads.counter(&[("result", result)], n as f64);
     }
     push(reloads);
+    let mut repaired = Family::new(
+        "guard_links_repaired_total",
+        "guard's links put back since the daemon started: pins removed behind its back (repinned), links detached by other means (reattached)",
+        COUNTER,
+    );
+    for &(how, n) in s.links_repaired {
+        repaired = repaired.counter(&[("how", how)], n as f64);
+    }
+    push(repaired);
 
     if let Some(c) = s.counters {
         let (mut packets, mut bytes) = (
@@ -513,6 +524,7 @@ mod tests {
             anomalies: &[],
             anomalies_fired: &[],
             unexpected_listeners: Some(2),
+            links_repaired: &[("repinned", 1), ("reattached", 0)],
         });
         for line in [
             "guard_enforcing 1",
@@ -555,6 +567,7 @@ mod tests {
             anomalies: &[],
             anomalies_fired: &[],
             unexpected_listeners: None,
+            links_repaired: &[],
         });
         assert!(text.contains("guard_enforcing 0"));
         assert!(!text.contains("guard_unexpected_listeners"));

@@ -46,6 +46,30 @@ pub fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
+const BPF_OBJ_PIN: libc::c_long = 6;
+
+/// Pins the bpf object `fd` at `path` (BPF_OBJ_PIN): a link the daemon holds is pinned
+/// again after its pin was removed.
+pub fn obj_pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+    #[repr(C)]
+    struct Attr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        _pad: u32,
+    }
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
+    let attr = Attr {
+        pathname: c.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+        path_fd: 0,
+        _pad: 0,
+    };
+    bpf(BPF_OBJ_PIN, &attr).map(drop)
+}
+
 /// Makes the link `link` run `prog` instead of its current program, atomically
 /// (BPF_LINK_UPDATE): each packet or call sees either the old or the new program.
 pub fn link_update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
@@ -103,12 +127,22 @@ fn obj_info<const N: usize>(fd: BorrowedFd<'_>) -> io::Result<[u8; N]> {
 }
 
 /// What `BPF_OBJ_GET_INFO_BY_FD` tells of a link: its type (`bpf_link_type`), the program it
-/// runs, and for XDP and tcx links the interface (0 once detached).
+/// runs, and for XDP and tcx links the interface (0 once detached); for cgroup links the low
+/// half of the cgroup id (0 once detached).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LinkInfo {
     pub link_type: u32,
+    /// The link's own id.
+    pub id: u32,
     pub prog_id: u32,
     pub ifindex: u32,
+}
+
+impl LinkInfo {
+    /// True while the link is attached to its hook (an interface or a cgroup).
+    pub const fn attached(&self) -> bool {
+        self.ifindex != 0
+    }
 }
 
 /// `BPF_LINK_TYPE_XDP`.
@@ -120,6 +154,7 @@ pub fn link_info(link: BorrowedFd<'_>) -> io::Result<LinkInfo> {
     let at = |o: usize| u32::from_ne_bytes(info[o..o + 4].try_into().expect("4 bytes"));
     Ok(LinkInfo {
         link_type: at(0),
+        id: at(4),
         prog_id: at(8),
         ifindex: at(16),
     })

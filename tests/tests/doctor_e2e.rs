@@ -232,9 +232,12 @@ fn integrity_hooks_and_permissions_with_a_running_daemon() {
     let net = TestNet::new();
     let text = format!(
         "mode = \"enforce\"\ninterfaces = [\"{}\"]\ndefault = \"deny\"\nfailsafe_ports = []\n\
-         [[ingress]]\nname = \"web\"\nproto = \"tcp\"\nports = [8080]\nfrom = [\"any\"]\n",
+         [[ingress]]\nname = \"web\"\nproto = \"tcp\"\nports = [8080]\nfrom = [\"any\"]\n\
+         [health]\ninterval_seconds = 3600\n",
         net.host_if
     );
+    // A long [health] interval: the daemon repairs detached links on its ticks, and this
+    // test wants to see what the doctor says of one before it is repaired.
     let policy = PolicyFile::new(&text);
     std::fs::set_permissions(&policy.path, std::fs::Permissions::from_mode(0o644)).unwrap();
     let mut daemon = Daemon::start(&["--policy", policy.arg()]);

@@ -176,7 +176,8 @@ fn health_flips_when_a_declared_listener_stops_and_returns() {
     let policy = PolicyFile::new(&base_policy(
         &net,
         port,
-        &format!("[health]\ntcp = [{port}]\n"),
+        // A long interval: no tick repairs the link this test detaches.
+        &format!("[health]\ntcp = [{port}]\ninterval_seconds = 3600\n"),
     ));
     let daemon = Daemon::start(&["--policy", policy.arg()]);
 
@@ -200,14 +201,10 @@ fn health_flips_when_a_declared_listener_stops_and_returns() {
     let (code, body) = daemon.http_get("/health");
     assert_eq!(code, 200, "{body}");
 
-    // Enforcement gone (its links unpinned behind the daemon's back): unhealthy.
-    let links = daemon.dirs.pin_dir.join("links");
-    let xdp = std::fs::read_dir(&links)
-        .unwrap()
-        .flatten()
-        .find(|e| e.file_name().to_string_lossy().starts_with("xdp-"))
-        .expect("a pinned XDP link");
-    std::fs::remove_file(xdp.path()).unwrap();
+    // Enforcement gone (its XDP link detached behind the daemon's back): unhealthy.
+    let pins = guard::bpf::Pins::new(&daemon.dirs.pin_dir);
+    let link = guard::sys::obj_get(&pins.link(&guard::bpf::xdp_hook(&net.host_if))).unwrap();
+    guard::sys::link_detach(std::os::fd::AsFd::as_fd(&link)).expect("BPF_LINK_DETACH");
     let (code, body) = daemon.http_get("/health");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("enforcement is not active"), "{body}");

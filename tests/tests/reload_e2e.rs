@@ -615,3 +615,126 @@ fn commit_confirm_rolls_back_in_the_kernel_when_the_daemon_is_dead() {
         "the restarted daemon runs its policy file"
     );
 }
+
+/// Issue K-5: the daemon holds its attachments. A removed pin detaches nothing and is put
+/// back within one `[health]` tick; links detached by other means (XDP and a cgroup hook)
+/// are attached again; each repair is an event and counted.
+#[test]
+fn removed_pins_and_detached_links_are_put_back() {
+    let net = TestNet::new();
+    let (_a, a) = listener(&net);
+    let (_b, b) = listener(&net);
+    let text = format!(
+        "{}[health]\ninterval_seconds = 1\n",
+        policy_text(&net, &[a.port()])
+    );
+    let policy = PolicyFile::new(&text);
+    let daemon = Daemon::start(&["--policy", policy.arg()]);
+    let pins = guard::bpf::Pins::new(&daemon.dirs.pin_dir);
+    let xdp_pin = pins.link(&guard::bpf::xdp_hook(&net.host_if));
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "timed out: {what}\n{}",
+                daemon.log_text()
+            );
+            thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    std::fs::remove_file(&xdp_pin).unwrap();
+    assert!(
+        !open(&net, b) && open(&net, a),
+        "a removed pin detaches nothing"
+    );
+    wait("the pin is put back", &|| xdp_pin.exists());
+    assert!(!open(&net, b) && open(&net, a));
+
+    let link = guard::sys::obj_get(&xdp_pin).unwrap();
+    guard::sys::link_detach(std::os::fd::AsFd::as_fd(&link)).expect("BPF_LINK_DETACH");
+    drop(link);
+    wait("XDP is attached again", &|| !open(&net, b));
+    assert!(open(&net, a));
+
+    let bind_pin = pins.link(&guard::bpf::cgroup_hook(guard_common::programs::BIND4));
+    let link = guard::sys::obj_get(&bind_pin).unwrap();
+    guard::sys::link_detach(std::os::fd::AsFd::as_fd(&link)).expect("BPF_LINK_DETACH");
+    drop(link);
+    wait("the bind hook is attached again", &|| {
+        guard::sys::obj_get(&bind_pin)
+            .ok()
+            .and_then(|l| guard::sys::link_info(std::os::fd::AsFd::as_fd(&l)).ok())
+            .is_some_and(|i| i.attached())
+    });
+
+    let (_, metrics) = guard_tests::http_get(daemon.metrics_addr(), "/metrics");
+    for (how, n) in [("repinned", 1), ("reattached", 2)] {
+        let line = format!("guard_links_repaired_total{{how=\"{how}\"}} {n}");
+        assert!(
+            metrics.contains(&line),
+            "{line} in\n{metrics}\n{}",
+            daemon.log_text()
+        );
+    }
+    let log = daemon.log_text();
+    assert!(
+        log.contains("kind=\"link_repaired\"") && log.contains("how=\"repinned\""),
+        "{log}"
+    );
+    let status = guard_cmd(&daemon, &["status", "--json"]);
+    assert!(status.status.success());
+    let verify = guard_cmd(&daemon, &["doctor", "--json"]);
+    let doctor: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    let integrity_errors: Vec<_> = doctor["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|f| f["check"] == "integrity" && f["severity"] == "error")
+        .collect();
+    assert!(integrity_errors.is_empty(), "{doctor:#}");
+}
+
+/// Issue K-8: a policy with more rules than the pinned per-rule counters hold is applied
+/// (the counters move into a larger map, their counts carried over), and a daemon restarted
+/// with it starts.
+#[test]
+fn a_policy_that_outgrows_the_rule_counters_is_applied_and_survives_a_restart() {
+    let net = TestNet::new();
+    let (_a, a) = listener(&net);
+    let (_b, b) = listener(&net);
+    let policy = PolicyFile::new(&policy_text(&net, &[a.port()]));
+    let mut daemon = Daemon::start(&["--policy", policy.arg()]);
+    assert!(open(&net, a) && open(&net, a));
+    let rule_a = format!("p{}", a.port());
+    let before = rule_packets(&daemon.dirs.stats(), &rule_a);
+    assert!(before >= 2, "traffic counted: {before}");
+    // 5 000 rules: more than the 4 096 counter slots the first policy got.
+    let mut big = policy_text(&net, &[a.port(), b.port()]);
+    for i in 0..5_000u32 {
+        big += &format!(
+            "[[ingress]]\nname = \"bulk{i}\"\nproto = \"udp\"\nports = [{}]\n",
+            20_000 + i
+        );
+    }
+    std::fs::write(&policy.path, &big).unwrap();
+    let out = guard_cmd(&daemon, &["apply", policy.arg()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(open(&net, b), "the big policy runs");
+    let stats = daemon.dirs.stats();
+    assert!(
+        rule_packets(&stats, &rule_a) >= before,
+        "counters carried over into the larger map"
+    );
+    assert!(daemon.log_text().contains("moving them into a larger map"));
+    // A restart with it (the policy file now holds it) starts.
+    daemon.stop();
+    daemon.restart();
+    assert!(open(&net, b) && open(&net, a));
+    assert!(rule_packets(&daemon.dirs.stats(), &rule_a) >= before);
+}
