@@ -814,6 +814,8 @@ impl Daemon {
                     anomalies: &self.detectors.firing(),
                     anomalies_fired: &self.detectors.fired(),
                     unexpected_listeners: self.unexpected.as_ref().map(BTreeSet::len),
+                    log_write_errors: logging::LOG_WRITE_ERRORS
+                        .load(std::sync::atomic::Ordering::Relaxed),
                     links_repaired: &[
                         ("repinned", self.repairs.repinned),
                         ("reattached", self.repairs.reattached),
@@ -822,12 +824,17 @@ impl Daemon {
                 (200, metrics::CONTENT_TYPE, text)
             }
             Probe::Health => {
-                let verdict = Verdict::judge(
+                let mut verdict = Verdict::judge(
                     self.enforcement(),
                     &self.health(),
                     hoststats::listening,
                     self.detectors.firing(),
                 );
+                if let Some(why) = logging::file_failure() {
+                    verdict = verdict.with_reason(format!(
+                        "the log files are not being written (the audit trail has a gap): {why}"
+                    ));
+                }
                 let body = serde_json::to_string(&verdict).expect("serialisable");
                 (verdict.code(), "application/json", body)
             }

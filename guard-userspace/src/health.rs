@@ -273,6 +273,13 @@ impl Verdict {
         }
     }
 
+    /// Adds a reason to be unhealthy.
+    pub fn with_reason(mut self, reason: String) -> Self {
+        self.reasons.push(reason);
+        self.status = "unhealthy";
+        self
+    }
+
     /// The HTTP status code: 200 or 503.
     pub fn code(&self) -> u16 {
         if self.reasons.is_empty() { 200 } else { 503 }

@@ -2,12 +2,79 @@
 //! lines in rotated files with retention (tracing-appender). The `log` records of aya-log
 //! (kernel log lines) are bridged into `tracing` by tracing-subscriber's log support.
 
-use std::{io::IsTerminal as _, path::PathBuf};
+use std::{
+    io::{self, IsTerminal as _, Write},
+    path::PathBuf,
+    sync::{
+        Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+};
 
 use tracing_appender::rolling::{RollingFileAppender, Rotation};
 use tracing_subscriber::{
-    EnvFilter, Layer as _, layer::SubscriberExt as _, util::SubscriberInitExt as _,
+    EnvFilter, Layer as _, fmt::MakeWriter, layer::SubscriberExt as _, util::SubscriberInitExt as _,
 };
+
+/// Failed writes to the log files since the daemon started (`guard_log_write_errors_total`).
+pub static LOG_WRITE_ERRORS: AtomicU64 = AtomicU64::new(0);
+/// True from a failed write to the next successful one: `/health` is unhealthy meanwhile.
+static FAILING: AtomicBool = AtomicBool::new(false);
+static LAST_ERROR: Mutex<String> = Mutex::new(String::new());
+
+/// Why the log files are not being written, while they are not (a full disk, a removed
+/// directory); `None` while they are.
+pub fn file_failure() -> Option<String> {
+    FAILING
+        .load(Ordering::Relaxed)
+        .then(|| LAST_ERROR.lock().map(|e| e.clone()).unwrap_or_default())
+}
+
+/// The log file appender with its write errors watched: a failed write (a full disk) is
+/// counted, said once on stderr, and makes `/health` unhealthy until writes succeed again;
+/// the first successful write after a failure starts on a new line, so a line cut short by
+/// the failure does not swallow the next record.
+struct Watched(RollingFileAppender);
+
+struct WatchedWriter<W>(W);
+
+impl<'a> MakeWriter<'a> for Watched {
+    type Writer = WatchedWriter<<RollingFileAppender as MakeWriter<'a>>::Writer>;
+    fn make_writer(&'a self) -> Self::Writer {
+        WatchedWriter(self.0.make_writer())
+    }
+}
+
+impl<W: Write> Write for WatchedWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if FAILING.load(Ordering::Relaxed) {
+            // Recovering: end the cut line first. If that fails, it is still failing.
+            if let Err(e) = self.0.write_all(b"\n") {
+                LOG_WRITE_ERRORS.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+            FAILING.store(false, Ordering::Relaxed);
+            eprintln!("guard: the log files are written again");
+        }
+        let written = self.0.write(buf);
+        if let Err(e) = &written {
+            LOG_WRITE_ERRORS.fetch_add(1, Ordering::Relaxed);
+            if !FAILING.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "guard: writing the log file failed: {e}; records go to stdout only until it recovers"
+                );
+            }
+            if let Ok(mut last) = LAST_ERROR.lock() {
+                *last = e.to_string();
+            }
+        }
+        written
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
@@ -76,7 +143,7 @@ pub fn init(format: LogFormat, files: Option<&LogFiles>) -> Result<(), String> {
                 .json()
                 .flatten_event(true)
                 .with_ansi(false)
-                .with_writer(appender(files)?)
+                .with_writer(Watched(appender(files)?))
                 .boxed(),
         ),
         None => None,

@@ -32,6 +32,8 @@ pub struct Scrape<'a> {
     /// Listening sockets the policy does not expect, at the last listener audit (`None`
     /// before the first).
     pub unexpected_listeners: Option<usize>,
+    /// Failed writes to the log files since the daemon started.
+    pub log_write_errors: u64,
     /// Links the daemon put back, by how: `repinned`, `reattached`.
     pub links_repaired: &'a [(&'static str, u64)],
 }
@@ -192,6 +194,14 @@ pub fn families(s: &Scrape<'_>) -> Vec<proto::MetricFamily> {
         repaired = repaired.counter(&[("how", how)], n as f64);
     }
     push(repaired);
+    push(
+        Family::new(
+            "guard_log_write_errors_total",
+            "Failed writes to the log files (--log-dir) since the daemon started: a full disk leaves a gap in the audit trail",
+            COUNTER,
+        )
+        .counter(&[], s.log_write_errors as f64),
+    );
 
     if let Some(c) = s.counters {
         let (mut packets, mut bytes) = (
@@ -525,6 +535,7 @@ mod tests {
             anomalies_fired: &[],
             unexpected_listeners: Some(2),
             links_repaired: &[("repinned", 1), ("reattached", 0)],
+            log_write_errors: 0,
         });
         for line in [
             "guard_enforcing 1",
@@ -568,6 +579,7 @@ mod tests {
             anomalies_fired: &[],
             unexpected_listeners: None,
             links_repaired: &[],
+            log_write_errors: 0,
         });
         assert!(text.contains("guard_enforcing 0"));
         assert!(!text.contains("guard_unexpected_listeners"));

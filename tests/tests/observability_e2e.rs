@@ -488,3 +488,118 @@ fn stats_watch_json_prints_rates() {
             .all(|l| l["interval_seconds"].as_f64().unwrap() >= 0.4)
     );
 }
+
+/// A small tmpfs the test mounts (and unmounts on drop): a disk that fills.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn new(kib: u32) -> Self {
+        let dir = std::env::temp_dir().join(guard_tests::unique("guard-smalldisk-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={kib}k"), "tmpfs"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount tmpfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Self(dir)
+    }
+
+    /// Fills the disk with a file; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while std::io::Write::write_all(&mut f, &block).is_ok() {}
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Issue K-10: a full log disk is not silent. Failed writes are counted
+/// (`guard_log_write_errors_total`), `/health` says the audit trail has a gap, and when
+/// space returns the log goes on with whole JSON lines.
+#[test]
+fn a_full_log_disk_is_reported_and_recovers() {
+    let net = TestNet::new();
+    let disk = SmallDisk::new(256);
+    let listener = TcpListener::bind((net.host_ip, 0)).unwrap();
+    let denied = SocketAddr::from((net.host_ip, listener.local_addr().unwrap().port() + 1));
+    let policy = PolicyFile::new(&base_policy(
+        &net,
+        listener.local_addr().unwrap().port(),
+        "[events]\nrate_per_second = 1000\nburst = 1000\n",
+    ));
+    let daemon = Daemon::start(&[
+        "--policy",
+        policy.arg(),
+        "--log-dir",
+        disk.0.to_str().unwrap(),
+    ]);
+    let (code, body) = daemon.http_get("/health");
+    assert_eq!(code, 200, "{body}");
+    let filler = disk.fill();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = net.connect(denied, Duration::from_millis(20));
+        let (code, body) = daemon.http_get("/health");
+        if code == 503 {
+            assert!(
+                body.contains("the log files are not being written"),
+                "{body}"
+            );
+            assert!(body.contains("No space left on device"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a full log disk never showed: {body}"
+        );
+    }
+    let (_, metrics) = daemon.http_get("/metrics");
+    assert!(
+        sample(&metrics, "guard_log_write_errors_total").is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    // Space again: the next records are written, health is ok.
+    std::fs::remove_file(filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let _ = net.connect(denied, Duration::from_millis(20));
+        let (code, body) = daemon.http_get("/health");
+        if code == 200 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {body}");
+    }
+    thread::sleep(Duration::from_millis(300));
+    let file = std::fs::read_dir(&disk.0)
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("guard."))
+        .expect("a log file");
+    let text = std::fs::read_to_string(file.path()).unwrap();
+    let bad: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.is_empty() && serde_json::from_str::<serde_json::Value>(l).is_err())
+        .collect();
+    assert!(
+        bad.len() <= 1,
+        "at most the one line the full disk cut: {bad:?}"
+    );
+    let last = text.lines().rfind(|l| !l.is_empty()).unwrap();
+    assert!(
+        serde_json::from_str::<serde_json::Value>(last).is_ok(),
+        "{last}"
+    );
+}
