@@ -677,3 +677,67 @@ fn v4(port: u16) -> SocketAddr {
 fn v6(port: u16) -> SocketAddr {
     SocketAddr::from((Ipv6Addr::LOCALHOST, port))
 }
+
+/// Issue K-12: what bind-time enforcement cannot stop is made visible. A listener on an
+/// ephemeral port (listen() without bind(), or bind to port 0) and a socket created outside
+/// the cgroup then bound inside it get past the bind hook; the daemon's listener audit
+/// reports both as unexpected within one `[health]` tick, with their process. The daemon's
+/// own metrics listener is not reported.
+#[test]
+fn listeners_the_bind_hook_cannot_stop_are_reported_within_a_tick() {
+    use std::os::fd::AsRawFd as _;
+    let net = TestNet::new();
+    let (allowed, other) = (free_port(), free_port());
+    let policy = policy(
+        &net,
+        &format!("[listen]\nallow = [{allowed}]\n[health]\ninterval_seconds = 1\n"),
+    );
+    let daemon = Daemon::start(&["--policy", policy.arg()]);
+    // Created here, outside the daemon's cgroup: the cgroup's bind hook never sees it.
+    let outside = raw_socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+    let ephemeral = daemon.cgroup.run(|| {
+        // listen() without bind(): the kernel picks a port; no bind hook runs.
+        let fd = raw_socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        // SAFETY: a valid socket.
+        assert_eq!(unsafe { libc::listen(fd.as_raw_fd(), 1) }, 0);
+        assert_eq!(
+            raw_bind(&outside, v4(other)),
+            0,
+            "the bind hook does not see it"
+        );
+        // SAFETY: a valid, bound socket.
+        assert_eq!(unsafe { libc::listen(outside.as_raw_fd(), 1) }, 0);
+        fd
+    });
+    let port_of = |fd: &std::os::fd::OwnedFd| {
+        // SAFETY: all-zero is a valid sockaddr_in; getsockname fills it.
+        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: valid fd and out-pointers.
+        unsafe {
+            libc::getsockname(
+                fd.as_raw_fd(),
+                &mut sin as *mut _ as *mut libc::sockaddr,
+                &mut len,
+            )
+        };
+        u16::from_be(sin.sin_port)
+    };
+    let ephemeral_port = port_of(&ephemeral);
+    let reported = |port: u16| {
+        let out = daemon.dirs.guard().args(["events"]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| l.contains("unexpected_listener") && l.contains(&format!("\"dport\":{port}")))
+    };
+    wait_for("the ephemeral listener is reported", || {
+        reported(ephemeral_port)
+    });
+    wait_for("the passed-in listener is reported", || reported(other));
+    let metrics = daemon.metrics_addr();
+    assert!(
+        !reported(metrics.port()),
+        "the daemon's own metrics listener is expected"
+    );
+    drop(outside);
+}
