@@ -219,6 +219,11 @@ pub struct RunArgs {
     /// address; `off` serves neither.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9871")]
     pub metrics_addr: String,
+    /// Per-rule series in /metrics: the first N rules by counter slot (guard's own come
+    /// first); the counts of the rest are summed into `rule="(other)"` per action, so a
+    /// policy of a million rules keeps scrapes small.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub metrics_max_rules: usize,
 }
 
 /// Why a command failed, and so its exit code.

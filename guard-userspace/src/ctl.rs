@@ -1,5 +1,6 @@
 //! The control socket, `RUN_DIR/guard.sock` (mode 0600: root only). One JSON object per
-//! line each way, at most [`MAX_MESSAGE`] bytes. Every request and reply carries
+//! line each way: requests at most [`MAX_MESSAGE`] bytes, replies (which grow with the
+//! policy) at most [`MAX_REPLY`]. Every request and reply carries
 //! `"version": 1`. A request the daemon cannot parse gets an error reply; the connection
 //! stays usable, and the daemon is never harmed by what a client sends.
 //!
@@ -23,6 +24,9 @@ pub const SOCKET: &str = "guard.sock";
 pub const VERSION: u32 = 1;
 /// The largest message either side accepts (a policy with 100K rules fits).
 pub const MAX_MESSAGE: usize = 16 << 20;
+/// The largest reply a client reads. Replies come from the (root) daemon and grow with the
+/// policy: `stats` of a million rules is about 100 MB.
+pub const MAX_REPLY: usize = 1 << 30;
 
 pub fn socket_path(run_dir: &Path) -> PathBuf {
     run_dir.join(SOCKET)
@@ -177,7 +181,7 @@ pub fn call(run_dir: &Path, request: &Request, timeout: Duration) -> Result<Repl
     let written = stream.write_all(&line);
     let mut reply = Vec::new();
     let read = BufReader::new(&stream)
-        .take(MAX_MESSAGE as u64)
+        .take(MAX_REPLY as u64)
         .read_until(b'\n', &mut reply);
     if reply.is_empty() {
         written.map_err(io)?;
@@ -190,6 +194,31 @@ pub fn call(run_dir: &Path, request: &Request, timeout: Duration) -> Result<Repl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn replies_larger_than_a_request_may_be_are_read_whole() {
+        let dir = std::env::temp_dir().join(format!("guard-ctl-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(socket_path(&dir)).unwrap();
+        // A 20 MiB reply, as `stats` of a few hundred thousand rules is.
+        let big = "x".repeat(20 << 20);
+        let served = big.clone();
+        let server = std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line).unwrap();
+            (&stream)
+                .write_all(&Reply::ok(serde_json::json!({ "big": served })).to_line())
+                .unwrap();
+        });
+        let reply = call(&dir, &Request::Stats {}, Duration::from_secs(30)).unwrap();
+        server.join().unwrap();
+        assert_eq!(
+            reply.data.unwrap()["big"].as_str().unwrap().len(),
+            big.len()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn requests_round_trip_and_bad_input_is_explained() {

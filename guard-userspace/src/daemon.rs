@@ -159,6 +159,7 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
         detectors: Detectors::default(),
         reloads: Reloads::default(),
         repairs: Repairs::default(),
+        metrics_max_rules: args.metrics_max_rules,
         held: BTreeMap::new(),
         decoder: Arc::new(Decoder::new(Vec::new())),
         recent: Arc::default(),
@@ -269,6 +270,8 @@ struct Daemon {
     detectors: Detectors,
     reloads: Reloads,
     repairs: Repairs,
+    /// `--metrics-max-rules`.
+    metrics_max_rules: usize,
     /// The running policy's links, held open ([`Daemon::hold_links`]).
     held: BTreeMap<String, std::os::fd::OwnedFd>,
     /// Names the rules of kernel events; given the rules of every policy applied.
@@ -814,6 +817,7 @@ impl Daemon {
                     anomalies: &self.detectors.firing(),
                     anomalies_fired: &self.detectors.fired(),
                     unexpected_listeners: self.unexpected.as_ref().map(BTreeSet::len),
+                    max_rule_series: self.metrics_max_rules,
                     log_write_errors: logging::LOG_WRITE_ERRORS
                         .load(std::sync::atomic::Ordering::Relaxed),
                     links_repaired: &[
@@ -1165,7 +1169,13 @@ fn lock(run_dir: &Path) -> Result<fs::File, Failure> {
     Ok(file)
 }
 
-type Call = (Request, oneshot::Sender<Reply>);
+/// A request and where its reply goes. The reply may carry an acknowledgement the connection
+/// sends once it has written the reply: the daemon waits for it before exiting after
+/// `unload`, so the client reads its answer.
+type Call = (
+    Request,
+    oneshot::Sender<(Reply, Option<oneshot::Sender<()>>)>,
+);
 
 fn serve(mut daemon: Daemon) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -1226,10 +1236,14 @@ fn serve(mut daemon: Daemon) -> Result<(), Failure> {
                 Some(()) = watch.recv() => daemon.reload_file("file watch"),
                 Some((request, reply)) = calls.recv() => {
                     let (answer, exit) = daemon.handle(request);
-                    let _ = reply.send(answer);
                     if exit {
+                        let (written, ack) = oneshot::channel();
+                        if reply.send((answer, Some(written))).is_ok() {
+                            let _ = tokio::time::timeout(Duration::from_secs(1), ack).await;
+                        }
                         break;
                     }
+                    let _ = reply.send((answer, None));
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => daemon.rollback(),
                 Some((probe, reply)) = probes.recv() => { let _ = reply.send(daemon.probe(probe)); }
@@ -1329,7 +1343,7 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        let reply = if n > ctl::MAX_MESSAGE {
+        let (reply, written) = if n > ctl::MAX_MESSAGE {
             let _ = write
                 .write_all(
                     &Reply::error(format!("message larger than {} bytes", ctl::MAX_MESSAGE))
@@ -1338,21 +1352,28 @@ async fn connection(stream: UnixStream, calls: mpsc::Sender<Call>) {
                 .await;
             return;
         } else if line.last() != Some(&b'\n') {
-            Reply::error("truncated message: expected one JSON object ending in a newline")
+            (
+                Reply::error("truncated message: expected one JSON object ending in a newline"),
+                None,
+            )
         } else {
             match ctl::parse_request(&line) {
-                Err(message) => Reply::error(message),
+                Err(message) => (Reply::error(message), None),
                 Ok(request) => {
                     let (tx, rx) = oneshot::channel();
                     if calls.send((request, tx)).await.is_err() {
                         return;
                     }
                     rx.await
-                        .unwrap_or_else(|_| Reply::error("the daemon is stopping"))
+                        .unwrap_or_else(|_| (Reply::error("the daemon is stopping"), None))
                 }
             }
         };
-        if write.write_all(&reply.to_line()).await.is_err() {
+        let sent = write.write_all(&reply.to_line()).await;
+        if let Some(written) = written {
+            let _ = written.send(());
+        }
+        if sent.is_err() {
             return;
         }
     }

@@ -13,6 +13,9 @@ use prometheus::{
 
 use crate::{counters::Counters, health::Anomaly, hoststats::HostStats};
 
+/// The `rule` label of the rules beyond `--metrics-max-rules`, summed.
+pub const OTHER_RULES: &str = "(other)";
+
 /// Everything one scrape reports, gathered by the daemon.
 pub struct Scrape<'a> {
     pub counters: Option<&'a Counters>,
@@ -32,6 +35,9 @@ pub struct Scrape<'a> {
     /// Listening sockets the policy does not expect, at the last listener audit (`None`
     /// before the first).
     pub unexpected_listeners: Option<usize>,
+    /// Per-rule series at most (`--metrics-max-rules`); the rest are summed into
+    /// `rule="(other)"` per action.
+    pub max_rule_series: usize,
     /// Failed writes to the log files since the daemon started.
     pub log_write_errors: u64,
     /// Links the daemon put back, by how: `repinned`, `reattached`.
@@ -216,10 +222,22 @@ pub fn families(s: &Scrape<'_>) -> Vec<proto::MetricFamily> {
                 COUNTER,
             ),
         );
-        for r in &c.rules {
+        for r in c.rules.iter().take(s.max_rule_series) {
             let labels = [("rule", r.rule.as_str()), ("action", r.action.as_str())];
             packets = packets.counter(&labels, r.packets as f64);
             bytes = bytes.counter(&labels, r.bytes as f64);
+        }
+        // The rest, summed per action (a bounded number of series whatever the policy).
+        let mut other: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+        for r in c.rules.iter().skip(s.max_rule_series) {
+            let sum = other.entry(r.action.as_str()).or_default();
+            sum.0 += r.packets;
+            sum.1 += r.bytes;
+        }
+        for (action, (p, b)) in other {
+            let labels = [("rule", OTHER_RULES), ("action", action)];
+            packets = packets.counter(&labels, p as f64);
+            bytes = bytes.counter(&labels, b as f64);
         }
         push(packets);
         push(bytes);
@@ -536,6 +554,7 @@ mod tests {
             unexpected_listeners: Some(2),
             links_repaired: &[("repinned", 1), ("reattached", 0)],
             log_write_errors: 0,
+            max_rule_series: 10_000,
         });
         for line in [
             "guard_enforcing 1",
@@ -565,6 +584,50 @@ mod tests {
     }
 
     #[test]
+    fn rules_beyond_the_series_limit_are_summed_per_action() {
+        let host = HostStats::default();
+        let mut c = counters();
+        c.rules = (0..5)
+            .map(|i| RuleCounter {
+                rule: format!("r{i}"),
+                action: if i % 2 == 0 { "allow" } else { "deny" }.into(),
+                packets: 10 + i,
+                bytes: 100 * (10 + i),
+            })
+            .collect();
+        let text = render(&Scrape {
+            counters: Some(&c),
+            enforcing: true,
+            audit: false,
+            generation: 1,
+            reloads: &[],
+            host: &host,
+            programs: &[],
+            anomalies: &[],
+            anomalies_fired: &[],
+            unexpected_listeners: None,
+            links_repaired: &[],
+            log_write_errors: 0,
+            max_rule_series: 2,
+        });
+        let series: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("guard_rule_packets_total{"))
+            .collect();
+        assert_eq!(
+            series,
+            [
+                "guard_rule_packets_total{rule=\"r0\",action=\"allow\"} 10",
+                "guard_rule_packets_total{rule=\"r1\",action=\"deny\"} 11",
+                // r2 + r4 and r3.
+                "guard_rule_packets_total{rule=\"(other)\",action=\"allow\"} 26",
+                "guard_rule_packets_total{rule=\"(other)\",action=\"deny\"} 13",
+            ]
+        );
+        assert!(text.contains("guard_rule_bytes_total{rule=\"(other)\",action=\"allow\"} 2600"));
+    }
+
+    #[test]
     fn without_counters_only_state_and_host_are_reported() {
         let host = HostStats::default();
         let text = render(&Scrape {
@@ -580,6 +643,7 @@ mod tests {
             unexpected_listeners: None,
             links_repaired: &[],
             log_write_errors: 0,
+            max_rule_series: 10_000,
         });
         assert!(text.contains("guard_enforcing 0"));
         assert!(!text.contains("guard_unexpected_listeners"));
