@@ -355,3 +355,55 @@ fn daemon_exports_unexpected_listeners_on_its_tick_and_on_bind_events() {
     );
     drop(outside);
 }
+
+/// Issue K-1: `guard audit` lists UDP-Lite sockets, judged as UDP.
+#[test]
+fn audit_lists_udplite_sockets_as_udp() {
+    use std::os::fd::FromRawFd as _;
+    let ns = NetNs::new();
+    let policy = PolicyFile::new(ZONED);
+    let dirs = Dirs::new();
+    let out = ns.run(|| {
+        // SAFETY: plain socket(2); the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDPLITE) };
+        assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+        // SAFETY: a new, valid fd.
+        let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+        // SAFETY: all-zero is a valid sockaddr_in.
+        let mut sin: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        sin.sin_family = libc::AF_INET as u16;
+        sin.sin_port = 5140u16.to_be();
+        // SAFETY: a valid fd and sockaddr.
+        let rc = unsafe {
+            libc::bind(
+                fd,
+                &sin as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        let out = dirs
+            .guard()
+            .args([
+                "audit",
+                "--json",
+                "--policy",
+                policy.arg(),
+                "--netns",
+                &ns.name,
+            ])
+            .output()
+            .expect("run guard audit");
+        drop(sock);
+        out
+    });
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = json_stdout(&out);
+    let lite = row(&report, "udp", 5140);
+    assert_eq!(lite["expected"], false, "{report}");
+}
