@@ -554,7 +554,12 @@ impl Guard {
     /// Drift: what the kernel's policy maps hold for the active generation, compared with
     /// what this daemon wrote there. Each difference is described (map, entries that
     /// differ); none means the kernel judges by exactly the running policy.
-    pub fn verify(&self) -> Result<Vec<String>, LoadError> {
+    ///
+    /// `recorded` is the recorded policy lowered again (the daemon lowers the policy text
+    /// whose hash the state file records, with the recorded rule and port slots), so the
+    /// kernel is compared with what was recorded, not with what this process remembers it
+    /// wrote.
+    pub fn verify(&self, recorded: &Lowered) -> Result<Vec<String>, LoadError> {
         let mut found = Vec::new();
         let record = self.active_record()?;
         let flag = record.in_force(monotonic_ns());
@@ -570,10 +575,7 @@ impl Guard {
                 self.active
             ));
         }
-        let Some(expected) = &self.generations[self.active as usize] else {
-            found.push("the active generation's contents are unknown after a failed write".into());
-            return Ok(found);
-        };
+        let expected = Contents::of(recorded, self.active, self.capacity.classes_per_generation);
         let read = self.read_generation(self.active)?;
         for (map, count) in Delta::between(&expected.without_zeros(), &read).counts() {
             found.push(format!(

@@ -560,6 +560,29 @@ impl Daemon {
         Ok(attached)
     }
 
+    /// Drift between the kernel and the recorded policy: the running policy text must hash to
+    /// the state file's `policy_hash`; lowered again with the recorded rule and port slots,
+    /// it must be what the kernel's active generation holds.
+    fn verify(&self) -> Result<Vec<String>, String> {
+        let (Some(guard), Some(current)) = (&self.guard, &self.current) else {
+            return Err("no programs loaded".into());
+        };
+        let recorded = state::read(&self.run_dir).map_err(|e| e.to_string())?;
+        let mut drift = Vec::new();
+        if policy::hash(&current.text) != recorded.policy_hash {
+            drift.push(format!(
+                "the running policy (sha256 {}) is not the one the state file records (sha256 {})",
+                policy::hash(&current.text),
+                recorded.policy_hash
+            ));
+        }
+        let checked = policy::check(&current.source.label(), &current.text)
+            .map_err(|e| format!("the running policy no longer validates: {e}"))?;
+        let lowered = policy::lower_after(&checked.policy, &recorded.rules, &recorded.port_slots);
+        drift.extend(guard.verify(&lowered).map_err(|e| error_chain(&e))?);
+        Ok(drift)
+    }
+
     /// Puts the running policy back after a failed apply: flips the generation back, or
     /// switches the pinned links back to the running instance's programs.
     fn undo(&mut self, switched: bool) {
@@ -1043,12 +1066,9 @@ impl Daemon {
                 }
                 _ => (Reply::error("nothing to confirm"), false),
             },
-            Request::Verify {} => match &self.guard {
-                Some(guard) => match guard.verify() {
-                    Ok(drift) => (Reply::ok(json!({ "drift": drift })), false),
-                    Err(e) => (Reply::error(error_chain(&e)), false),
-                },
-                None => (Reply::error("no programs loaded"), false),
+            Request::Verify {} => match self.verify() {
+                Ok(drift) => (Reply::ok(json!({ "drift": drift })), false),
+                Err(e) => (Reply::error(e), false),
             },
             Request::Policy {} => match (&self.current, &self.state) {
                 (Some(current), Some(st)) => (

@@ -57,6 +57,13 @@ impl Loaded {
         writes
     }
 
+    /// `text` lowered as the running policy was (its rules and ports keep their slots): what
+    /// [`Guard::verify`] compares the kernel with.
+    pub fn lowered(&self, text: &str) -> policy::Lowered {
+        let checked = policy::check("test.toml", text).unwrap_or_else(|e| panic!("{e}"));
+        policy::lower_after(&checked.policy, &self.rules, &self.slots)
+    }
+
     /// The XDP verdict for one packet.
     pub fn verdict(&self, packet: &[u8]) -> u32 {
         self.verdict_repeat(packet, 1)

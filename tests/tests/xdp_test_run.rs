@@ -265,7 +265,7 @@ fn a_provisional_policy_ends_at_its_deadline_in_the_kernel() {
     let record = g.guard.active_record().unwrap();
     assert_eq!(record.in_force(guard::bpf::monotonic_ns()), record.fallback);
     assert!(
-        !g.guard.verify().unwrap().is_empty(),
+        !g.guard.verify(&g.lowered(&opened)).unwrap().is_empty(),
         "the drift check sees the fallback"
     );
 
@@ -275,5 +275,5 @@ fn a_provisional_policy_ends_at_its_deadline_in_the_kernel() {
     g.guard.confirm().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(g.verdict(&to_81), XDP_PASS);
-    assert!(g.guard.verify().unwrap().is_empty());
+    assert!(g.guard.verify(&g.lowered(&opened)).unwrap().is_empty());
 }
