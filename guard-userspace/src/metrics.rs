@@ -89,6 +89,14 @@ impl Family {
         self
     }
 
+    /// One counter per value of a single label.
+    fn counters(mut self, label: &str, values: &[(&'static str, u64)]) -> Self {
+        for &(value, n) in values {
+            self = self.counter(&[(label, value)], n as f64);
+        }
+        self
+    }
+
     fn gauge(mut self, labels: &[(&str, &str)], value: f64) -> Self {
         let mut m = Self::metric(labels);
         let mut g = proto::Gauge::default();
@@ -182,24 +190,22 @@ pub fn families(s: &Scrape<'_>) -> Vec<proto::MetricFamily> {
         )
         .gauge(&[], s.generation as f64),
     );
-    let mut reloads = Family::new(
-        "guard_policy_reloads_total",
-        "Policy changes since the daemon started, by result",
-        COUNTER,
+    push(
+        Family::new(
+            "guard_policy_reloads_total",
+            "Policy changes since the daemon started, by result",
+            COUNTER,
+        )
+        .counters("result", s.reloads),
     );
-    for &(result, n) in s.reloads {
-        reloads = reloads.counter(&[("result", result)], n as f64);
-    }
-    push(reloads);
-    let mut repaired = Family::new(
-        "guard_links_repaired_total",
-        "guard's links put back since the daemon started: pins removed behind its back (repinned), links detached by other means (reattached)",
-        COUNTER,
+    push(
+        Family::new(
+            "guard_links_repaired_total",
+            "guard's links put back since the daemon started: pins removed behind its back (repinned), links detached by other means (reattached)",
+            COUNTER,
+        )
+        .counters("how", s.links_repaired),
     );
-    for &(how, n) in s.links_repaired {
-        repaired = repaired.counter(&[("how", how)], n as f64);
-    }
-    push(repaired);
     push(
         Family::new(
             "guard_log_write_errors_total",
@@ -372,15 +378,14 @@ pub fn families(s: &Scrape<'_>) -> Vec<proto::MetricFamily> {
         );
     }
     push(firing);
-    let mut fired = Family::new(
-        "guard_anomalies_total",
-        "Anomalies fired since the daemon started, by detector",
-        COUNTER,
+    push(
+        Family::new(
+            "guard_anomalies_total",
+            "Anomalies fired since the daemon started, by detector",
+            COUNTER,
+        )
+        .counters("detector", s.anomalies_fired),
     );
-    for &(detector, n) in s.anomalies_fired {
-        fired = fired.counter(&[("detector", detector)], n as f64);
-    }
-    push(fired);
 
     let (mut runs, mut run_time) = (
         Family::new(
