@@ -196,6 +196,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_daemon_that_closes_without_replying_is_said_so() {
+        let dir = std::env::temp_dir().join(format!("guard-ctl-eof-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(socket_path(&dir)).unwrap();
+        let server = std::thread::spawn(move || {
+            // Reads the request, then dies (closes) without a reply.
+            let (stream, _) = listener.accept().unwrap();
+            let mut line = String::new();
+            BufReader::new(&stream).read_line(&mut line).unwrap();
+        });
+        let err = call(&dir, &Request::Status {}, Duration::from_secs(5)).unwrap_err();
+        server.join().unwrap();
+        assert!(matches!(err, CallError::NoReply), "{err}");
+        assert!(
+            err.to_string()
+                .contains("closed the control connection without replying")
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn replies_larger_than_a_request_may_be_are_read_whole() {
         let dir = std::env::temp_dir().join(format!("guard-ctl-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
