@@ -15,6 +15,13 @@
 /// `g * len + index` ([`gen_index`](super::gen_index)); the class-keyed maps need no offset,
 /// because the controller numbers each generation's port classes apart.
 pub mod maps {
+    /// The layout of the pinned state maps ([`STATE`]) and of the records they hold: bump it
+    /// whenever a pinned map's key, value or element type, size or meaning changes (`Event`,
+    /// `RuleStats`, `RttHist`, a counter index, ...). A daemon adopts pins only of its own
+    /// layout: aya reuses a pinned map by name whatever its layout, so new programs would
+    /// otherwise read and write old-layout maps. Layout 1 is every guard before the number
+    /// existed (pins with no layout mark).
+    pub const PIN_LAYOUT: u32 = 2;
     /// `Array<ActiveGeneration>`, one entry: the policy generation in force (0 or 1), and
     /// during a commit-confirm window the generation to fall back to after its deadline.
     pub const ACTIVE: &str = "GUARD_ACTIVE";
@@ -265,10 +272,14 @@ pub const REASON_REPLY_PASSED: u32 = 5;
 /// ICMP and ICMPv6 messages other than echo requests (errors, path MTU, neighbour
 /// discovery): passed, so the network keeps working under default deny.
 pub const REASON_ICMP_PASSED: u32 = 6;
-/// Packets that arrived before a policy was written (the loader writes before it attaches,
-/// so this stays 0): passed.
+/// Packets (and cgroup hook calls) that arrived with no active policy: passed, the
+/// anti-lockout choice. The loader writes a policy before it attaches, so this stays 0 unless
+/// the config map was zeroed or corrupted behind guard's back.
 pub const REASON_UNCONFIGURED: u32 = 7;
-pub const REASONS_LEN: u32 = 8;
+/// Packets (and connects) whose rule entry held an action other than allow, audit or deny (a
+/// corrupt or zeroed entry): judged as deny, so the kernel fails closed.
+pub const REASON_BAD_ACTION: u32 = 8;
+pub const REASONS_LEN: u32 = 9;
 
 /// Counter indices in [`maps::EVENT_STATS`].
 pub const EVENTS_SENT: u32 = 0;

@@ -13,12 +13,12 @@
 use aya_ebpf::{helpers::bpf_get_current_comm, programs::SockAddrContext};
 use guard_common::{
     EVENT_BIND_DENIED, EVENT_FLAG_AUDIT, Event, MODE_ENFORCE, PROTO_IDX_TCP, PROTO_IDX_UDP,
-    event_proto, port_index, port_proto_idx,
+    REASON_UNCONFIGURED, event_proto, port_index, port_proto_idx,
 };
 
 use crate::{
     events,
-    maps::{GUARD_BINDDENY, Policy, bump_hash},
+    maps::{GUARD_BINDDENY, GUARD_REASONS, Policy, bump, bump_hash},
     sock_addr,
 };
 
@@ -28,6 +28,8 @@ const DENY: i32 = 0;
 #[inline(always)]
 pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
     let Some(policy) = Policy::current() else {
+        // No active policy: proceed (anti-lockout), counted as `unconfigured`.
+        bump(&GUARD_REASONS, REASON_UNCONFIGURED);
         return ALLOW;
     };
     let config = policy.config;

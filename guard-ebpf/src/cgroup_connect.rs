@@ -6,19 +6,25 @@
 //!
 //! Verdicts, chosen on purpose: 1 lets the call proceed, 0 makes it fail with EPERM. No
 //! `[[egress]]` rule naming the destination means allowed (egress defaults to allow), and so
-//! do other protocols (egress rules name only TCP and UDP ports), an unconfigured program,
-//! and audit mode. Every
+//! do other protocols (egress rules name only TCP and UDP ports) and audit mode. No active
+//! policy proceeds too (anti-lockout), counted as `unconfigured`; a rule entry with a corrupt
+//! action denies, counted as `bad_action`. Every
 //! decision is counted under its rule (`egress-default` when none matched); each denial (or
 //! audit-mode would-be denial) is an event with pid and command, limited per process.
 
 use aya_ebpf::{helpers::bpf_get_current_comm, programs::SockAddrContext};
 use guard_common::{
-    ACTION_ALLOW, ACTION_DENY, EVENT_CONNECT_DENIED, EVENT_FLAG_AUDIT, Event, MODE_ENFORCE,
-    PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP, PROTO_IDX_TCP, RULE_EGRESS_DEFAULT, event_proto,
-    port_proto_idx,
+    ACTION_ALLOW, ACTION_AUDIT, EVENT_CONNECT_DENIED, EVENT_FLAG_AUDIT, Event, MODE_ENFORCE,
+    PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP, PROTO_IDX_TCP, REASON_UNCONFIGURED,
+    RULE_EGRESS_DEFAULT, event_proto, port_proto_idx,
 };
 
-use crate::{events, maps::Policy, packet::is_v4_mapped, sock_addr, verdict};
+use crate::{
+    events,
+    maps::{GUARD_REASONS, Policy, bump},
+    packet::is_v4_mapped,
+    sock_addr, verdict,
+};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -26,6 +32,8 @@ const DENY: i32 = 0;
 #[inline(always)]
 pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
     let Some(policy) = Policy::current() else {
+        // No active policy: proceed (anti-lockout), counted as `unconfigured`.
+        bump(&GUARD_REASONS, REASON_UNCONFIGURED);
         return ALLOW;
     };
     let config = policy.config;
@@ -48,10 +56,12 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
         (RULE_EGRESS_DEFAULT, ACTION_ALLOW),
     );
     verdict::count_rule(rule, 0);
-    if action == ACTION_ALLOW {
-        return ALLOW;
-    }
-    let deny = config.mode == MODE_ENFORCE && action == ACTION_DENY;
+    // The action is matched explicitly; `decide` has already turned a corrupt value into deny.
+    let deny = match action {
+        ACTION_ALLOW => return ALLOW,
+        ACTION_AUDIT => false,
+        _ => config.mode == MODE_ENFORCE,
+    };
     let (pid, limit_key) = sock_addr::process(0xc0);
     events::send(
         Event {

@@ -14,10 +14,14 @@
 use aya_ebpf::{helpers::bpf_get_current_comm, programs::SockContext};
 use guard_common::{
     EVENT_CONNECT_DENIED, EVENT_FLAG_AUDIT, Event, IPPROTO_UDPLITE, MODE_ENFORCE,
-    RULE_EGRESS_DEFAULT,
+    REASON_UNCONFIGURED, RULE_EGRESS_DEFAULT,
 };
 
-use crate::{events, maps::Policy, sock_addr};
+use crate::{
+    events,
+    maps::{GUARD_REASONS, Policy, bump},
+    sock_addr,
+};
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
@@ -25,6 +29,8 @@ const DENY: i32 = 0;
 #[inline(always)]
 pub fn run(ctx: &SockContext) -> i32 {
     let Some(policy) = Policy::current() else {
+        // No active policy: proceed (anti-lockout), counted as `unconfigured`.
+        bump(&GUARD_REASONS, REASON_UNCONFIGURED);
         return ALLOW;
     };
     let config = policy.config;

@@ -61,8 +61,10 @@ fn established(ctx: &SockOpsContext, key: u32) {
         }
     }
     let _ = GUARD_SOCKS.insert(&cookie(ctx), &key, 0);
-    // Ask for state changes (to see the close) and RTT samples of this socket.
-    let _ = ctx.set_cb_flags((BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG) as i32);
+    // Ask for state changes (to see the close) and RTT samples of this socket, keeping the
+    // callbacks another sock_ops program (or an earlier call) asked for.
+    let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG | BPF_SOCK_OPS_RTT_CB_FLAG;
+    let _ = ctx.set_cb_flags(flags as i32);
 }
 
 #[inline(always)]

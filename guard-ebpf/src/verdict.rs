@@ -5,11 +5,13 @@ use aya_ebpf::maps::lpm_trie::Key;
 use guard_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, CLASS_LENS_USE_TRIE,
     MAX_CLASS_PREFIX_LENS, PORT_ACTION_MASK, PORT_ACTION_SHIFT, PORT_DIRECT, PORT_FAILSAFE,
-    PORT_VALUE_MASK, RULE_FAILSAFE, RuleRef, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
+    PORT_VALUE_MASK, REASON_BAD_ACTION, RULE_FAILSAFE, RuleRef, SrcHashKeyV4, SrcHashKeyV6,
+    SrcKeyV4, SrcKeyV6,
 };
 
 use crate::maps::{
-    GUARD_CLASSLEN, GUARD_RULES, GUARD_SRC_V4, GUARD_SRC_V6, GUARD_SRCH_V4, GUARD_SRCH_V6, Policy,
+    GUARD_CLASSLEN, GUARD_REASONS, GUARD_RULES, GUARD_SRC_V4, GUARD_SRC_V6, GUARD_SRCH_V4,
+    GUARD_SRCH_V6, Policy, bump,
 };
 
 /// The rule index and action for a (protocol slot, port, peer address): the source of an
@@ -31,7 +33,8 @@ pub fn decide(
 /// The rule and action an entry of the ports array (or of the protocols array, for a
 /// protocol judged as a whole: [`Policy::protocol_entry`]) gives `peer`. The action is
 /// [`ACTION_ALLOW`], [`ACTION_AUDIT`] or [`ACTION_DENY`]: any other value (a corrupt or
-/// zeroed entry) is judged as deny, so the kernel fails closed.
+/// zeroed entry) is judged as deny and counted under [`REASON_BAD_ACTION`], so the kernel
+/// fails closed.
 #[inline(always)]
 pub fn judge(entry: u32, v4: bool, peer: &[u8; 16], default: (u32, u32)) -> (u32, u32) {
     if entry & PORT_FAILSAFE != 0 {
@@ -55,8 +58,11 @@ pub fn judge(entry: u32, v4: bool, peer: &[u8; 16], default: (u32, u32)) -> (u32
         }
     };
     match action {
-        ACTION_ALLOW | ACTION_AUDIT => (rule, action),
-        _ => (rule, ACTION_DENY),
+        ACTION_ALLOW | ACTION_AUDIT | ACTION_DENY => (rule, action),
+        _ => {
+            bump(&GUARD_REASONS, REASON_BAD_ACTION);
+            (rule, ACTION_DENY)
+        }
     }
 }
 

@@ -19,9 +19,11 @@
 //!   datagram); later fragments of other protocols are judged by protocol like first ones;
 //! - ICMP and ICMPv6 messages other than echo requests, and frames that are not IP (ARP):
 //!   passed, so neighbour discovery, path MTU discovery and error reporting keep working;
-//! - a rule entry whose action is not allow or audit (a corrupt or zeroed entry): deny;
-//! - before the loader has written the config (never seen by packets: it writes first, then
-//!   attaches): passed, counted as `unconfigured`;
+//! - a rule entry whose action is not allow, audit or deny (a corrupt or zeroed entry): deny,
+//!   counted as `bad_action`;
+//! - no active policy (the config of the active generation is unset: never seen in practice,
+//!   the loader writes first, then attaches): passed, the anti-lockout choice, counted as
+//!   `unconfigured`;
 //! - a map lookup that cannot fail failing anyway: treated as "no rule", so the policy
 //!   default applies.
 
@@ -32,10 +34,10 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use guard_common::{
-    ACTION_ALLOW, ACTION_DENY, EVENT_AUDIT_DROP, EVENT_DROP, GuardConfig, MODE_ENFORCE,
-    PROTO_IDX_TCP, REASON_FRAGMENT_PASSED, REASON_ICMP_PASSED, REASON_MALFORMED, REASON_NOT_IP,
-    REASON_POLICY, REASON_REPLY_PASSED, REASON_UNCONFIGURED, REASON_UNSUPPORTED, RULE_DEFAULT,
-    RULE_REPLY,
+    ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, EVENT_AUDIT_DROP, EVENT_DROP, GuardConfig,
+    MODE_ENFORCE, PROTO_IDX_TCP, REASON_FRAGMENT_PASSED, REASON_ICMP_PASSED, REASON_MALFORMED,
+    REASON_NOT_IP, REASON_POLICY, REASON_REPLY_PASSED, REASON_UNCONFIGURED, REASON_UNSUPPORTED,
+    RULE_DEFAULT, RULE_REPLY,
 };
 
 use crate::{
@@ -86,31 +88,38 @@ pub fn run(ctx: &XdpContext) -> u32 {
         (rule, action) = (RULE_REPLY, ACTION_ALLOW);
     }
     verdict::count_rule(rule, u64::from(flow.len));
-    // `decide` returns allow, audit or deny, nothing else.
-    let drop = enforce && action == ACTION_DENY;
+    // The action is matched explicitly: allow passes, audit reports and passes, and anything
+    // else (deny; `judge` has already turned a corrupt value into deny) drops in enforce mode.
+    let (kind, verdict) = match action {
+        ACTION_ALLOW => {
+            if flow.has_ports() {
+                count_port(&policy, &flow, false);
+            }
+            return XDP_PASS;
+        }
+        ACTION_AUDIT => (EVENT_AUDIT_DROP, XDP_PASS),
+        _ if enforce => (EVENT_DROP, XDP_DROP),
+        _ => (EVENT_AUDIT_DROP, XDP_PASS),
+    };
     if flow.has_ports() {
-        count_port(&policy, &flow, drop);
+        count_port(&policy, &flow, verdict == XDP_DROP);
     }
-    if action == ACTION_ALLOW {
-        return XDP_PASS;
-    }
-    // ACTION_DENY, or ACTION_AUDIT ("would drop"); audit mode drops nothing.
+    // Dropped, or ("would drop") passed in audit mode or by an audit rule.
     bump(&GUARD_REASONS, REASON_POLICY);
-    if drop {
-        debug!(
-            ctx,
-            "drop rule={} proto={} dport={}", rule, flow.proto_idx, flow.dport
-        );
-        events::report_packet(ctx, &flow, EVENT_DROP, rule, config);
-        XDP_DROP
-    } else {
-        debug!(
-            ctx,
-            "audit_drop rule={} proto={} dport={}", rule, flow.proto_idx, flow.dport
-        );
-        events::report_packet(ctx, &flow, EVENT_AUDIT_DROP, rule, config);
-        XDP_PASS
-    }
+    debug!(
+        ctx,
+        "{} rule={} proto={} dport={}",
+        if verdict == XDP_DROP {
+            "drop"
+        } else {
+            "audit_drop"
+        },
+        rule,
+        flow.proto_idx,
+        flow.dport
+    );
+    events::report_packet(ctx, &flow, kind, rule, config);
+    verdict
 }
 
 #[inline(always)]

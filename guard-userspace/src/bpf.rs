@@ -116,6 +116,17 @@ pub enum LoadError {
     },
     #[error("starting the kernel log reader: {0}")]
     Log(#[from] aya_log::Error),
+    #[error(
+        "the pins in {dir} have pin layout {found}, and this guard uses layout {}: their maps hold records of another shape, so it will not adopt them. Enforcement is untouched: the programs already attached keep running. To move to this guard, run `guard unload` (enforcement stops until the next start) and start it again; or keep running the guard that made the pins",
+        maps::PIN_LAYOUT
+    )]
+    PinLayout { dir: String, found: u32 },
+    #[error("marking the pin layout in {dir}: {source}")]
+    PinDir {
+        dir: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Which kernel log records (aya-log) the programs emit. Per-packet records cost more than
@@ -197,6 +208,49 @@ impl Pins {
         crate::host::prepare_pin_dir(&self.dir)?;
         std::fs::create_dir_all(self.dir.join("maps"))?;
         std::fs::create_dir_all(self.dir.join("links"))
+    }
+
+    /// The mark of this guard's pin layout ([`maps::PIN_LAYOUT`]): an empty directory, the
+    /// only kind of entry bpffs holds besides pinned objects.
+    fn layout_mark(layout: u32) -> String {
+        format!("layout-{layout}")
+    }
+
+    /// The pin layout of what is pinned here: `None` when nothing is pinned; layout 1 when
+    /// objects are pinned without a mark (a guard from before layouts were numbered).
+    pub fn pinned_layout(&self) -> Option<u32> {
+        let marked = std::fs::read_dir(&self.dir).ok()?.flatten().find_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("layout-")?
+                .parse::<u32>()
+                .ok()
+        });
+        let pinned =
+            |sub: &str| std::fs::read_dir(self.dir.join(sub)).is_ok_and(|mut d| d.next().is_some());
+        match marked {
+            Some(layout) => Some(layout),
+            None if pinned("maps") || pinned("links") => Some(1),
+            None => None,
+        }
+    }
+
+    /// Checks that what is pinned here has this guard's layout, marking an empty pin
+    /// directory as ours. Another layout is refused before anything is touched: the programs
+    /// attached by the guard that made the pins keep enforcing.
+    pub fn adopt_layout(&self) -> Result<(), LoadError> {
+        match self.pinned_layout() {
+            Some(maps::PIN_LAYOUT) => Ok(()),
+            Some(found) => Err(LoadError::PinLayout {
+                dir: self.dir.display().to_string(),
+                found,
+            }),
+            None => std::fs::create_dir_all(self.dir.join(Self::layout_mark(maps::PIN_LAYOUT)))
+                .map_err(|source| LoadError::PinDir {
+                    dir: self.dir.display().to_string(),
+                    source,
+                }),
+        }
     }
 
     /// True when links are pinned: a daemon ran and its programs are still attached.
@@ -644,6 +698,12 @@ impl Guard {
                 own_class(u32::from_be_bytes(k.class))
             })?,
         })
+    }
+
+    /// A map of this instance by name, to read or write raw entries: for tests that corrupt
+    /// the kernel's state on purpose (the daemon goes through the typed writers).
+    pub fn raw_map_mut(&mut self, name: &str) -> Option<&mut Map> {
+        self.ebpf.map_mut(name)
     }
 
     /// The XDP ingress program (for BPF_PROG_TEST_RUN).
@@ -1124,6 +1184,12 @@ pub fn pinned_counters(
     rules: &[RuleInfo],
     slots: &[PortSlot],
 ) -> Result<Counters, LoadError> {
+    if let Some(found) = pins.pinned_layout().filter(|&l| l != maps::PIN_LAYOUT) {
+        return Err(LoadError::PinLayout {
+            dir: pins.dir().display().to_string(),
+            found,
+        });
+    }
     counter_maps(|name| {
         let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
         Map::from_map_data(data).map_err(map_err(name))

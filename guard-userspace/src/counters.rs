@@ -5,9 +5,9 @@ use std::borrow::Borrow;
 use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
 use guard_common::{
     CONN_INBOUND, ConnStats, EVENT_STATS_LEN, EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED,
-    PROTO_IDX_TCP, PortStats, REASON_FRAGMENT_PASSED, REASON_ICMP_PASSED, REASON_MALFORMED,
-    REASON_NOT_IP, REASON_POLICY, REASON_REPLY_PASSED, REASON_UNCONFIGURED, REASON_UNSUPPORTED,
-    REASONS_LEN, RTT_BUCKETS, RttHist, RuleStats,
+    PROTO_IDX_TCP, PortStats, REASON_BAD_ACTION, REASON_FRAGMENT_PASSED, REASON_ICMP_PASSED,
+    REASON_MALFORMED, REASON_NOT_IP, REASON_POLICY, REASON_REPLY_PASSED, REASON_UNCONFIGURED,
+    REASON_UNSUPPORTED, REASONS_LEN, RTT_BUCKETS, RttHist, RuleStats,
 };
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,7 @@ pub const REASON_NAMES: [(u32, &str); REASONS_LEN as usize] = [
     (REASON_REPLY_PASSED, "reply_passed"),
     (REASON_ICMP_PASSED, "icmp_control"),
     (REASON_UNCONFIGURED, "unconfigured"),
+    (REASON_BAD_ACTION, "bad_action"),
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

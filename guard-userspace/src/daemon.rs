@@ -125,6 +125,8 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure
     let pins = Pins::new(pin_dir);
     pins.prepare()
         .map_err(|e| runtime("preparing", pin_dir, e))?;
+    pins.adopt_layout()
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
     let adopting = pins.has_links();
     // The previous daemon's rule and port identities, so counters continue.
     let previous = if adopting {

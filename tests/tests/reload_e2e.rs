@@ -738,3 +738,61 @@ fn a_policy_that_outgrows_the_rule_counters_is_applied_and_survives_a_restart() 
     assert!(open(&net, b) && open(&net, a));
     assert!(rule_packets(&daemon.dirs.stats(), &rule_a) >= before);
 }
+
+#[test]
+fn pins_of_another_layout_are_refused_and_enforcement_is_untouched() {
+    let net = TestNet::new();
+    let (_allowed_l, allowed) = listener(&net);
+    let (_denied_l, denied) = listener(&net);
+    let policy = PolicyFile::new(&policy_text(&net, &[allowed.port()]));
+    let mut daemon = Daemon::start(&["--policy", policy.arg()]);
+    let pin_dir = daemon.dirs.pin_dir.clone();
+    let ours = pin_dir.join(format!("layout-{}", guard_common::maps::PIN_LAYOUT));
+    assert!(ours.is_dir(), "a fresh start marks its pin layout");
+    assert!(daemon.stop_with(libc::SIGKILL).code().is_none(), "killed");
+    for (mark, found) in [(Some("layout-9"), 9), (None, 1)] {
+        std::fs::remove_dir(&ours).ok();
+        if let Some(mark) = mark {
+            std::fs::create_dir(pin_dir.join(mark)).unwrap();
+        }
+        let out = daemon
+            .dirs
+            .guard()
+            .args([
+                "run",
+                "--cgroup",
+                daemon.cgroup.arg(),
+                "--policy",
+                policy.arg(),
+            ])
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            .output()
+            .expect("run guard");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "refused: {stderr}");
+        assert!(
+            stderr.contains(&format!("have pin layout {found}"))
+                && stderr.contains("Enforcement is untouched")
+                && stderr.contains("guard unload"),
+            "says what and what to do: {stderr}"
+        );
+        assert!(net.has_xdp(), "the pinned programs stay attached");
+        assert!(open(&net, allowed), "the old policy still allows");
+        assert_eq!(
+            net.connect(denied, Duration::from_millis(300)),
+            Err(ErrorKind::TimedOut),
+            "and still drops"
+        );
+        if let Some(mark) = mark {
+            std::fs::remove_dir(pin_dir.join(mark)).unwrap();
+        }
+    }
+    // `guard unload` removes pins of any layout.
+    let out = daemon.unload();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!net.has_xdp(), "unloaded");
+}
