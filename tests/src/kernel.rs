@@ -2,9 +2,9 @@
 
 use aya::programs::{TestRun as _, TestRunOptions};
 use guard::{
-    bpf::{Guard, KernelLog},
-    counters::Counters,
-    events::{Decoder, DenyEvent},
+    datapath::counters::Counters,
+    datapath::{Guard, KernelLog},
+    observe::events::{Decoder, DenyEvent},
     policy::{self, PortSlot, RuleInfo},
 };
 
@@ -43,7 +43,7 @@ impl Loaded {
     }
 
     /// As [`Loaded::switch`], provisional until `deadline_ns` (CLOCK_MONOTONIC_COARSE, see
-    /// `guard::bpf::monotonic_ns`): after it the programs judge by the previous policy.
+    /// `guard::datapath::monotonic_ns`): after it the programs judge by the previous policy.
     pub fn switch_until(&mut self, text: &str, deadline_ns: Option<u64>) -> usize {
         let checked = policy::check("test.toml", text).unwrap_or_else(|e| panic!("{e}"));
         let lowered = policy::lower_after(&checked.policy, &self.rules, &self.slots);

@@ -80,8 +80,8 @@ impl NetNs {
     pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
         thread::scope(|s| {
             s.spawn(|| {
-                let _inside =
-                    guard::host::InNetns::enter(&self.name).unwrap_or_else(|e| panic!("{e}"));
+                let _inside = guard::linux::host::InNetns::enter(&self.name)
+                    .unwrap_or_else(|e| panic!("{e}"));
                 f()
             })
             .join()
@@ -209,7 +209,8 @@ pub struct Cgroup {
 impl Cgroup {
     pub fn new() -> Self {
         require_root();
-        let root = guard::host::cgroup2_root().expect("a cgroup2 mount (see /proc/self/mountinfo)");
+        let root =
+            guard::linux::host::cgroup2_root().expect("a cgroup2 mount (see /proc/self/mountinfo)");
         let path = root.join(unique("guard-test-"));
         std::fs::create_dir(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
         Self { path }
@@ -228,7 +229,7 @@ impl Cgroup {
                 let _ = std::fs::write(self.0.join("cgroup.procs"), std::process::id().to_string());
             }
         }
-        let root = guard::host::cgroup2_root().expect("cgroup2 root");
+        let root = guard::linux::host::cgroup2_root().expect("cgroup2 root");
         let own = std::fs::read_to_string("/proc/self/cgroup").expect("/proc/self/cgroup");
         let relative = own
             .lines()
@@ -429,9 +430,9 @@ impl Daemon {
             {
                 panic!("guard run exited early ({status}):\n{}", self.log_text());
             }
-            let status = guard::ctl::call(
+            let status = guard::api::ctl::call(
                 &self.dirs.run_dir,
-                &guard::ctl::Request::Status {},
+                &guard::api::ctl::Request::Status {},
                 Duration::from_secs(2),
             );
             if let Ok(reply) = status
@@ -451,9 +452,9 @@ impl Daemon {
 
     /// The address the daemon serves /metrics and /health on (from `guard status`).
     pub fn metrics_addr(&self) -> std::net::SocketAddr {
-        let reply = guard::ctl::call(
+        let reply = guard::api::ctl::call(
             &self.dirs.run_dir,
-            &guard::ctl::Request::Status {},
+            &guard::api::ctl::Request::Status {},
             Duration::from_secs(5),
         )
         .expect("guard status");

@@ -285,8 +285,8 @@ fn integrity_hooks_and_permissions_with_a_running_daemon() {
     std::fs::set_permissions(&policy.path, std::fs::Permissions::from_mode(0o644)).unwrap();
 
     // A pin other users can open.
-    let pins = guard::bpf::Pins::new(&daemon.dirs.pin_dir);
-    let xdp_pin = pins.link(&guard::bpf::xdp_hook(&net.host_if));
+    let pins = guard::datapath::Pins::new(&daemon.dirs.pin_dir);
+    let xdp_pin = pins.link(&guard::datapath::xdp_hook(&net.host_if));
     std::fs::set_permissions(&xdp_pin, std::fs::Permissions::from_mode(0o644)).unwrap();
     let errors = messages(&doctor(&daemon), &["permissions"], "error");
     assert!(has(&errors, "open to other users"), "{errors:?}");
@@ -338,8 +338,8 @@ fn integrity_hooks_and_permissions_with_a_running_daemon() {
     );
 
     // Guard's XDP link detached, and another XDP program in its place.
-    let link = guard::sys::obj_get(&xdp_pin).unwrap();
-    guard::sys::link_detach(link.as_fd()).expect("BPF_LINK_DETACH");
+    let link = guard::datapath::sys::obj_get(&xdp_pin).unwrap();
+    guard::datapath::sys::link_detach(link.as_fd()).expect("BPF_LINK_DETACH");
     let errors = messages(&doctor(&daemon), &["integrity"], "error");
     assert!(
         has(

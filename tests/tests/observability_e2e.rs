@@ -202,9 +202,10 @@ fn health_flips_when_a_declared_listener_stops_and_returns() {
     assert_eq!(code, 200, "{body}");
 
     // Enforcement gone (its XDP link detached behind the daemon's back): unhealthy.
-    let pins = guard::bpf::Pins::new(&daemon.dirs.pin_dir);
-    let link = guard::sys::obj_get(&pins.link(&guard::bpf::xdp_hook(&net.host_if))).unwrap();
-    guard::sys::link_detach(std::os::fd::AsFd::as_fd(&link)).expect("BPF_LINK_DETACH");
+    let pins = guard::datapath::Pins::new(&daemon.dirs.pin_dir);
+    let link = guard::datapath::sys::obj_get(&pins.link(&guard::datapath::xdp_hook(&net.host_if)))
+        .unwrap();
+    guard::datapath::sys::link_detach(std::os::fd::AsFd::as_fd(&link)).expect("BPF_LINK_DETACH");
     let (code, body) = daemon.http_get("/health");
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("enforcement is not active"), "{body}");

@@ -356,7 +356,7 @@ fn the_control_socket_is_root_only_and_survives_garbage() {
         assert_eq!(reply["ok"], false, "{reply}");
         assert!(reply["error"].as_str().unwrap().contains(want), "{reply}");
     }
-    let huge = vec![b'x'; guard::ctl::MAX_MESSAGE + 10];
+    let huge = vec![b'x'; guard::api::ctl::MAX_MESSAGE + 10];
     let reply = ask(&huge);
     assert!(
         reply["error"]
@@ -630,8 +630,8 @@ fn removed_pins_and_detached_links_are_put_back() {
     );
     let policy = PolicyFile::new(&text);
     let daemon = Daemon::start(&["--policy", policy.arg()]);
-    let pins = guard::bpf::Pins::new(&daemon.dirs.pin_dir);
-    let xdp_pin = pins.link(&guard::bpf::xdp_hook(&net.host_if));
+    let pins = guard::datapath::Pins::new(&daemon.dirs.pin_dir);
+    let xdp_pin = pins.link(&guard::datapath::xdp_hook(&net.host_if));
     let wait = |what: &str, ok: &dyn Fn() -> bool| {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !ok() {
@@ -652,20 +652,20 @@ fn removed_pins_and_detached_links_are_put_back() {
     wait("the pin is put back", &|| xdp_pin.exists());
     assert!(!open(&net, b) && open(&net, a));
 
-    let link = guard::sys::obj_get(&xdp_pin).unwrap();
-    guard::sys::link_detach(std::os::fd::AsFd::as_fd(&link)).expect("BPF_LINK_DETACH");
+    let link = guard::datapath::sys::obj_get(&xdp_pin).unwrap();
+    guard::datapath::sys::link_detach(std::os::fd::AsFd::as_fd(&link)).expect("BPF_LINK_DETACH");
     drop(link);
     wait("XDP is attached again", &|| !open(&net, b));
     assert!(open(&net, a));
 
-    let bind_pin = pins.link(&guard::bpf::cgroup_hook(guard_common::programs::BIND4));
-    let link = guard::sys::obj_get(&bind_pin).unwrap();
-    guard::sys::link_detach(std::os::fd::AsFd::as_fd(&link)).expect("BPF_LINK_DETACH");
+    let bind_pin = pins.link(&guard::datapath::cgroup_hook(guard_common::programs::BIND4));
+    let link = guard::datapath::sys::obj_get(&bind_pin).unwrap();
+    guard::datapath::sys::link_detach(std::os::fd::AsFd::as_fd(&link)).expect("BPF_LINK_DETACH");
     drop(link);
     wait("the bind hook is attached again", &|| {
-        guard::sys::obj_get(&bind_pin)
+        guard::datapath::sys::obj_get(&bind_pin)
             .ok()
-            .and_then(|l| guard::sys::link_info(std::os::fd::AsFd::as_fd(&l)).ok())
+            .and_then(|l| guard::datapath::sys::link_info(std::os::fd::AsFd::as_fd(&l)).ok())
             .is_some_and(|i| i.attached())
     });
 

@@ -248,7 +248,7 @@ fn a_provisional_policy_ends_at_its_deadline_in_the_kernel() {
         "ports = [80, \"8000-8010\"]",
         "ports = [80, 81, \"8000-8010\"]",
     );
-    let now = guard::bpf::monotonic_ns();
+    let now = guard::datapath::monotonic_ns();
     g.switch_until(&opened, Some(now + 400_000_000));
     assert_eq!(
         g.verdict(&to_81),
@@ -263,7 +263,10 @@ fn a_provisional_policy_ends_at_its_deadline_in_the_kernel() {
         "the previous policy whole"
     );
     let record = g.guard.active_record().unwrap();
-    assert_eq!(record.in_force(guard::bpf::monotonic_ns()), record.fallback);
+    assert_eq!(
+        record.in_force(guard::datapath::monotonic_ns()),
+        record.fallback
+    );
     assert!(
         !g.guard.verify(&g.lowered(&opened)).unwrap().is_empty(),
         "the drift check sees the fallback"
@@ -271,7 +274,7 @@ fn a_provisional_policy_ends_at_its_deadline_in_the_kernel() {
 
     // Confirmed before its deadline: it stays.
     let mut g = load(WEB);
-    g.switch_until(&opened, Some(guard::bpf::monotonic_ns() + 300_000_000));
+    g.switch_until(&opened, Some(guard::datapath::monotonic_ns() + 300_000_000));
     g.guard.confirm().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(g.verdict(&to_81), XDP_PASS);

@@ -371,9 +371,9 @@ fn controller() -> Controller {
     let daemon = guard_tests::Daemon::start(&["--policy", first.arg()]);
     let apply = |text: &str| {
         let started = Instant::now();
-        let reply = guard::ctl::call(
+        let reply = guard::api::ctl::call(
             &daemon.dirs.run_dir,
-            &guard::ctl::Request::Apply {
+            &guard::api::ctl::Request::Apply {
                 name: "bench.toml".into(),
                 policy: text.to_owned(),
                 confirm_within: None,

@@ -1,13 +1,15 @@
 //! The `guard` command line (clap derive). Exit codes: 0 fine, 1 findings or invalid input,
 //! 2 usage or runtime error.
 
+pub mod commands;
+
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    bpf::KernelLog,
-    logging::{LogFormat, LogRotation},
+    datapath::KernelLog,
+    observe::logging::{LogFormat, LogRotation},
     policy::model::Proto,
 };
 
@@ -242,6 +244,56 @@ impl Failure {
         match self {
             Failure::Invalid(_) => 1,
             Failure::Runtime(_) => 2,
+        }
+    }
+}
+
+/// Runs the command `cli` names; the process's exit status says how it went (see
+/// [`Failure::exit_code`]).
+pub fn dispatch(cli: &Cli) -> std::process::ExitCode {
+    use std::process::ExitCode;
+    let result = match &cli.command {
+        Command::Run(args) => crate::daemon::run(&cli.pin_dir, &cli.run_dir, args),
+        Command::Check { file } => commands::check(file),
+        Command::Stats {
+            json, watch: false, ..
+        } => commands::stats(&cli.run_dir, *json),
+        Command::Stats {
+            json,
+            watch: true,
+            interval,
+            count,
+        } => commands::stats_watch(&cli.run_dir, *json, *interval, *count),
+        Command::Status { json } => commands::status(&cli.run_dir, *json),
+        Command::Apply {
+            file,
+            confirm_within,
+        } => commands::apply(&cli.run_dir, file, *confirm_within),
+        Command::Confirm => commands::confirm(&cli.run_dir),
+        Command::Events { follow, json: _ } => commands::events(&cli.run_dir, *follow),
+        Command::Audit(args) => commands::audit(&cli.run_dir, args),
+        Command::Doctor {
+            json,
+            policy,
+            netns,
+        } => commands::doctor(
+            &cli.pin_dir,
+            &cli.run_dir,
+            *json,
+            policy.as_deref(),
+            netns.as_deref(),
+        ),
+        Command::Unload => commands::unload(&cli.pin_dir, &cli.run_dir),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Invalid(lines)) => {
+            eprintln!("{lines}");
+            ExitCode::from(1)
+        }
+        Err(err @ Failure::Runtime(_)) => {
+            eprintln!("guard: error: {err}");
+            ExitCode::from(err.exit_code())
         }
     }
 }

@@ -50,22 +50,23 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
-    bpf::{
+    api::ctl::{self, Reply, Request},
+    api::state::{self, Attached, State},
+    cli::{Failure, RunArgs},
+    datapath::{
         Attach, AttachMode, Guard, KernelLog, KernelLogger, Pins, cgroup_hook, error_chain,
         tc_hook, xdp_hook,
     },
-    cli::{Failure, RunArgs},
-    ctl::{self, Reply, Request},
-    events::{self, Decoder, Recent},
-    health::{Change, Detectors, Verdict},
-    host,
-    hoststats::{self, HostStats},
-    logging, metrics,
+    linux::host,
+    linux::hoststats::{self, HostStats},
+    observe::events::{self, Decoder, Recent},
+    observe::health::{Change, Detectors, Verdict},
+    observe::logging,
+    observe::metrics,
     policy::{
         self, Checked, PolicySource,
         model::{InterfaceSpec, Proto},
     },
-    state::{self, Attached, State},
 };
 
 pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure> {
@@ -221,7 +222,7 @@ fn hooks(st: &State) -> Vec<(String, Option<String>)> {
             ]
         })
         .chain(
-            crate::bpf::CGROUP_PROGRAMS
+            crate::datapath::CGROUP_PROGRAMS
                 .iter()
                 .map(|p| (cgroup_hook(p), None)),
         )
@@ -335,7 +336,7 @@ impl Daemon {
         confirm_within: Option<u64>,
     ) -> Result<(), Failure> {
         let started = std::time::Instant::now();
-        let rt = |e: crate::bpf::LoadError| Failure::Runtime(error_chain(&e));
+        let rt = |e: crate::datapath::LoadError| Failure::Runtime(error_chain(&e));
         for warning in &checked.warnings {
             warn!("{warning}");
         }
@@ -362,7 +363,7 @@ impl Daemon {
         let confirm = confirm_within.zip(rollback_to);
         let deadline_ns = confirm
             .as_ref()
-            .map(|(secs, _)| crate::bpf::monotonic_ns() + secs * 1_000_000_000);
+            .map(|(secs, _)| crate::datapath::monotonic_ns() + secs * 1_000_000_000);
         // One transaction: what can fail without touching the kernel is done first (the
         // state file's temporary file is opened, so a read-only or missing run directory
         // fails here), then the kernel changes, and if any step after them fails they are
@@ -521,13 +522,13 @@ impl Daemon {
         interfaces: &[String],
         cgroup: &Path,
     ) -> Result<Vec<Attached>, Failure> {
-        let rt = |e: crate::bpf::LoadError| Failure::Runtime(error_chain(&e));
+        let rt = |e: crate::datapath::LoadError| Failure::Runtime(error_chain(&e));
         let previous = self.state.as_ref();
         if let Some(prev) = previous
             && prev.cgroup != cgroup
         {
             // The pins are named by program, not by cgroup: the old cgroup's go first.
-            for name in crate::bpf::CGROUP_PROGRAMS {
+            for name in crate::datapath::CGROUP_PROGRAMS {
                 self.pins.remove_link(&cgroup_hook(name));
             }
         }
@@ -695,8 +696,10 @@ impl Daemon {
     /// Whether `hook`'s link is attached, judged by its pin or, with the pin gone (or
     /// replaced by another object), by the link the daemon holds; and whether it is pinned.
     fn link_attached(&self, hook: &str) -> (bool, bool) {
-        let id = |fd: std::os::fd::BorrowedFd<'_>| crate::sys::link_info(fd).ok().map(|i| i.id);
-        let pinned = crate::sys::obj_get(&self.pins.link(hook))
+        let id = |fd: std::os::fd::BorrowedFd<'_>| {
+            crate::datapath::sys::link_info(fd).ok().map(|i| i.id)
+        };
+        let pinned = crate::datapath::sys::obj_get(&self.pins.link(hook))
             .ok()
             .filter(|pin| match self.held.get(hook) {
                 // Something else pinned at guard's path is not guard's link.
@@ -707,7 +710,8 @@ impl Daemon {
             .as_ref()
             .map(|f| f.as_fd())
             .or_else(|| self.held.get(hook).map(|f| f.as_fd()));
-        let attached = fd.is_some_and(|fd| crate::sys::link_info(fd).is_ok_and(|i| i.attached()));
+        let attached =
+            fd.is_some_and(|fd| crate::datapath::sys::link_info(fd).is_ok_and(|i| i.attached()));
         (attached, pinned.is_some())
     }
 
@@ -720,7 +724,7 @@ impl Daemon {
         self.held = hooks(st)
             .into_iter()
             .filter_map(|(hook, _)| {
-                let fd = crate::sys::obj_get(&self.pins.link(&hook)).ok()?;
+                let fd = crate::datapath::sys::obj_get(&self.pins.link(&hook)).ok()?;
                 Some((hook, fd))
             })
             .collect();
@@ -748,7 +752,7 @@ impl Daemon {
                 };
                 // A foreign object pinned in its place goes first.
                 self.pins.remove_link(&hook);
-                match crate::sys::obj_pin(fd.as_fd(), &self.pins.link(&hook)) {
+                match crate::datapath::sys::obj_pin(fd.as_fd(), &self.pins.link(&hook)) {
                     Ok(()) => self.repaired(&hook, "repinned", "its pin was removed: pinned again"),
                     Err(e) => error!(hook, error = %e, "re-pinning a link failed"),
                 }
@@ -813,7 +817,7 @@ impl Daemon {
         self.record(json!({"ts": now_secs(), "kind": "link_repaired", "how": how, "hook": hook}));
     }
 
-    fn counters(&self) -> Option<crate::counters::Counters> {
+    fn counters(&self) -> Option<crate::datapath::counters::Counters> {
         let (guard, st) = (self.guard.as_ref()?, self.state.as_ref()?);
         guard.counters(&st.rules, &st.port_slots).ok()
     }
@@ -823,7 +827,7 @@ impl Daemon {
             Probe::Metrics => {
                 let counters = self.counters();
                 let host = HostStats::read(self.health().service.as_deref());
-                let programs = match (&self.guard, crate::host::bpf_stats_enabled()) {
+                let programs = match (&self.guard, crate::linux::host::bpf_stats_enabled()) {
                     (Some(guard), true) => guard.program_stats(),
                     _ => Vec::new(),
                 };
@@ -886,7 +890,7 @@ impl Daemon {
         };
         // Processes are looked up only for listeners reported for the first time: the scan
         // of every process's open files is the costly part.
-        let listeners = match crate::sockets::sockets() {
+        let listeners = match crate::linux::sockets::sockets() {
             Ok(l) => l,
             Err(e) => {
                 warn!(error = %e, "listener audit: cannot read the listening sockets");
@@ -896,7 +900,7 @@ impl Daemon {
         // Only whether each socket is expected: the exposure matrix is `guard audit`'s. The
         // daemon's own metrics listener is expected: the operator configured it.
         let own = self.metrics_addr;
-        let unexpected: Vec<crate::sockets::Listener> = listeners
+        let unexpected: Vec<crate::linux::sockets::Listener> = listeners
             .into_iter()
             .filter(|l| {
                 !own.is_some_and(|a| {
@@ -905,10 +909,10 @@ impl Daemon {
                         && l.address == a.ip()
                 })
             })
-            .filter(|l| !crate::audit::expected(policy, l))
+            .filter(|l| !crate::inspect::audit::expected(policy, l))
             .collect();
-        let key = |l: &crate::sockets::Listener| (l.proto, l.address, l.port);
-        let mut fresh: Vec<crate::sockets::Listener> = unexpected
+        let key = |l: &crate::linux::sockets::Listener| (l.proto, l.address, l.port);
+        let mut fresh: Vec<crate::linux::sockets::Listener> = unexpected
             .iter()
             .filter(|l| {
                 !self
@@ -920,7 +924,7 @@ impl Daemon {
             .collect();
         // SO_REUSEPORT groups: one report per address and port.
         fresh.dedup_by_key(|l| key(l));
-        crate::sockets::add_owners(&mut fresh);
+        crate::linux::sockets::add_owners(&mut fresh);
         for l in &fresh {
             let process = l.processes.first();
             self.record(json!({
@@ -1000,7 +1004,7 @@ impl Daemon {
             },
             Request::Stats {} => match (&self.guard, &self.state) {
                 (Some(guard), Some(st)) => match guard.counters(&st.rules, &st.port_slots) {
-                    Ok(c) => (Reply::ok(crate::commands::stats_json(st, &c)), false),
+                    Ok(c) => (Reply::ok(crate::cli::commands::stats_json(st, &c)), false),
                     Err(e) => (Reply::error(error_chain(&e)), false),
                 },
                 _ => (Reply::error("no policy loaded"), false),

@@ -30,7 +30,7 @@ fn severities(found: &[Finding], severity: Severity) -> Vec<&str> {
 
 #[test]
 fn routes_parse_with_prefixes_metrics_and_without_lo_or_multicast() {
-    let routes = crate::host::parse_routes(ROUTE_V4, ROUTE_V6);
+    let routes = crate::linux::host::parse_routes(ROUTE_V4, ROUTE_V6);
     let shown: Vec<String> = routes
         .iter()
         .map(|r| format!("{} {} {}", r.dest, r.iface, r.metric))
@@ -50,7 +50,7 @@ fn routes_parse_with_prefixes_metrics_and_without_lo_or_multicast() {
 
 #[test]
 fn several_defaults_and_unfiltered_interfaces_are_warned() {
-    let routes = crate::host::parse_routes(ROUTE_V4, ROUTE_V6);
+    let routes = crate::linux::host::parse_routes(ROUTE_V4, ROUTE_V6);
     let found = check_routes(&routes, Some(&["eth0".to_owned()]));
     let warnings = severities(&found, Severity::Warning);
     assert!(
@@ -79,7 +79,7 @@ fn several_defaults_and_unfiltered_interfaces_are_warned() {
             .contains(&"one IPv6 default route: via eth0 (metric 1024)")
     );
 
-    let one = crate::host::parse_routes(
+    let one = crate::linux::host::parse_routes(
         &ROUTE_V4
             .lines()
             .filter(|l| !l.starts_with("eth1") && !l.starts_with("docker0"))

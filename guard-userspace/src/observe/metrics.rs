@@ -11,7 +11,7 @@ use prometheus::{
     proto::{self, MetricType},
 };
 
-use crate::{counters::Counters, health::Anomaly, hoststats::HostStats};
+use crate::{datapath::counters::Counters, linux::hoststats::HostStats, observe::health::Anomaly};
 
 /// The `rule` label of the rules beyond `--metrics-max-rules`, summed.
 pub const OTHER_RULES: &str = "(other)";
@@ -494,7 +494,7 @@ pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::counters::{
+    use crate::datapath::counters::{
         BindDenied, ConnCounter, EventCounters, PortCounter, ReasonCounter, RuleCounter,
     };
 

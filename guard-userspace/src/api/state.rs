@@ -11,7 +11,7 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    bpf::AttachMode,
+    datapath::AttachMode,
     policy::{PortSlot, RuleInfo},
 };
 

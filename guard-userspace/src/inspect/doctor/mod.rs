@@ -33,10 +33,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    audit::{self, Reach},
-    bpf::{self, Pins},
+    api::state::State,
+    datapath::{self, Pins},
+    inspect::audit::{self, Reach},
     policy::model::{InterfaceSpec, Policy, PortRange, Proto, RuleAction},
-    state::State,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -95,10 +95,13 @@ fn is_link_local(net: &IpNet) -> bool {
 
 /// Judges the routes. `filtered`: the interfaces guard's XDP program judges (`None`: not
 /// known, the interface check is skipped).
-pub fn check_routes(routes: &[crate::host::Route], filtered: Option<&[String]>) -> Vec<Finding> {
+pub fn check_routes(
+    routes: &[crate::linux::host::Route],
+    filtered: Option<&[String]>,
+) -> Vec<Finding> {
     let mut out = Vec::new();
     for (family, v4) in [("IPv4", true), ("IPv6", false)] {
-        let defaults: Vec<&crate::host::Route> = routes
+        let defaults: Vec<&crate::linux::host::Route> = routes
             .iter()
             .filter(|r| r.dest.prefix_len() == 0 && matches!(r.dest, IpNet::V4(_)) == v4)
             .collect();
@@ -794,7 +797,7 @@ fn network_checks(policy: Option<&Policy>) -> Vec<Finding> {
     let mut out = Vec::new();
     let v4 = fs::read_to_string("/proc/thread-self/net/route").unwrap_or_default();
     let v6 = fs::read_to_string("/proc/thread-self/net/ipv6_route").unwrap_or_default();
-    let routes = crate::host::parse_routes(&v4, &v6);
+    let routes = crate::linux::host::parse_routes(&v4, &v6);
     let filtered: Option<Vec<String>> = policy.map(|p| {
         let mut names = Vec::new();
         for spec in &p.interfaces {
@@ -813,7 +816,10 @@ fn network_checks(policy: Option<&Policy>) -> Vec<Finding> {
         names
     });
     out.extend(check_routes(&routes, filtered.as_deref()));
-    out.extend(check_sysctls(crate::host::read_sysctl, &interfaces()));
+    out.extend(check_sysctls(
+        crate::linux::host::read_sysctl,
+        &interfaces(),
+    ));
     let nft = tool("nft", &["-j", "list", "ruleset"]).map(|r| r.and_then(|t| parse_nft(&t)));
     let ipt = |save: &'static str, name: &'static str| {
         tool(save, &[]).map(|r| r.map(|t| parse_iptables_save(&t, name)))
@@ -831,10 +837,11 @@ fn network_checks(policy: Option<&Policy>) -> Vec<Finding> {
 
 /// The id of the program a pinned link runs, and whether the link is still attached (XDP
 /// links report their interface, 0 once detached).
-fn pinned_link(pins: &Pins, hook: &str) -> Result<crate::sys::LinkInfo, String> {
+fn pinned_link(pins: &Pins, hook: &str) -> Result<crate::datapath::sys::LinkInfo, String> {
     let path = pins.link(hook);
-    let fd = crate::sys::obj_get(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-    crate::sys::link_info(fd.as_fd()).map_err(|e| format!("{}: {e}", path.display()))
+    let fd =
+        crate::datapath::sys::obj_get(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    crate::datapath::sys::link_info(fd.as_fd()).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Program names by id, for messages.
@@ -883,9 +890,11 @@ fn hook_checks(st: &State, pins: &Pins) -> Vec<Finding> {
     let named = |id: u32| format!("id {id} ({})", names.get(&id).map_or("?", String::as_str));
     for a in &st.interfaces {
         let iface = &a.name;
-        let hook = bpf::xdp_hook(iface);
+        let hook = datapath::xdp_hook(iface);
         let own = match pinned_link(pins, &hook) {
-            Ok(link) if link.ifindex == 0 && link.link_type == crate::sys::LINK_TYPE_XDP => {
+            Ok(link)
+                if link.ifindex == 0 && link.link_type == crate::datapath::sys::LINK_TYPE_XDP =>
+            {
                 out.push(finding(
                     "integrity",
                     Severity::Error,
@@ -945,7 +954,7 @@ fn hook_checks(st: &State, pins: &Pins) -> Vec<Finding> {
                 "",
             )),
         }
-        let tc_own = pinned_link(pins, &bpf::tc_hook(iface))
+        let tc_own = pinned_link(pins, &datapath::tc_hook(iface))
             .ok()
             .map(|l| l.prog_id);
         for (dir, attach) in [
@@ -982,14 +991,18 @@ fn hook_checks(st: &State, pins: &Pins) -> Vec<Finding> {
     }
     let own: BTreeSet<u32> = CGROUP_HOOKS
         .iter()
-        .filter_map(|(_, p)| pinned_link(pins, &bpf::cgroup_hook(p)).ok())
+        .filter_map(|(_, p)| pinned_link(pins, &datapath::cgroup_hook(p)).ok())
         .map(|l| l.prog_id)
         .collect();
     match fs::File::open(&st.cgroup) {
         Ok(dir) => {
             let mut foreign = BTreeMap::new();
             for (attach, program) in CGROUP_HOOKS {
-                match crate::sys::prog_query(dir.as_fd(), attach, crate::sys::QUERY_EFFECTIVE) {
+                match crate::datapath::sys::prog_query(
+                    dir.as_fd(),
+                    attach,
+                    crate::datapath::sys::QUERY_EFFECTIVE,
+                ) {
                     Ok(ids) => {
                         if !ids.iter().any(|id| own.contains(id)) {
                             out.push(finding(
@@ -1065,11 +1078,11 @@ pub struct Places<'a> {
 /// permissions.
 fn guard_checks(places: &Places<'_>) -> Vec<Finding> {
     let mut out = Vec::new();
-    let st = crate::state::read(places.run_dir).ok();
+    let st = crate::api::state::read(places.run_dir).ok();
     let reply = |request| {
-        crate::ctl::call(places.run_dir, &request, std::time::Duration::from_secs(30)).ok()
+        crate::api::ctl::call(places.run_dir, &request, std::time::Duration::from_secs(30)).ok()
     };
-    match reply(crate::ctl::Request::Verify {}) {
+    match reply(crate::api::ctl::Request::Verify {}) {
         Some(r) if r.ok => {
             let drift: Vec<String> = r.data.as_ref().map_or(Vec::new(), |d| {
                 d["drift"]
@@ -1110,7 +1123,7 @@ fn guard_checks(places: &Places<'_>) -> Vec<Finding> {
             Severity::Warning,
             format!(
                 "guard is not running (no answer on {})",
-                crate::ctl::socket_path(places.run_dir).display()
+                crate::api::ctl::socket_path(places.run_dir).display()
             ),
             "start it: guard run (pinned programs, if any, keep enforcing the last policy meanwhile)",
         )),
@@ -1172,7 +1185,7 @@ fn guard_checks(places: &Places<'_>) -> Vec<Finding> {
     }
     if places.run_dir.exists() {
         out.extend(check_path("run directory", places.run_dir, true));
-        let socket = crate::ctl::socket_path(places.run_dir);
+        let socket = crate::api::ctl::socket_path(places.run_dir);
         if socket.exists() {
             out.extend(check_path("control socket", &socket, true));
         }
@@ -1248,7 +1261,7 @@ fn kernel_checks() -> Vec<Finding> {
         ("lpm_trie", map(MapType::LpmTrie)),
         ("ringbuf", map(MapType::RingBuf)),
     ];
-    check_kernel(&release, &features, crate::host::read_sysctl)
+    check_kernel(&release, &features, crate::linux::host::read_sysctl)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1265,7 +1278,7 @@ pub fn run(
     netns: Option<&str>,
 ) -> std::io::Result<Report> {
     let mut findings = {
-        let _inside = netns.map(crate::host::InNetns::enter).transpose()?;
+        let _inside = netns.map(crate::linux::host::InNetns::enter).transpose()?;
         network_checks(policy)
     };
     if policy.is_none() {

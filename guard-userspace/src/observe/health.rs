@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    counters::{Counters, log2_quantile_us},
+    datapath::counters::{Counters, log2_quantile_us},
     policy::model::HealthPolicy,
 };
 
@@ -289,7 +289,7 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::counters::{ConnCounter, EventCounters, PortCounter};
+    use crate::datapath::counters::{ConnCounter, EventCounters, PortCounter};
 
     fn counters(rtt_bucket_counts: &[(usize, u64)], rejected: u64) -> Counters {
         let mut rtt = vec![0; 24];

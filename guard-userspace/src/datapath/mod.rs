@@ -3,6 +3,10 @@
 //!
 //! Every map is taken by its name from `guard_common::maps`; a missing one is an error.
 
+pub mod counters;
+pub mod generations;
+pub mod sys;
+
 use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
 
 use aya::{
@@ -29,8 +33,8 @@ use guard_common::{
 };
 
 use crate::{
-    counters::{CounterMaps, Counters},
-    generation::{Changes, Contents, Delta},
+    datapath::counters::{CounterMaps, Counters},
+    datapath::generations::{Changes, Contents, Delta},
     policy::{Lowered, PortSlot, RuleInfo},
 };
 
@@ -205,7 +209,7 @@ impl Pins {
 
     /// Creates the directories (mounting bpffs at /sys/fs/bpf when needed).
     pub fn prepare(&self) -> std::io::Result<()> {
-        crate::host::prepare_pin_dir(&self.dir)?;
+        crate::linux::host::prepare_pin_dir(&self.dir)?;
         std::fs::create_dir_all(self.dir.join("maps"))?;
         std::fs::create_dir_all(self.dir.join("links"))
     }
@@ -738,7 +742,7 @@ impl Guard {
     /// already (a previous load or daemon), they are kept and switched to this load's
     /// programs atomically. Without `pins`, `self` owns the links: dropping it detaches them.
     pub fn attach(&mut self, iface: &str, pins: Option<&Pins>) -> Result<Attach, LoadError> {
-        if crate::host::if_index(iface).is_none() {
+        if crate::linux::host::if_index(iface).is_none() {
             return Err(LoadError::NoSuchInterface(iface.to_owned()));
         }
         if let Some(pins) = pins {
@@ -823,13 +827,13 @@ impl Guard {
             path: pin.display().to_string(),
             source,
         };
-        let link = crate::sys::obj_get(pin).map_err(err)?;
+        let link = crate::datapath::sys::obj_get(pin).map_err(err)?;
         let prog = self
             .ebpf
             .program(name)
             .ok_or(LoadError::MissingProgram(name))?;
         let prog_fd = prog.fd().map_err(program_err(name))?;
-        crate::sys::link_update(link.as_fd(), prog_fd.as_fd()).map_err(err)
+        crate::datapath::sys::link_update(link.as_fd(), prog_fd.as_fd()).map_err(err)
     }
 
     /// Attaches the socket-address hooks (`[listen]` at bind, `[[egress]]` at connect and
@@ -839,7 +843,7 @@ impl Guard {
     /// because that is what `bpf_link_create` accepts for cgroups; cgroup links always sit
     /// alongside the other programs attached there (the kernel uses BPF_F_ALLOW_MULTI).
     pub fn attach_cgroup(&mut self, cgroup: &Path, pins: Option<&Pins>) -> Result<(), LoadError> {
-        if !crate::host::is_cgroup2(cgroup) {
+        if !crate::linux::host::is_cgroup2(cgroup) {
             return Err(LoadError::NotCgroup2(cgroup.display().to_string()));
         }
         let dir = std::fs::File::open(cgroup).map_err(|source| LoadError::Cgroup {
@@ -982,14 +986,14 @@ impl Guard {
 
     /// Kernel run statistics of every attached program (zero unless
     /// `kernel.bpf_stats_enabled` is 1).
-    pub fn program_stats(&self) -> Vec<crate::metrics::ProgramStats> {
+    pub fn program_stats(&self) -> Vec<crate::observe::metrics::ProgramStats> {
         [programs::XDP_INGRESS, programs::TC_EGRESS]
             .into_iter()
             .chain(CGROUP_PROGRAMS)
             .filter_map(|name| {
                 let fd = self.ebpf.program(name)?.fd().ok()?;
-                let (runs, ns) = crate::sys::prog_run_stats(fd.as_fd()).ok()?;
-                Some(crate::metrics::ProgramStats {
+                let (runs, ns) = crate::datapath::sys::prog_run_stats(fd.as_fd()).ok()?;
+                Some(crate::observe::metrics::ProgramStats {
                     program: name.to_owned(),
                     runs,
                     run_seconds: ns as f64 / 1e9,

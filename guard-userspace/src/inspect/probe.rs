@@ -22,7 +22,7 @@ use ipnet::IpNet;
 use serde::Serialize;
 
 use crate::{
-    audit::{self, Reach},
+    inspect::audit::{self, Reach},
     policy::model::{Mode, Policy, Proto},
 };
 

@@ -16,8 +16,8 @@ use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 use crate::{
+    linux::sockets::Listener,
     policy::model::{DefaultAction, Mode, Policy, PortRange, Proto, RuleAction},
-    sockets::Listener,
 };
 
 /// How much of a zone can reach a port.

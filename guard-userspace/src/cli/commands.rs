@@ -10,12 +10,12 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::{
-    bpf::{self, Pins},
+    api::ctl::{self, CallError, Request},
+    api::state::{self, State},
     cli::Failure,
-    counters::Counters,
-    ctl::{self, CallError, Request},
+    datapath::counters::Counters,
+    datapath::{self, Pins},
     policy,
-    state::{self, State},
 };
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,8 +89,9 @@ fn fetch_stats(run_dir: &Path) -> Result<(serde_json::Value, bool), Failure> {
         Some(reply) => (data(reply)?, true),
         None => {
             let st = state::read(run_dir).map_err(|e| Failure::Runtime(e.to_string()))?;
-            let counters = bpf::pinned_counters(&Pins::new(&st.pin_dir), &st.rules, &st.port_slots)
-                .map_err(|e| Failure::Runtime(bpf::error_chain(&e)))?;
+            let counters =
+                datapath::pinned_counters(&Pins::new(&st.pin_dir), &st.rules, &st.port_slots)
+                    .map_err(|e| Failure::Runtime(datapath::error_chain(&e)))?;
             (stats_json(&st, &counters), false)
         }
     })
@@ -378,8 +379,8 @@ pub fn status(run_dir: &Path, json: bool) -> Result<(), Failure> {
         .iter()
         .map(|i| {
             let mode = match i.xdp_mode {
-                bpf::AttachMode::Default => "XDP",
-                bpf::AttachMode::Generic => "XDP generic",
+                datapath::AttachMode::Default => "XDP",
+                datapath::AttachMode::Generic => "XDP generic",
             };
             format!("{} ({mode})", i.name)
         })
@@ -507,22 +508,22 @@ pub fn audit(run_dir: &Path, args: &crate::cli::AuditArgs) -> Result<(), Failure
     let _netns = args
         .netns
         .as_deref()
-        .map(crate::host::InNetns::enter)
+        .map(crate::linux::host::InNetns::enter)
         .transpose()
         .map_err(|e| Failure::Runtime(e.to_string()))?;
     if let Some(address) = args.probe {
         return audit_probe(&label, &policy, address, args);
     }
-    let listeners = crate::sockets::listeners()
+    let listeners = crate::linux::sockets::listeners()
         .map_err(|e| Failure::Runtime(format!("reading the listening sockets: {e}")))?;
-    let report = crate::audit::audit(&policy, listeners);
+    let report = crate::inspect::audit::audit(&policy, listeners);
     if args.json {
         let mut v = serde_json::to_value(&report).expect("serialisable");
         v["policy"] = label.into();
         v["netns"] = args.netns.clone().into();
         println!("{v}");
     } else {
-        print!("{}", crate::audit::render(&report, &label));
+        print!("{}", crate::inspect::audit::render(&report, &label));
     }
     if report.unexpected_listeners > 0 {
         return Err(Failure::Invalid(format!(
@@ -539,7 +540,7 @@ fn audit_probe(
     address: std::net::IpAddr,
     args: &crate::cli::AuditArgs,
 ) -> Result<(), Failure> {
-    use crate::probe::{self, Judgement};
+    use crate::inspect::probe::{self, Judgement};
     if !(args.timeout > 0.0 && args.timeout <= 60.0) {
         return Err(Failure::Runtime(
             "--timeout is seconds, more than 0 and at most 60".into(),
@@ -616,7 +617,7 @@ pub fn doctor(
     policy_file: Option<&Path>,
     netns: Option<&str>,
 ) -> Result<(), Failure> {
-    use crate::doctor;
+    use crate::inspect::doctor;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Err(Failure::Runtime(
