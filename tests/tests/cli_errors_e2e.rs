@@ -142,3 +142,31 @@ fn a_dead_daemon_has_no_uptime_and_its_metrics_listener_is_its_own() {
         "a dead daemon has no uptime: {stdout}"
     );
 }
+
+#[test]
+fn status_and_stats_of_a_running_daemon_read_as_text() {
+    let net = TestNet::new();
+    let p = policy(&net, "");
+    let daemon = Daemon::start(&["--policy", p.arg()]);
+    let out = daemon.dirs.guard().args(["status"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("(running)"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("uptime     ") && l.ends_with('s')),
+        "{stdout}"
+    );
+    let out = daemon.dirs.guard().args(["stats"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l.starts_with("RULE") && l.contains("PACKETS")),
+        "{stdout}"
+    );
+}

@@ -88,6 +88,15 @@ impl Reply {
             ..Self::default()
         }
     }
+    /// A success carrying a typed reply (one of [`crate::api::replies`]).
+    pub fn data<T: Serialize>(reply: &T) -> Self {
+        Self::ok(serde_json::to_value(reply).expect("a reply serialises"))
+    }
+    /// The data of a success decoded as the request's reply type.
+    pub fn decode<T: serde::de::DeserializeOwned>(self) -> Result<T, String> {
+        let data = self.data.unwrap_or(serde_json::Value::Null);
+        serde_json::from_value(data).map_err(|e| format!("a reply the CLI cannot read: {e}"))
+    }
     pub fn error(message: impl Into<String>) -> Self {
         Self {
             version: VERSION,

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     datapath::AttachMode,
+    policy::model::Mode,
     policy::{PortSlot, RuleInfo},
 };
 
@@ -28,7 +29,7 @@ pub struct State {
     /// Policies applied since the daemon started (1 = the first).
     #[serde(default)]
     pub generation: u64,
-    pub mode: String,
+    pub mode: Mode,
     pub interfaces: Vec<Attached>,
     /// The cgroup v2 directory the cgroup programs are attached to.
     pub cgroup: PathBuf,

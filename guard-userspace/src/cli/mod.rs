@@ -1,7 +1,16 @@
 //! The `guard` command line (clap derive). Exit codes: 0 fine, 1 findings or invalid input,
 //! 2 usage or runtime error.
 
-pub mod commands;
+pub mod apply;
+pub mod audit;
+pub mod check;
+pub mod client;
+pub mod doctor;
+pub mod events;
+pub mod stats;
+pub mod status;
+pub mod table;
+pub mod unload;
 
 use std::path::PathBuf;
 
@@ -202,17 +211,17 @@ pub struct RunArgs {
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
     /// Kernel log records to emit; `debug` logs every dropped packet (costly).
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = named(&KernelLog::NAMES), default_value = "off")]
     pub kernel_log: KernelLog,
     /// Log format on stdout.
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = named(&LogFormat::NAMES), default_value = "text")]
     pub log_format: LogFormat,
     /// Also write the log, as JSON lines, to files `guard.DATE.log` in this directory,
     /// rotated by --log-rotation and pruned to --log-keep files.
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
     /// When to start a new log file in --log-dir.
-    #[arg(long, value_enum, default_value_t)]
+    #[arg(long, value_parser = named(&LogRotation::NAMES), default_value = "daily")]
     pub log_rotation: LogRotation,
     /// Log files to keep in --log-dir, the current one included (older ones are deleted).
     #[arg(long, value_name = "N", default_value_t = 14, value_parser = clap::value_parser!(u16).range(1..))]
@@ -228,22 +237,53 @@ pub struct RunArgs {
     pub metrics_max_rules: usize,
 }
 
-/// Why a command failed, and so its exit code.
-#[derive(Debug, thiserror::Error)]
-pub enum Failure {
-    /// Invalid input or findings: exit 1.
-    #[error("{0}")]
-    Invalid(String),
-    /// Usage or runtime error: exit 2.
-    #[error("{0}")]
-    Runtime(String),
+pub use crate::api::Failure;
+
+/// Prints a reply or report as JSON (`pretty`: indented). It goes through a
+/// `serde_json::Value`, whose objects keep their keys sorted: the `--json` outputs do not
+/// depend on the order of a struct's fields.
+pub fn print_json<T: serde::Serialize>(value: &T, pretty: bool) {
+    let value = serde_json::to_value(value).expect("serialisable");
+    if pretty {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).expect("serialisable")
+        );
+    } else {
+        println!("{value}");
+    }
 }
 
-impl Failure {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Failure::Invalid(_) => 1,
-            Failure::Runtime(_) => 2,
+/// A clap parser for an enum given as a table of (name, value): the names are its possible
+/// values (shown in `--help`), so the lower layers stay free of clap.
+fn named<T: Copy + Send + Sync + 'static>(
+    names: &'static [(&'static str, T)],
+) -> impl clap::builder::TypedValueParser<Value = T> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(names.iter().map(|(name, _)| *name)).map(move |s| {
+        names
+            .iter()
+            .find(|(name, _)| *name == s)
+            .map(|(_, value)| *value)
+            .expect("one of the possible values")
+    })
+}
+
+impl RunArgs {
+    /// The daemon's options, as given.
+    pub fn options(&self) -> crate::daemon::Options {
+        crate::daemon::Options {
+            policy: self.policy.clone(),
+            system_policy: self.system_policy.clone(),
+            interfaces: self.interfaces.clone(),
+            cgroup: self.cgroup.clone(),
+            kernel_log: self.kernel_log,
+            log_format: self.log_format,
+            log_dir: self.log_dir.clone(),
+            log_rotation: self.log_rotation,
+            log_keep: self.log_keep,
+            metrics_addr: self.metrics_addr.clone(),
+            metrics_max_rules: self.metrics_max_rules,
         }
     }
 }
@@ -253,37 +293,37 @@ impl Failure {
 pub fn dispatch(cli: &Cli) -> std::process::ExitCode {
     use std::process::ExitCode;
     let result = match &cli.command {
-        Command::Run(args) => crate::daemon::run(&cli.pin_dir, &cli.run_dir, args),
-        Command::Check { file } => commands::check(file),
+        Command::Run(args) => crate::daemon::run(&cli.pin_dir, &cli.run_dir, &args.options()),
+        Command::Check { file } => check::check(file),
         Command::Stats {
             json, watch: false, ..
-        } => commands::stats(&cli.run_dir, *json),
+        } => stats::stats(&cli.run_dir, *json),
         Command::Stats {
             json,
             watch: true,
             interval,
             count,
-        } => commands::stats_watch(&cli.run_dir, *json, *interval, *count),
-        Command::Status { json } => commands::status(&cli.run_dir, *json),
+        } => stats::stats_watch(&cli.run_dir, *json, *interval, *count),
+        Command::Status { json } => status::status(&cli.run_dir, *json),
         Command::Apply {
             file,
             confirm_within,
-        } => commands::apply(&cli.run_dir, file, *confirm_within),
-        Command::Confirm => commands::confirm(&cli.run_dir),
-        Command::Events { follow, json: _ } => commands::events(&cli.run_dir, *follow),
-        Command::Audit(args) => commands::audit(&cli.run_dir, args),
+        } => apply::apply(&cli.run_dir, file, *confirm_within),
+        Command::Confirm => apply::confirm(&cli.run_dir),
+        Command::Events { follow, json: _ } => events::events(&cli.run_dir, *follow),
+        Command::Audit(args) => audit::audit(&cli.run_dir, args),
         Command::Doctor {
             json,
             policy,
             netns,
-        } => commands::doctor(
+        } => doctor::doctor(
             &cli.pin_dir,
             &cli.run_dir,
             *json,
             policy.as_deref(),
             netns.as_deref(),
         ),
-        Command::Unload => commands::unload(&cli.pin_dir, &cli.run_dir),
+        Command::Unload => unload::unload(&cli.pin_dir, &cli.run_dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

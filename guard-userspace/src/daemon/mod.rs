@@ -50,9 +50,13 @@ use tokio::{
 use tracing::{error, info, warn};
 
 use crate::{
+    api::Failure,
     api::ctl::{self, Reply, Request},
+    api::replies::{
+        ApplyReply, ConfirmReply, EventsReply, PolicyReply, StatsReply, StatusReply, UnloadReply,
+        VerifyReply,
+    },
     api::state::{self, Attached, State},
-    cli::{Failure, RunArgs},
     datapath::{
         Attach, AttachMode, Guard, KernelLog, KernelLogger, Pins, cgroup_hook, error_chain,
         tc_hook, xdp_hook,
@@ -65,11 +69,27 @@ use crate::{
     observe::metrics,
     policy::{
         self, Checked, PolicySource,
-        model::{InterfaceSpec, Proto},
+        model::{InterfaceSpec, Mode, Proto},
     },
 };
 
-pub fn run(pin_dir: &Path, run_dir: &Path, args: &RunArgs) -> Result<(), Failure> {
+/// How `guard run` was asked to run: the command line's options (see `guard run --help`).
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub policy: Option<PathBuf>,
+    pub system_policy: PathBuf,
+    pub interfaces: Vec<String>,
+    pub cgroup: Option<PathBuf>,
+    pub kernel_log: KernelLog,
+    pub log_format: logging::LogFormat,
+    pub log_dir: Option<PathBuf>,
+    pub log_rotation: logging::LogRotation,
+    pub log_keep: u16,
+    pub metrics_addr: String,
+    pub metrics_max_rules: usize,
+}
+
+pub fn run(pin_dir: &Path, run_dir: &Path, args: &Options) -> Result<(), Failure> {
     let log_files = args.log_dir.as_ref().map(|dir| logging::LogFiles {
         dir: dir.clone(),
         rotation: args.log_rotation,
@@ -402,7 +422,7 @@ impl Daemon {
         let previous = self.state.as_ref();
         let before = previous.map(|s| s.policy_hash.clone());
         let generation = previous.map_or(0, |s| s.generation) + 1;
-        let mode = checked.policy.mode.to_string();
+        let mode = checked.policy.mode;
         let summary = match &self.policy {
             Some(old) => policy::diff::summary(old, &checked.policy),
             None => "initial".to_owned(),
@@ -414,7 +434,7 @@ impl Daemon {
             policy: source.label(),
             policy_hash: checked.hash.clone(),
             generation,
-            mode: mode.clone(),
+            mode,
             interfaces: attached,
             cgroup: cgroup.clone(),
             pin_dir: self.pins.dir().to_path_buf(),
@@ -487,14 +507,14 @@ impl Daemon {
             "policy applied"
         );
         info!(
-            mode,
+            mode = %mode,
             interfaces = interfaces.join(","),
             cgroup = %cgroup.display(),
             listen_enforced = checked.policy.listen.is_some(),
             rules = checked.policy.ingress.len() + checked.policy.egress.len(),
             port_classes = lowered.classes,
             "guard {}",
-            if mode == "audit" { "auditing: counting what the policy would drop, dropping nothing" } else { "enforcing" }
+            if mode == Mode::Audit { "auditing: counting what the policy would drop, dropping nothing" } else { "enforcing" }
         );
         self.current = Some(Current { source, text });
         // Any change ends a pending commit-confirm (the kernel's deadline was cleared by the
@@ -835,7 +855,7 @@ impl Daemon {
                 let text = metrics::render(&metrics::Scrape {
                     counters: counters.as_ref(),
                     enforcing: self.enforcement().is_ok(),
-                    audit: st.is_some_and(|s| s.mode == "audit"),
+                    audit: st.is_some_and(|s| s.mode == Mode::Audit),
                     generation: st.map_or(0, |s| s.generation),
                     reloads: &[
                         ("applied", self.reloads.applied),
@@ -991,20 +1011,17 @@ impl Daemon {
         match request {
             Request::Status {} => match &self.state {
                 Some(st) => {
-                    let mut v = serde_json::to_value(st).expect("serialisable");
-                    v["running"] = true.into();
                     let now = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs());
-                    v["uptime_seconds"] = now.saturating_sub(st.started_at).into();
-                    v["pending_confirm"] = self.pending.is_some().into();
-                    (Reply::ok(v), false)
+                    let reply = StatusReply::running(st, now, self.pending.is_some());
+                    (Reply::data(&reply), false)
                 }
                 None => (Reply::error("no policy loaded"), false),
             },
             Request::Stats {} => match (&self.guard, &self.state) {
                 (Some(guard), Some(st)) => match guard.counters(&st.rules, &st.port_slots) {
-                    Ok(c) => (Reply::ok(crate::cli::commands::stats_json(st, &c)), false),
+                    Ok(c) => (Reply::data(&StatsReply::new(st, c)), false),
                     Err(e) => (Reply::error(error_chain(&e)), false),
                 },
                 _ => (Reply::error("no policy loaded"), false),
@@ -1037,12 +1054,12 @@ impl Daemon {
                 match self.try_apply(source, policy, "apply", confirm_within) {
                     Ok(()) => {
                         let st = self.state.as_ref().expect("applied");
-                        (
-                            Reply::ok(
-                                json!({"policy_hash": st.policy_hash, "generation": st.generation, "confirm_within": confirm_within}),
-                            ),
-                            false,
-                        )
+                        let reply = ApplyReply {
+                            policy_hash: st.policy_hash.clone(),
+                            generation: st.generation,
+                            confirm_within,
+                        };
+                        (Reply::data(&reply), false)
                     }
                     Err((message, errors)) => (Reply::invalid(message, errors), false),
                 }
@@ -1053,7 +1070,7 @@ impl Daemon {
                     .lock()
                     .map(|r| r.since(since))
                     .unwrap_or_default();
-                (Reply::ok(json!({"events": events, "next": next})), false)
+                (Reply::data(&EventsReply { events, next }), false)
             }
             Request::Confirm {} => match (&self.pending, self.guard.as_mut()) {
                 (Some(_), Some(guard)) => {
@@ -1068,23 +1085,23 @@ impl Daemon {
                         }
                     }
                     info!(target: "guard::event", kind = "policy_confirmed", "policy confirmed");
-                    (Reply::ok(json!({"confirmed": true})), false)
+                    (Reply::data(&ConfirmReply { confirmed: true }), false)
                 }
                 _ => (Reply::error("nothing to confirm"), false),
             },
             Request::Verify {} => match self.verify() {
-                Ok(drift) => (Reply::ok(json!({ "drift": drift })), false),
+                Ok(drift) => (Reply::data(&VerifyReply { drift }), false),
                 Err(e) => (Reply::error(e), false),
             },
             Request::Policy {} => match (&self.current, &self.state) {
-                (Some(current), Some(st)) => (
-                    Reply::ok(json!({
-                        "name": current.source.label(),
-                        "text": current.text,
-                        "hash": st.policy_hash,
-                    })),
-                    false,
-                ),
+                (Some(current), Some(st)) => {
+                    let reply = PolicyReply {
+                        name: current.source.label(),
+                        text: current.text.clone(),
+                        hash: st.policy_hash.clone(),
+                    };
+                    (Reply::data(&reply), false)
+                }
                 _ => (Reply::error("no policy loaded"), false),
             },
             Request::Unload {} => match self.pins.remove_all() {
@@ -1093,7 +1110,7 @@ impl Daemon {
                     self.held.clear();
                     state::remove(&self.run_dir);
                     info!("unloaded: programs detached, pins removed");
-                    (Reply::ok(json!({"unloaded": true})), true)
+                    (Reply::data(&UnloadReply { unloaded: true }), true)
                 }
                 Err(e) => (
                     Reply::error(format!("removing {}: {e}", self.pins.dir().display())),

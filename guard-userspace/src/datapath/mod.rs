@@ -135,7 +135,7 @@ pub enum LoadError {
 
 /// Which kernel log records (aya-log) the programs emit. Per-packet records cost more than
 /// the filter itself, so the default is `Off`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub enum KernelLog {
     #[default]
     Off,
@@ -148,6 +148,16 @@ pub enum KernelLog {
 }
 
 impl KernelLog {
+    /// Every level by its name on the command line, lowest first.
+    pub const NAMES: [(&'static str, Self); 6] = [
+        ("off", Self::Off),
+        ("error", Self::Error),
+        ("warn", Self::Warn),
+        ("info", Self::Info),
+        ("debug", Self::Debug),
+        ("trace", Self::Trace),
+    ];
+
     /// The value of aya-log-ebpf's `AYA_LOG_LEVEL` global (0 = nothing).
     const fn level(self) -> u8 {
         self as u8

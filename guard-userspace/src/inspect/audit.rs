@@ -10,14 +10,14 @@
 //!   always pass;
 //! - which rules allow ports nobody listens on (least privilege).
 
-use std::{collections::BTreeMap, fmt::Write as _};
+use std::collections::BTreeMap;
 
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
 use crate::{
     linux::sockets::Listener,
-    policy::model::{DefaultAction, Mode, Policy, PortRange, Proto, RuleAction},
+    policy::model::{DefaultAction, Policy, PortRange, Proto, RuleAction},
 };
 
 /// How much of a zone can reach a port.
@@ -338,105 +338,6 @@ pub fn audit(policy: &Policy, listeners: Vec<Listener>) -> Report {
     }
 }
 
-/// The report as text: the listener table with the exposure matrix, then the findings.
-pub fn render(report: &Report, policy_label: &str) -> String {
-    let mut out = String::new();
-    let _ = writeln!(out, "policy {policy_label} (mode {})", report.mode);
-    if report.mode == Mode::Audit.to_string() {
-        out.push_str(
-            "note: audit mode drops nothing; the exposure columns show what the policy admits when enforced\n",
-        );
-    }
-    let mut header = vec![
-        "PROTO".to_owned(),
-        "ADDRESS".to_owned(),
-        "PORT".to_owned(),
-        "PROCESS".to_owned(),
-        "EXPECTED".to_owned(),
-    ];
-    header.extend(report.columns.iter().cloned());
-    let mut table = vec![header];
-    for row in &report.listeners {
-        let l = &row.listener;
-        let procs = if l.processes.is_empty() {
-            "-".to_owned()
-        } else {
-            l.processes
-                .iter()
-                .map(|p| format!("{}/{}", p.comm, p.pid))
-                .collect::<Vec<_>>()
-                .join(",")
-        };
-        let mut cells = vec![
-            l.proto.to_string(),
-            l.address.to_string(),
-            l.port.to_string(),
-            procs,
-            if row.expected { "yes" } else { "NO" }.to_owned(),
-        ];
-        cells.extend(
-            report
-                .columns
-                .iter()
-                .map(|c| row.exposure[c].as_str().to_owned()),
-        );
-        table.push(cells);
-    }
-    let widths: Vec<usize> = (0..table[0].len())
-        .map(|i| {
-            table
-                .iter()
-                .map(|r| r[i].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    for row in &table {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        let _ = writeln!(out, "{}", line.join("  ").trim_end());
-    }
-    let measure = if report.listen_allowlist {
-        "not in [listen]"
-    } else {
-        "no ingress rule admits it (the policy has no [listen])"
-    };
-    for row in report.violations() {
-        let l = &row.listener;
-        let _ = writeln!(
-            out,
-            "violation: {} {}:{} is listening but {measure}",
-            l.proto, l.address, l.port
-        );
-    }
-    for u in &report.unused_rules {
-        let _ = writeln!(
-            out,
-            "least privilege: rule `{}` allows {} {} where nothing listens",
-            u.rule,
-            u.proto,
-            u.ports.join(",")
-        );
-    }
-    for port in &report.unused_failsafe_ports {
-        let _ = writeln!(
-            out,
-            "note: failsafe port tcp/{port} is always open but nothing listens on it"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "{} listeners, {} unexpected, {} rules with unused ports",
-        report.listeners.len(),
-        report.unexpected_listeners,
-        report.unused_rules.len()
-    );
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::IpAddr;
@@ -629,7 +530,7 @@ from = ["192.0.2.7/32"]
             ]
         );
         assert!(report.unused_failsafe_ports.is_empty());
-        let text = render(&report, "t.toml");
+        let text = crate::cli::audit::render(&report, "t.toml");
         assert!(text.contains("violation: tcp 0.0.0.0:5432 is listening but not in [listen]"));
         assert!(text.contains("least privilege: rule `admin` allows tcp 9000-9002"));
         let json = serde_json::to_value(&report).unwrap();

@@ -76,21 +76,36 @@ impl<W: Write> Write for WatchedWriter<W> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogFormat {
     #[default]
     Text,
     Json,
 }
 
+impl LogFormat {
+    /// Every format by its name on the command line.
+    pub const NAMES: [(&'static str, Self); 2] = [("text", Self::Text), ("json", Self::Json)];
+}
+
 /// When the log file in `--log-dir` is rotated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LogRotation {
     Minutely,
     Hourly,
     #[default]
     Daily,
     Never,
+}
+
+impl LogRotation {
+    /// Every rotation by its name on the command line.
+    pub const NAMES: [(&'static str, Self); 4] = [
+        ("minutely", Self::Minutely),
+        ("hourly", Self::Hourly),
+        ("daily", Self::Daily),
+        ("never", Self::Never),
+    ];
 }
 
 /// Log files: where, how often a new one starts, how many are kept.

@@ -5,7 +5,8 @@ use std::{collections::BTreeMap, fmt};
 
 use ipnet::IpNet;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Drop what the policy denies.
     Enforce,

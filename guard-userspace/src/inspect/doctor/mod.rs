@@ -18,7 +18,6 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fmt::Write as _,
     fs,
     os::{
         fd::AsFd as _,
@@ -1298,31 +1297,6 @@ pub fn run(
         warnings: count(Severity::Warning),
         findings,
     })
-}
-
-/// The report as text, worst first.
-pub fn render(report: &Report) -> String {
-    let mut out = String::new();
-    for f in &report.findings {
-        let _ = writeln!(
-            out,
-            "{:<8} {:<12} {}",
-            f.severity.as_str(),
-            f.check,
-            f.message
-        );
-        if !f.hint.is_empty() {
-            let _ = writeln!(out, "{:<21} fix: {}", "", f.hint);
-        }
-    }
-    let _ = writeln!(
-        out,
-        "{} errors, {} warnings, {} checks",
-        report.errors,
-        report.warnings,
-        report.findings.len()
-    );
-    out
 }
 
 #[cfg(test)]
