@@ -256,6 +256,39 @@ pub const fn gen_index(generation: u32, len: u32, index: u32) -> u32 {
     (generation & 1) * len + index
 }
 
+/// A transport judged by port: TCP (MPTCP counts as TCP) or UDP (UDP-Lite counts as UDP).
+/// Named `tcp` and `udp` in policies, JSON and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "user", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "user", serde(rename_all = "lowercase"))]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+
+    /// The ports-array slot of inbound rules of this transport.
+    pub const fn proto_idx(self) -> u32 {
+        match self {
+            Proto::Tcp => PROTO_IDX_TCP,
+            Proto::Udp => PROTO_IDX_UDP,
+        }
+    }
+}
+
+impl core::fmt::Display for Proto {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Counter indices in [`maps::REASONS`]: why packets were dropped (or, in audit mode,
 /// would have been), plus packets passed without a policy decision.
 pub const REASON_POLICY: u32 = 0;

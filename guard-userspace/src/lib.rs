@@ -19,3 +19,6 @@ pub mod inspect;
 pub mod linux;
 pub mod observe;
 pub mod policy;
+
+#[cfg(test)]
+mod layering;

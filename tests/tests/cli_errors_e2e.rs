@@ -166,7 +166,9 @@ fn status_and_stats_of_a_running_daemon_read_as_text() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
     assert!(
-        stdout.lines().any(|l| l.starts_with("RULE") && l.contains("PACKETS")),
+        stdout
+            .lines()
+            .any(|l| l.starts_with("RULE") && l.contains("PACKETS")),
         "{stdout}"
     );
 }

@@ -306,6 +306,14 @@ pub enum Attach {
     Replaced,
 }
 
+/// Kernel run statistics of one of guard's programs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProgramStats {
+    pub program: String,
+    pub runs: u64,
+    pub run_seconds: f64,
+}
+
 /// A loaded, configured (not yet attached) guard.
 pub struct Guard {
     ebpf: Ebpf,
@@ -996,14 +1004,14 @@ impl Guard {
 
     /// Kernel run statistics of every attached program (zero unless
     /// `kernel.bpf_stats_enabled` is 1).
-    pub fn program_stats(&self) -> Vec<crate::observe::metrics::ProgramStats> {
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
         [programs::XDP_INGRESS, programs::TC_EGRESS]
             .into_iter()
             .chain(CGROUP_PROGRAMS)
             .filter_map(|name| {
                 let fd = self.ebpf.program(name)?.fd().ok()?;
                 let (runs, ns) = crate::datapath::sys::prog_run_stats(fd.as_fd()).ok()?;
-                Some(crate::observe::metrics::ProgramStats {
+                Some(ProgramStats {
                     program: name.to_owned(),
                     runs,
                     run_seconds: ns as f64 / 1e9,

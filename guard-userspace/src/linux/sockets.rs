@@ -11,7 +11,7 @@ use std::{
 
 use serde::Serialize;
 
-use crate::policy::model::Proto;
+use guard_common::Proto;
 
 /// A listening TCP socket or a bound, unconnected UDP socket.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]

@@ -44,13 +44,7 @@ pub struct Scrape<'a> {
     pub links_repaired: &'a [(&'static str, u64)],
 }
 
-/// Kernel run statistics of one of guard's programs.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ProgramStats {
-    pub program: String,
-    pub runs: u64,
-    pub run_seconds: f64,
-}
+pub use crate::datapath::ProgramStats;
 
 /// One metric family being built.
 struct Family(proto::MetricFamily);

@@ -20,12 +20,7 @@ pub enum DefaultAction {
     Deny,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Proto {
-    Tcp,
-    Udp,
-}
+pub use guard_common::Proto;
 
 /// What a rule asks for. At equal source specificity `Deny` beats `Audit` beats `Allow`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -243,15 +238,6 @@ impl fmt::Display for Mode {
         f.write_str(match self {
             Mode::Enforce => "enforce",
             Mode::Audit => "audit",
-        })
-    }
-}
-
-impl fmt::Display for Proto {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Proto::Tcp => "tcp",
-            Proto::Udp => "udp",
         })
     }
 }
