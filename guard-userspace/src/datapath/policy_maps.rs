@@ -1,0 +1,326 @@
+//! The policy maps of a loaded instance: two generations, written as deltas and flipped
+//! with one write (with a kernel-held commit-confirm deadline), read back to check drift;
+//! and the typed map I/O they use.
+
+use super::*;
+
+impl Guard {
+    /// True when `lowered` can replace the running policy in this instance's maps
+    /// ([`Guard::switch`]); otherwise it needs a new instance ([`Guard::load`]).
+    pub fn fits(&self, lowered: &Lowered) -> bool {
+        let Some(active) = &self.generations[self.active as usize] else {
+            return false;
+        };
+        if self.generations[1 - self.active as usize].is_none() {
+            return false;
+        }
+        let cap = &self.capacity;
+        let needed = [
+            lowered.src_hash_v4.len(),
+            lowered.src_hash_v6.len(),
+            lowered.src_v4.len(),
+            lowered.src_v6.len(),
+        ];
+        let rules_needed = lowered.rules.iter().map(|r| r.index + 1).max().unwrap_or(0);
+        rules_needed <= cap.rules
+            && lowered.classes < cap.classes_per_generation
+            && active
+                .source_entries()
+                .iter()
+                .zip(needed)
+                .zip(cap.sources)
+                .all(|((&running, new), room)| (running + new) as u32 <= room)
+    }
+
+    /// Makes `lowered` the running policy without reloading anything: writes the entries
+    /// that differ into the inactive generation of the policy maps, zeroes the counters of
+    /// new rules and ports, then flips the active generation (one map write: each program
+    /// run sees the old policy or the new one, never a mix). Returns the number of map
+    /// writes. Call only when [`Guard::fits`]; on an error the running policy stays.
+    ///
+    /// With `deadline_ns` (CLOCK_MONOTONIC_COARSE, see [`monotonic_ns`]) the switch is
+    /// provisional: unless [`Guard::confirm`] comes first, the programs themselves go back
+    /// to the previous generation at the deadline, whether or not a daemon is running.
+    pub fn switch(
+        &mut self,
+        lowered: &Lowered,
+        deadline_ns: Option<u64>,
+    ) -> Result<usize, LoadError> {
+        let target = 1 - self.active;
+        let contents = Contents::of(lowered, target, self.capacity.classes_per_generation);
+        let old = self.generations[target as usize]
+            .take()
+            .expect("Guard::fits checked both generations");
+        let delta = Delta::between(&old, &contents);
+        // From here until the write succeeds the target generation's contents are unknown
+        // (`None`): a failure leaves the active generation running and forces a new
+        // instance next time.
+        write_delta(&mut self.ebpf, target, &delta)?;
+        self.generations[target as usize] = Some(contents);
+        self.zero_fresh(lowered)?;
+        let active = ActiveGeneration {
+            generation: target,
+            fallback: self.active,
+            deadline_ns: deadline_ns.unwrap_or(0),
+        };
+        set_array(&mut self.ebpf, maps::ACTIVE, &[(0, active)])?;
+        self.active = target;
+        Ok(delta.writes() + 1)
+    }
+
+    /// Makes the running generation final: a provisional [`Guard::switch`]'s deadline is
+    /// cleared.
+    pub fn confirm(&mut self) -> Result<(), LoadError> {
+        self.set_active(self.active)
+    }
+
+    /// Undoes the [`Guard::switch`] just made: the programs judge by the previous generation
+    /// again (the switch wrote only the other one, so it is intact).
+    pub fn revert(&mut self) -> Result<(), LoadError> {
+        self.set_active(1 - self.active)
+    }
+
+    pub(super) fn set_active(&mut self, generation: u32) -> Result<(), LoadError> {
+        let active = ActiveGeneration {
+            generation,
+            fallback: generation,
+            deadline_ns: 0,
+        };
+        set_array(&mut self.ebpf, maps::ACTIVE, &[(0, active)])?;
+        self.active = generation;
+        Ok(())
+    }
+
+    /// The kernel's [`maps::ACTIVE`] record.
+    pub fn active_record(&self) -> Result<ActiveGeneration, LoadError> {
+        Array::<_, ActiveGeneration>::try_from(self.map(maps::ACTIVE)?)
+            .map_err(map_err(maps::ACTIVE))?
+            .get(&0, 0)
+            .map_err(map_err(maps::ACTIVE))
+    }
+
+    /// Drift: what the kernel's policy maps hold for the active generation, compared with
+    /// what this daemon wrote there. Each difference is described (map, entries that
+    /// differ); none means the kernel judges by exactly the running policy.
+    ///
+    /// `recorded` is the recorded policy lowered again (the daemon lowers the policy text
+    /// whose hash the state file records, with the recorded rule and port slots), so the
+    /// kernel is compared with what was recorded, not with what this process remembers it
+    /// wrote.
+    pub fn verify(&self, recorded: &Lowered) -> Result<Vec<String>, LoadError> {
+        let mut found = Vec::new();
+        let record = self.active_record()?;
+        let flag = record.in_force(monotonic_ns());
+        if flag != self.active {
+            found.push(format!(
+                "{}: the programs judge by generation {flag}{}, the daemon wrote generation {}",
+                maps::ACTIVE,
+                if record.generation == self.active {
+                    " (a commit-confirm deadline passed)"
+                } else {
+                    ""
+                },
+                self.active
+            ));
+        }
+        let expected = Contents::of(recorded, self.active, self.capacity.classes_per_generation);
+        let read = self.read_generation(self.active)?;
+        for (map, count) in Delta::between(&expected.without_zeros(), &read).counts() {
+            found.push(format!(
+                "{map}: {count} entr{} differ from the running policy",
+                if count == 1 { "y" } else { "ies" }
+            ));
+        }
+        Ok(found)
+    }
+
+    /// The non-zero entries generation `generation` holds in the kernel's policy maps.
+    pub(super) fn read_generation(&self, generation: u32) -> Result<Contents, LoadError> {
+        let classes = self.capacity.classes_per_generation;
+        let own_class = |c: u32| c / classes == generation & 1;
+        let array = |name: &'static str, len: u32| -> Result<BTreeMap<u32, u32>, LoadError> {
+            let a = Array::<_, u32>::try_from(self.map(name)?).map_err(map_err(name))?;
+            let mut out = BTreeMap::new();
+            for i in 0..len {
+                let index = gen_index(generation, len, i);
+                let v = a.get(&index, 0).map_err(map_err(name))?;
+                if v != 0 {
+                    out.insert(index, v);
+                }
+            }
+            Ok(out)
+        };
+        let config = Array::<_, GuardConfig>::try_from(self.map(maps::CONFIG)?)
+            .map_err(map_err(maps::CONFIG))?
+            .get(&generation, 0)
+            .map_err(map_err(maps::CONFIG))?;
+        let lens = Array::<_, ClassLens>::try_from(self.map(maps::CLASS_LENS)?)
+            .map_err(map_err(maps::CLASS_LENS))?;
+        let mut class_lens = BTreeMap::new();
+        let first = (generation & 1) * classes;
+        for c in first..first + classes {
+            let v = lens.get(&c, 0).map_err(map_err(maps::CLASS_LENS))?;
+            if v != ClassLens::default() {
+                class_lens.insert(c, v);
+            }
+        }
+        Ok(Contents {
+            config,
+            ports: array(maps::PORTS, POLICY_PORTS_LEN)?,
+            protos: array(maps::PROTOS, PROTOS_LEN)?,
+            listen: array(maps::LISTEN, PORTS_LEN)?.into_keys().collect(),
+            port_slots: array(maps::PORT_SLOTS, PORTS_LEN)?,
+            class_lens,
+            hash_v4: read_hash(
+                self.map(maps::SRC_HASH_V4)?,
+                maps::SRC_HASH_V4,
+                |k: &SrcHashKeyV4| own_class(k.class),
+            )?,
+            hash_v6: read_hash(
+                self.map(maps::SRC_HASH_V6)?,
+                maps::SRC_HASH_V6,
+                |k: &SrcHashKeyV6| own_class(k.class),
+            )?,
+            trie_v4: read_trie(self.map(maps::SRC_V4)?, maps::SRC_V4, |k: &SrcKeyV4| {
+                own_class(u32::from_be_bytes(k.class))
+            })?,
+            trie_v6: read_trie(self.map(maps::SRC_V6)?, maps::SRC_V6, |k: &SrcKeyV6| {
+                own_class(u32::from_be_bytes(k.class))
+            })?,
+        })
+    }
+
+    /// Zeroes the counters of rule indices and port slots the policy gives to new names
+    /// (they may hold a removed rule's counts).
+    pub fn zero_fresh(&mut self, lowered: &Lowered) -> Result<(), LoadError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
+        let mut rules =
+            PerCpuArray::<_, RuleStats>::try_from(map_mut(&mut self.ebpf, maps::RULE_STATS)?)
+                .map_err(map_err(maps::RULE_STATS))?;
+        for &index in &lowered.fresh_rules {
+            if index >= rules.len() {
+                return Err(LoadError::Capacity {
+                    map: maps::RULE_STATS,
+                    capacity: rules.len(),
+                    needed: index,
+                });
+            }
+            let zero = aya::maps::PerCpuValues::try_from(vec![RuleStats::default(); cpus])
+                .map_err(LoadError::Cpus)?;
+            rules
+                .set(index, zero, 0)
+                .map_err(map_err(maps::RULE_STATS))?;
+        }
+        let mut ports =
+            PerCpuArray::<_, PortStats>::try_from(map_mut(&mut self.ebpf, maps::PORT_STATS)?)
+                .map_err(map_err(maps::PORT_STATS))?;
+        for &slot in &lowered.fresh_slots {
+            let zero = aya::maps::PerCpuValues::try_from(vec![PortStats::default(); cpus])
+                .map_err(LoadError::Cpus)?;
+            ports
+                .set(slot, zero, 0)
+                .map_err(map_err(maps::PORT_STATS))?;
+        }
+        Ok(())
+    }
+}
+
+/// Performs `delta` on generation `generation` of the policy maps: deletions before
+/// insertions (so a full map has room), the config last.
+pub(super) fn write_delta(
+    ebpf: &mut Ebpf,
+    generation: u32,
+    delta: &Delta,
+) -> Result<(), LoadError> {
+    set_array(ebpf, maps::PORTS, &delta.ports)?;
+    set_array(ebpf, maps::PROTOS, &delta.protos)?;
+    set_array(ebpf, maps::LISTEN, &delta.listen)?;
+    set_array(ebpf, maps::PORT_SLOTS, &delta.port_slots)?;
+    set_array(ebpf, maps::CLASS_LENS, &delta.class_lens)?;
+    write_hash(ebpf, maps::SRC_HASH_V4, &delta.hash_v4)?;
+    write_hash(ebpf, maps::SRC_HASH_V6, &delta.hash_v6)?;
+    write_trie(ebpf, maps::SRC_V4, &delta.trie_v4)?;
+    write_trie(ebpf, maps::SRC_V6, &delta.trie_v6)?;
+    if let Some(config) = delta.config {
+        set_array(ebpf, maps::CONFIG, &[(generation, config)])?;
+    }
+    Ok(())
+}
+
+pub(super) fn set_array<V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    entries: &[(u32, V)],
+) -> Result<(), LoadError> {
+    let mut array = Array::<_, V>::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+    for &(index, value) in entries {
+        array.set(index, value, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+pub(super) fn write_hash<K: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    changes: &Changes<K>,
+) -> Result<(), LoadError> {
+    let mut hash =
+        HashMap::<_, K, RuleRef>::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+    for key in &changes.delete {
+        hash.remove(key).map_err(map_err(name))?;
+    }
+    for (key, value) in &changes.insert {
+        hash.insert(key, value, 0).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+pub(super) fn write_trie<K: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    changes: &Changes<(u32, K)>,
+) -> Result<(), LoadError> {
+    let mut trie =
+        LpmTrie::<_, K, RuleRef>::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+    for (prefix, key) in &changes.delete {
+        trie.remove(&Key::new(*prefix, *key))
+            .map_err(map_err(name))?;
+    }
+    for ((prefix, key), value) in &changes.insert {
+        trie.insert(&Key::new(*prefix, *key), *value, 0)
+            .map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+pub(super) fn read_hash<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &Map,
+    name: &'static str,
+    keep: impl Fn(&K) -> bool,
+) -> Result<std::collections::HashMap<K, RuleRef>, LoadError> {
+    let hash = HashMap::<_, K, RuleRef>::try_from(map).map_err(map_err(name))?;
+    let mut out = std::collections::HashMap::new();
+    for entry in hash.iter() {
+        let (k, v) = entry.map_err(map_err(name))?;
+        if keep(&k) {
+            out.insert(k, v);
+        }
+    }
+    Ok(out)
+}
+
+pub(super) fn read_trie<K: aya::Pod + Eq + std::hash::Hash>(
+    map: &Map,
+    name: &'static str,
+    keep: impl Fn(&K) -> bool,
+) -> Result<std::collections::HashMap<(u32, K), RuleRef>, LoadError> {
+    let trie = LpmTrie::<_, K, RuleRef>::try_from(map).map_err(map_err(name))?;
+    let mut out = std::collections::HashMap::new();
+    for entry in trie.iter() {
+        let (k, v) = entry.map_err(map_err(name))?;
+        if keep(&k.data()) {
+            out.insert((k.prefix_len(), k.data()), v);
+        }
+    }
+    Ok(out)
+}
