@@ -1,7 +1,9 @@
 //! Policy: TOML text -> [`raw::RawPolicy`] -> validated [`model::Policy`] ->
 //! [`lower::Lowered`] map contents. Three steps, three modules, each unit-tested.
 
+mod addresses;
 pub mod diff;
+mod lint;
 pub mod lower;
 pub mod model;
 pub mod raw;

@@ -1,16 +1,14 @@
 //! Step 2 of 3: raw policy to validated [`Policy`], collecting every error with its span.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    net::IpAddr,
-    ops::Range,
-};
+use std::{collections::HashSet, ops::Range};
 
 use ipnet::IpNet;
 use toml::Spanned;
 
 use super::{
     Diagnostic,
+    addresses::{ZoneTable, peers, zones},
+    lint::suspicious,
     model::{
         DefaultAction, EventLimits, FlowTimeouts, HealthPolicy, ICMP_ECHO_RULE, InterfaceSpec,
         ListenPolicy, Mode, PROTOCOL_NAMES, Policy, PortRange, Proto, ProtocolRule,
@@ -27,16 +25,16 @@ pub const ANY: &str = "any";
 pub const DEFAULT_FAILSAFE_PORTS: [u16; 1] = [22];
 
 #[derive(Default)]
-struct Findings {
-    errors: Vec<Diagnostic>,
-    warnings: Vec<Diagnostic>,
+pub(super) struct Findings {
+    pub(super) errors: Vec<Diagnostic>,
+    pub(super) warnings: Vec<Diagnostic>,
 }
 
 impl Findings {
-    fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+    pub(super) fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.errors.push(Diagnostic::new(span, message));
     }
-    fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
+    pub(super) fn warn(&mut self, span: Range<usize>, message: impl Into<String>) {
         self.warnings.push(Diagnostic::new(span, message));
     }
 }
@@ -446,119 +444,6 @@ pub fn interface_name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
-type ZoneTable = BTreeMap<String, (Range<usize>, Vec<IpNet>)>;
-
-fn zones(raw: &RawPolicy, f: &mut Findings) -> ZoneTable {
-    let mut table = ZoneTable::new();
-    for (name, cidrs) in &raw.zones {
-        let zone = name.get_ref();
-        if zone == ANY {
-            f.error(
-                name.span(),
-                "`any` is built in (every address) and cannot be redefined",
-            );
-            continue;
-        }
-        if zone.is_empty()
-            || !zone
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
-            f.error(
-                name.span(),
-                format!("invalid zone name `{zone}`: use letters, digits, '_' and '-'"),
-            );
-            continue;
-        }
-        if cidrs.get_ref().is_empty() {
-            f.warn(
-                cidrs.span(),
-                format!("zone `{zone}` is empty: rules from it match nothing"),
-            );
-        }
-        let nets = cidrs.get_ref().iter().filter_map(|c| cidr(c, f)).collect();
-        table.insert(zone.clone(), (name.span(), nets));
-    }
-    table
-}
-
-/// A CIDR (`10.0.0.0/8`, `fd00::/8`) or a single address (`192.0.2.7`, `2001:db8::1`).
-fn cidr(text: &Spanned<String>, f: &mut Findings) -> Option<IpNet> {
-    let s = text.get_ref().trim();
-    let net = if s.contains('/') {
-        match s.parse::<IpNet>() {
-            Ok(net) => net,
-            Err(_) => {
-                f.error(
-                    text.span(),
-                    format!(
-                        "invalid CIDR `{s}`: expected an address/prefix like 10.0.0.0/8 or fd00::/8"
-                    ),
-                );
-                return None;
-            }
-        }
-    } else {
-        match s.parse::<IpAddr>() {
-            Ok(addr) => IpNet::from(addr),
-            Err(_) => {
-                f.error(
-                    text.span(),
-                    format!("invalid address `{s}`: expected an IPv4/IPv6 address or CIDR"),
-                );
-                return None;
-            }
-        }
-    };
-    if net.trunc() != net {
-        f.error(
-            text.span(),
-            format!(
-                "CIDR `{s}` has host bits set; did you mean {}?",
-                net.trunc()
-            ),
-        );
-        return None;
-    }
-    Some(unmapped(net, text.span(), f))
-}
-
-/// The IPv4-mapped IPv6 range `::ffff:0:0/96`.
-const V4_MAPPED: ipnet::Ipv6Net =
-    match ipnet::Ipv6Net::new(std::net::Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96) {
-        Ok(net) => net,
-        Err(_) => panic!("valid prefix"),
-    };
-
-/// guard judges IPv4-mapped IPv6 addresses as IPv4, so an IPv4-mapped network is the IPv4
-/// network it maps (said in a warning). An IPv6 network that contains the mapped range
-/// without being it (e.g. `::/64`) keeps its IPv6 part; a warning says its mapped part is
-/// judged by the IPv4 rules.
-fn unmapped(net: IpNet, span: Range<usize>, f: &mut Findings) -> IpNet {
-    let IpNet::V6(v6) = net else {
-        return net;
-    };
-    if V4_MAPPED.contains(&v6) {
-        let v4 = v6.addr().to_ipv4_mapped().expect("inside ::ffff:0:0/96");
-        let net =
-            IpNet::V4(ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96).expect("prefix at most 32"));
-        f.warn(
-            span,
-            format!("IPv4-mapped `{v6}` is judged as the IPv4 network {net}"),
-        );
-        return net;
-    }
-    if v6.prefix_len() > 0 && v6.contains(&V4_MAPPED) {
-        f.warn(
-            span,
-            format!(
-                "`{v6}` contains the IPv4-mapped range {V4_MAPPED}, which guard judges as IPv4: name the IPv4 networks too if they are meant"
-            ),
-        );
-    }
-    net
-}
-
 fn ports(list: &[Spanned<RawPort>], f: &mut Findings) -> Vec<PortRange> {
     list.iter().filter_map(|p| port(p, f)).collect()
 }
@@ -701,50 +586,6 @@ fn rule_proto(proto: &Spanned<String>, egress: bool, f: &mut Findings) -> Option
     Some(parsed)
 }
 
-/// A `from`/`to` list: zone names, `any`, CIDRs and addresses. Returns the entries as
-/// written and the networks they resolve to (sorted, de-duplicated); `None` after an error.
-fn peers(
-    list: &[Spanned<String>],
-    name: &str,
-    zones: &ZoneTable,
-    f: &mut Findings,
-) -> Option<(Vec<String>, Vec<IpNet>)> {
-    let errors_before = f.errors.len();
-    let mut sources = Vec::new();
-    for entry in list {
-        let text = entry.get_ref();
-        if text == ANY {
-            sources.extend([any_v4(), any_v6()]);
-        } else if let Some((_, nets)) = zones.get(text.as_str()) {
-            sources.extend(nets.iter().copied());
-        } else if text
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_hexdigit() || c == ':')
-            && (text.contains('.') || text.contains(':'))
-        {
-            sources.extend(cidr(entry, f));
-        } else {
-            let known: Vec<&str> = zones.keys().map(String::as_str).collect();
-            f.error(
-                entry.span(),
-                format!(
-                    "unknown zone `{text}` in rule `{name}` (zones defined: {})",
-                    if known.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        known.join(", ")
-                    }
-                ),
-            );
-        }
-    }
-    sources.sort();
-    sources.dedup();
-    (f.errors.len() == errors_before)
-        .then(|| (list.iter().map(|s| s.get_ref().clone()).collect(), sources))
-}
-
 fn rule(r: RawRuleView<'_>, zones: &ZoneTable, f: &mut Findings) -> Option<CheckedRule> {
     let errors_before = f.errors.len();
     let name = r.name.get_ref().clone();
@@ -829,118 +670,10 @@ fn rule(r: RawRuleView<'_>, zones: &ZoneTable, f: &mut Findings) -> Option<Check
     })
 }
 
-/// Warnings for rules (of one direction) that are legal but probably not what was meant.
-/// Rules are grouped by (protocol, network), so the cost follows the overlaps, not the
-/// square of the rule count.
-fn suspicious(rules: &[Rule], spans: &[Range<usize>], f: &mut Findings) {
-    let overlaps = |a: &Rule, b: &Rule| {
-        a.ports.iter().any(|p| {
-            b.ports
-                .iter()
-                .any(|q| p.first <= q.last && q.first <= p.last)
-        })
-    };
-    let mut by_net: BTreeMap<(Proto, IpNet), Vec<usize>> = BTreeMap::new();
-    for (i, r) in rules.iter().enumerate() {
-        for n in &r.nets {
-            by_net.entry((r.proto, *n)).or_default().push(i);
-        }
-    }
-    let mut shadowed = vec![false; rules.len()];
-    for (i, r) in rules.iter().enumerate() {
-        // Fully shadowed: for every port range and network, another rule names the same
-        // network for a range containing it and wins (stronger action, or equal and earlier).
-        let wins = |j: usize| rules[j].action > r.action || (rules[j].action == r.action && j < i);
-        let mut by: Vec<&str> = Vec::new();
-        let covered = r.nets.iter().all(|n| {
-            r.ports.iter().all(|p| {
-                by_net[&(r.proto, *n)].iter().any(|&j| {
-                    let hit = j != i
-                        && wins(j)
-                        && rules[j]
-                            .ports
-                            .iter()
-                            .any(|q| q.first <= p.first && p.last <= q.last);
-                    if hit && !by.contains(&rules[j].name.as_str()) {
-                        by.push(&rules[j].name);
-                    }
-                    hit
-                })
-            })
-        });
-        if covered && !r.nets.is_empty() {
-            shadowed[i] = true;
-            f.warn(
-                spans[i].clone(),
-                format!(
-                    "rule `{}` is fully shadowed (by {}): it never matches",
-                    r.name,
-                    by.join(", ")
-                ),
-            );
-        }
-    }
-    // The same network with different actions: the stronger one wins.
-    let mut warned = std::collections::HashSet::new();
-    for ((proto, net), group) in &by_net {
-        for (a, &i) in group.iter().enumerate() {
-            for &j in &group[a + 1..] {
-                let (r, s) = (&rules[i], &rules[j]);
-                if r.action == s.action
-                    || shadowed[i]
-                    || shadowed[j]
-                    || !overlaps(r, s)
-                    || !warned.insert((i, j))
-                {
-                    continue;
-                }
-                let winner = if r.action > s.action { r } else { s };
-                f.warn(
-                    spans[j].clone(),
-                    format!(
-                        "rules `{}` ({}) and `{}` ({}) both name {net} for {proto} ports they share: `{}` wins",
-                        r.name, r.action, s.name, s.action, winner.name
-                    ),
-                );
-            }
-        }
-    }
-    // Allowed from any, and also listed as reachable from narrower sources only.
-    let from_any: Vec<usize> = (0..rules.len())
-        .filter(|&i| {
-            rules[i].action == RuleAction::Allow
-                && rules[i].nets.iter().any(|n| n.prefix_len() == 0)
-        })
-        .collect();
-    for (i, r) in rules.iter().enumerate() {
-        if r.action != RuleAction::Allow
-            || r.nets.iter().any(|n| n.prefix_len() == 0)
-            || shadowed[i]
-        {
-            continue;
-        }
-        if let Some(&w) = from_any
-            .iter()
-            .find(|&&w| rules[w].proto == r.proto && overlaps(&rules[w], r))
-        {
-            f.warn(
-                spans[i].clone(),
-                format!(
-                    "`{}` allows {} ports from any source that `{}` limits to {}: the limit has no effect",
-                    rules[w].name,
-                    r.proto,
-                    r.name,
-                    r.peers.join(", ")
-                ),
-            );
-        }
-    }
-}
-
-fn any_v4() -> IpNet {
+pub(super) fn any_v4() -> IpNet {
     "0.0.0.0/0".parse().expect("valid CIDR")
 }
 
-fn any_v6() -> IpNet {
+pub(super) fn any_v6() -> IpNet {
     "::/0".parse().expect("valid CIDR")
 }

@@ -1,0 +1,119 @@
+//! Step 2b: warnings for legal but suspicious policies (shadowed and overlapping rules), said
+//! by `guard check` and the daemon, never refused.
+
+use std::{collections::BTreeMap, ops::Range};
+
+use ipnet::IpNet;
+
+use super::{
+    model::{Proto, Rule, RuleAction},
+    validate::Findings,
+};
+
+/// Warnings for rules (of one direction) that are legal but probably not what was meant.
+/// Rules are grouped by (protocol, network), so the cost follows the overlaps, not the
+/// square of the rule count.
+pub(super) fn suspicious(rules: &[Rule], spans: &[Range<usize>], f: &mut Findings) {
+    let overlaps = |a: &Rule, b: &Rule| {
+        a.ports.iter().any(|p| {
+            b.ports
+                .iter()
+                .any(|q| p.first <= q.last && q.first <= p.last)
+        })
+    };
+    let mut by_net: BTreeMap<(Proto, IpNet), Vec<usize>> = BTreeMap::new();
+    for (i, r) in rules.iter().enumerate() {
+        for n in &r.nets {
+            by_net.entry((r.proto, *n)).or_default().push(i);
+        }
+    }
+    let mut shadowed = vec![false; rules.len()];
+    for (i, r) in rules.iter().enumerate() {
+        // Fully shadowed: for every port range and network, another rule names the same
+        // network for a range containing it and wins (stronger action, or equal and earlier).
+        let wins = |j: usize| rules[j].action > r.action || (rules[j].action == r.action && j < i);
+        let mut by: Vec<&str> = Vec::new();
+        let covered = r.nets.iter().all(|n| {
+            r.ports.iter().all(|p| {
+                by_net[&(r.proto, *n)].iter().any(|&j| {
+                    let hit = j != i
+                        && wins(j)
+                        && rules[j]
+                            .ports
+                            .iter()
+                            .any(|q| q.first <= p.first && p.last <= q.last);
+                    if hit && !by.contains(&rules[j].name.as_str()) {
+                        by.push(&rules[j].name);
+                    }
+                    hit
+                })
+            })
+        });
+        if covered && !r.nets.is_empty() {
+            shadowed[i] = true;
+            f.warn(
+                spans[i].clone(),
+                format!(
+                    "rule `{}` is fully shadowed (by {}): it never matches",
+                    r.name,
+                    by.join(", ")
+                ),
+            );
+        }
+    }
+    // The same network with different actions: the stronger one wins.
+    let mut warned = std::collections::HashSet::new();
+    for ((proto, net), group) in &by_net {
+        for (a, &i) in group.iter().enumerate() {
+            for &j in &group[a + 1..] {
+                let (r, s) = (&rules[i], &rules[j]);
+                if r.action == s.action
+                    || shadowed[i]
+                    || shadowed[j]
+                    || !overlaps(r, s)
+                    || !warned.insert((i, j))
+                {
+                    continue;
+                }
+                let winner = if r.action > s.action { r } else { s };
+                f.warn(
+                    spans[j].clone(),
+                    format!(
+                        "rules `{}` ({}) and `{}` ({}) both name {net} for {proto} ports they share: `{}` wins",
+                        r.name, r.action, s.name, s.action, winner.name
+                    ),
+                );
+            }
+        }
+    }
+    // Allowed from any, and also listed as reachable from narrower sources only.
+    let from_any: Vec<usize> = (0..rules.len())
+        .filter(|&i| {
+            rules[i].action == RuleAction::Allow
+                && rules[i].nets.iter().any(|n| n.prefix_len() == 0)
+        })
+        .collect();
+    for (i, r) in rules.iter().enumerate() {
+        if r.action != RuleAction::Allow
+            || r.nets.iter().any(|n| n.prefix_len() == 0)
+            || shadowed[i]
+        {
+            continue;
+        }
+        if let Some(&w) = from_any
+            .iter()
+            .find(|&&w| rules[w].proto == r.proto && overlaps(&rules[w], r))
+        {
+            f.warn(
+                spans[i].clone(),
+                format!(
+                    "`{}` allows {} ports from any source that `{}` limits to {}: the limit has no effect",
+                    rules[w].name,
+                    r.proto,
+                    r.name,
+                    r.peers.join(", ")
+                ),
+            );
+        }
+    }
+}
