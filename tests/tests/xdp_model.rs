@@ -8,8 +8,8 @@ use std::{
 };
 
 use guard::policy::{
-    self,
-    model::{DefaultAction, Mode, Policy, Proto, RuleAction},
+    self, eval,
+    model::{Mode, Policy, Proto, RuleAction},
 };
 use guard_tests::{
     kernel::{Loaded, XDP_DROP, XDP_PASS, load},
@@ -234,58 +234,18 @@ fn transport(p: &[u8], at: usize, tcp: bool, src: IpAddr) -> Judged {
     }
 }
 
-/// The rule (by name) and action the policy gives a flow.
+/// The rule (by name) and action the policy gives a flow: the reference semantics
+/// (`guard::policy::eval`), which the kernel must match.
 fn model_decide(policy: &Policy, tcp: bool, src: IpAddr, dport: u16) -> (String, RuleAction) {
-    if tcp && policy.failsafe_ports.iter().any(|r| r.contains(dport)) {
-        return ("failsafe".into(), RuleAction::Allow);
-    }
     let proto = if tcp { Proto::Tcp } else { Proto::Udp };
-    let rules = policy
-        .ingress
-        .iter()
-        .filter(|r| r.proto == proto && r.ports.iter().any(|p| p.contains(dport)))
-        .map(|r| (r.name.as_str(), r.action, r.nets.as_slice()));
-    best_rule(policy, rules, src)
+    let d = eval::inbound(policy, proto, dport, src);
+    (d.decider.name().to_owned(), d.action)
 }
 
 /// The rule and action the policy gives a packet of a protocol judged as a whole.
 fn model_decide_whole(policy: &Policy, proto: u8, src: IpAddr) -> (String, RuleAction) {
-    let rules = policy
-        .protocols
-        .iter()
-        .filter(|r| r.protocols.contains(&proto))
-        .map(|r| (r.name.as_str(), r.action, r.nets.as_slice()));
-    best_rule(policy, rules, src)
-}
-
-/// Among the rules that name a packet (in file order), the one whose most specific network
-/// contains `src`; at equal prefix the stronger action, then the earlier rule; else the
-/// default.
-fn best_rule<'a>(
-    policy: &Policy,
-    rules: impl Iterator<Item = (&'a str, RuleAction, &'a [ipnet::IpNet])>,
-    src: IpAddr,
-) -> (String, RuleAction) {
-    // (prefix length, action, -index): the greatest wins.
-    let mut best: Option<(u8, RuleAction, i64, &str)> = None;
-    for (i, (name, action, nets)) in rules.enumerate() {
-        for net in nets.iter().filter(|n| n.contains(&src)) {
-            let cand = (net.prefix_len(), action, -(i as i64), name);
-            if best.is_none_or(|b| (cand.0, cand.1, cand.2) > (b.0, b.1, b.2)) {
-                best = Some(cand);
-            }
-        }
-    }
-    match best {
-        Some((_, action, _, name)) => (name.to_owned(), action),
-        None => (
-            "default".into(),
-            match policy.default_action {
-                DefaultAction::Allow => RuleAction::Allow,
-                DefaultAction::Deny => RuleAction::Deny,
-            },
-        ),
-    }
+    let d = eval::inbound_protocol(policy, proto, src);
+    (d.decider.name().to_owned(), d.action)
 }
 
 /// The verdict and the rule credited (None when no rule is).

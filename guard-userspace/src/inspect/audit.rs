@@ -15,35 +15,14 @@ use std::collections::BTreeMap;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use serde::Serialize;
 
+pub use crate::policy::eval::{Reach, reach};
 use crate::{
     linux::sockets::Listener,
-    policy::model::{DefaultAction, Policy, PortRange, Proto, RuleAction},
+    policy::{
+        eval::{halves, is_failsafe},
+        model::{DefaultAction, Policy, PortRange, Proto, RuleAction},
+    },
 };
-
-/// How much of a zone can reach a port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Reach {
-    /// Every address of the zone.
-    Open,
-    /// Some addresses of the zone, not all.
-    Partial,
-    /// No address of the zone.
-    Closed,
-    /// The socket is bound to a loopback address: no zone reaches it over the network.
-    Local,
-}
-
-impl Reach {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reach::Open => "open",
-            Reach::Partial => "partial",
-            Reach::Closed => "closed",
-            Reach::Local => "local",
-        }
-    }
-}
 
 /// The column for addresses in no zone of the policy.
 pub const OUTSIDE: &str = "(outside zones)";
@@ -94,99 +73,6 @@ pub fn complement(net: IpNet, set: &[IpNet]) -> Vec<IpNet> {
         .into_iter()
         .flat_map(|h| complement(h, &overlapping))
         .collect()
-}
-
-fn halves(net: IpNet) -> Vec<IpNet> {
-    net.subnets(net.prefix_len() + 1)
-        .map(|s| s.collect())
-        .unwrap_or_default()
-}
-
-/// The ingress sources that decide `proto`/`port`: each rule covering it, as (network,
-/// action).
-fn deciding(policy: &Policy, proto: Proto, port: u16) -> Vec<(IpNet, RuleAction)> {
-    policy
-        .ingress
-        .iter()
-        .filter(|r| r.proto == proto && r.ports.iter().any(|p| p.contains(port)))
-        .flat_map(|r| r.nets.iter().map(move |&n| (n, r.action)))
-        .collect()
-}
-
-fn is_failsafe(policy: &Policy, proto: Proto, port: u16) -> bool {
-    proto == Proto::Tcp && policy.failsafe_ports.iter().any(|p| p.contains(port))
-}
-
-/// Which addresses of `nets` the policy (as enforced) lets reach `proto`/`port`.
-pub fn reach(policy: &Policy, proto: Proto, port: u16, nets: &[IpNet]) -> Reach {
-    if is_failsafe(policy, proto, port) {
-        return Reach::Open;
-    }
-    let rules = deciding(policy, proto, port);
-    let default_pass = policy.default_action == DefaultAction::Allow;
-    let (mut pass, mut block) = (false, false);
-    for &net in nets {
-        // The most specific rule at least as wide as `net` decides wherever no narrower
-        // rule inside `net` does.
-        let best = rules
-            .iter()
-            .filter(|(n, _)| n.contains(&net) && n.prefix_len() < net.prefix_len())
-            .map(|&(n, a)| (n.prefix_len(), a))
-            .max();
-        let inside: Vec<(IpNet, RuleAction)> = rules
-            .iter()
-            .copied()
-            .filter(|(n, _)| net.contains(n))
-            .collect();
-        let (p, b) = reach_in(net, best, &inside, default_pass);
-        pass |= p;
-        block |= b;
-    }
-    match (pass, block) {
-        (true, false) => Reach::Open,
-        (true, true) => Reach::Partial,
-        _ => Reach::Closed,
-    }
-}
-
-/// (some address of `net` passes, some is blocked), given the best rule covering all of
-/// `net` and the rules inside it.
-fn reach_in(
-    net: IpNet,
-    best: Option<(u8, RuleAction)>,
-    inside: &[(IpNet, RuleAction)],
-    default_pass: bool,
-) -> (bool, bool) {
-    let best = inside
-        .iter()
-        .filter(|(n, _)| n.prefix_len() == net.prefix_len())
-        .map(|&(n, a)| (n.prefix_len(), a))
-        .chain(best)
-        .max();
-    let narrower: Vec<(IpNet, RuleAction)> = inside
-        .iter()
-        .copied()
-        .filter(|(n, _)| n.prefix_len() > net.prefix_len())
-        .collect();
-    if narrower.is_empty() {
-        let pass = best.map_or(default_pass, |(_, a)| a != RuleAction::Deny);
-        return (pass, !pass);
-    }
-    let (mut pass, mut block) = (false, false);
-    for half in halves(net) {
-        let within: Vec<_> = narrower
-            .iter()
-            .copied()
-            .filter(|(n, _)| half.contains(n))
-            .collect();
-        let (p, b) = reach_in(half, best, &within, default_pass);
-        pass |= p;
-        block |= b;
-        if pass && block {
-            break;
-        }
-    }
-    (pass, block)
 }
 
 /// One row of the audit: a listener, whether the policy expects it, and who reaches it.

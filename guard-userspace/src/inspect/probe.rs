@@ -18,12 +18,11 @@ use std::{
     time::Duration,
 };
 
-use ipnet::IpNet;
 use serde::Serialize;
 
-use crate::{
-    inspect::audit::{self, Reach},
-    policy::model::{Mode, Policy, Proto},
+use crate::policy::{
+    eval,
+    model::{Mode, Policy, Proto},
 };
 
 /// Most ports one run probes; past it the rest are listed as skipped.
@@ -127,7 +126,7 @@ pub fn judge(
     port: u16,
     observed: Observed,
 ) -> ProbeResult {
-    let allowed = audit::reach(policy, proto, port, &[IpNet::from(source)]) == Reach::Open;
+    let allowed = eval::inbound(policy, proto, port, source).passes();
     let audit_mode = policy.mode == Mode::Audit;
     let (judgement, note) = match (allowed, observed) {
         (true, Observed::Open) => (Judgement::Ok, "open, as allowed"),

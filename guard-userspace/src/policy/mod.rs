@@ -3,6 +3,7 @@
 
 mod addresses;
 pub mod diff;
+pub mod eval;
 mod lint;
 pub mod lower;
 pub mod model;

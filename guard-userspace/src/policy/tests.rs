@@ -528,45 +528,26 @@ fn classes_with_many_prefix_lengths_use_the_trie() {
 
 // ---- lowering against a direct model ----
 
-/// The decision the kernel should reach, computed straight from the validated policy.
+/// The decision the kernel should reach: the reference semantics (`eval`), as the rule
+/// index the kernel counts it under.
 fn model_decision(
     policy: &super::Policy,
     tcp: bool,
     port: u16,
     src: std::net::IpAddr,
 ) -> (u32, RuleAction) {
-    if tcp && policy.failsafe_ports.iter().any(|r| r.contains(port)) {
-        return (1, RuleAction::Allow);
-    }
     let proto = if tcp {
         super::model::Proto::Tcp
     } else {
         super::model::Proto::Udp
     };
-    let mut best: Option<(u8, RuleAction, u32)> = None;
-    for (i, r) in policy.ingress.iter().enumerate() {
-        if r.proto != proto || !r.ports.iter().any(|p| p.contains(port)) {
-            continue;
-        }
-        for net in r.nets.iter().filter(|n| n.contains(&src)) {
-            let cand = (net.prefix_len(), r.action, RULE_FIRST_POLICY + i as u32);
-            best = Some(match best {
-                None => cand,
-                Some(b) if cand.0 > b.0 || (cand.0 == b.0 && cand.1 > b.1) => cand,
-                Some(b) => b,
-            });
-        }
-    }
-    match best {
-        Some((_, action, rule)) => (rule, action),
-        None => (
-            0,
-            match policy.default_action {
-                super::model::DefaultAction::Allow => RuleAction::Allow,
-                super::model::DefaultAction::Deny => RuleAction::Deny,
-            },
-        ),
-    }
+    let d = super::eval::inbound(policy, proto, port, src);
+    let rule = match d.decider {
+        super::eval::Decider::Failsafe => 1,
+        super::eval::Decider::Rule { index, .. } => RULE_FIRST_POLICY + index as u32,
+        _ => 0,
+    };
+    (rule, d.action)
 }
 
 /// The decision read from lowered map contents, as the kernel reads them.

@@ -194,7 +194,7 @@ pub(super) fn allowed_in(policy: &Policy, proto: Proto, range: PortRange) -> Opt
         }
         if let Some(port) = (first..=last)
             .take(64)
-            .find(|&port| audit::reach(policy, proto, port, &everywhere) != Reach::Closed)
+            .find(|&port| eval::reach(policy, proto, port, &everywhere) != Reach::Closed)
         {
             return Some((port, name));
         }

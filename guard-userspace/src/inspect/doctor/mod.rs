@@ -45,7 +45,7 @@ use serde_json::Value;
 use crate::{
     api::state::State,
     datapath::{self, Pins},
-    inspect::audit::{self, Reach},
+    policy::eval::{self, Reach},
     policy::model::{InterfaceSpec, Policy, PortRange, Proto, RuleAction},
 };
 
