@@ -296,7 +296,7 @@ pub const REASON_POLICY: u32 = 0;
 pub const REASON_MALFORMED: u32 = 1;
 /// More VLAN tags or IPv6 extension headers than the parser walks.
 pub const REASON_UNSUPPORTED: u32 = 2;
-/// IPv4/IPv6 fragments after the first: no ports to judge, passed (see the README).
+/// IPv4/IPv6 fragments after the first: no ports to judge, passed (see docs/policy.md).
 pub const REASON_FRAGMENT_PASSED: u32 = 3;
 /// Frames that are not IP (ARP, LLDP, ...): passed, below the policy.
 pub const REASON_NOT_IP: u32 = 4;

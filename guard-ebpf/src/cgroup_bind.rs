@@ -3,7 +3,7 @@
 //! sockets by the UDP list, and sockets of any other protocol that reach this hook by both:
 //! they may bind a port only when `[listen]` allows it for TCP and for UDP (`allow`). Port 0
 //! (the kernel picks an ephemeral port) and sockets that never bind are not seen here: the
-//! daemon's listener audit reports their listeners (see the README's `[listen]` section).
+//! daemon's listener audit reports their listeners (see `[listen]` in docs/policy.md).
 //!
 //! Verdicts, chosen on purpose: 1 lets `bind()` proceed, 0 makes it fail with EPERM. Without
 //! a `[listen]` section, before the config is written, and in audit mode, `bind()` proceeds;

@@ -128,7 +128,7 @@ fn be16(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_be_bytes([*b.get(at)?, *b.get(at + 1)?]))
 }
 
-/// Parses as documented in the README: Ethernet, up to 2 VLAN tags, IPv4 (IHL, total
+/// Parses as documented in docs/policy.md: Ethernet, up to 2 VLAN tags, IPv4 (IHL, total
 /// length, fragments), IPv6 with up to 8 extension headers, TCP/UDP/UDP-Lite by port, ICMP
 /// echo requests and every other protocol as a whole.
 fn model_parse(p: &[u8]) -> Judged {
@@ -447,7 +447,7 @@ fn policy_switches_match_the_model() {
     }
 }
 
-/// The bytes a judged packet counts (README): up to the end of the IP packet as its header
+/// The bytes a judged packet counts (docs/policy.md): up to the end of the IP packet as its header
 /// states it, link header included, never more than the frame.
 fn counted_len(p: &[u8]) -> u64 {
     let mut at = 14;
