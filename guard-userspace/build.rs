@@ -31,17 +31,36 @@ fn main() -> Result<()> {
         // SAFETY: build scripts are single-threaded at this point.
         unsafe { env::set_var("RUSTC_BOOTSTRAP", "1") };
         let root_dir = ebpf_dir.to_str().context("non-UTF-8 path")?;
-        aya_build::build_ebpf(
-            [aya_build::Package {
-                name: "guard-ebpf",
-                root_dir,
-                ..Default::default()
-            }],
-            aya_build::Toolchain::Custom(TOOLCHAIN),
-        )
-        .context(
-            "building the eBPF object failed; run `cargo xtask setup` to install the toolchain",
-        )?;
+        // aya-build relays every line of the nested cargo build as a `cargo:warning`: hundreds
+        // of "Compiling ..." lines on a fresh machine. They go to a log file instead; the
+        // instructions for cargo among them are passed on, and a failure points to the log.
+        let log = out_dir.join("ebpf-build.log");
+        let built = with_stdout_to(&log, || {
+            aya_build::build_ebpf(
+                [aya_build::Package {
+                    name: "guard-ebpf",
+                    root_dir,
+                    ..Default::default()
+                }],
+                aya_build::Toolchain::Custom(TOOLCHAIN),
+            )
+        })?;
+        let relayed = fs::read_to_string(&log).unwrap_or_default();
+        for line in relayed.lines() {
+            if line.starts_with("cargo:") && !line.starts_with("cargo:warning=") {
+                println!("{line}");
+            }
+        }
+        if let Err(err) = built {
+            let tail: Vec<&str> = relayed.lines().rev().take(30).collect();
+            for line in tail.into_iter().rev() {
+                println!("cargo:warning={}", line.trim_start_matches("cargo:warning="));
+            }
+            return Err(err).context(format!(
+                "building the eBPF object failed (full log: {}); run `cargo xtask setup` to install the toolchain",
+                log.display()
+            ));
+        }
         let size = fs::metadata(&object).map(|m| m.len()).unwrap_or(0);
         anyhow::ensure!(
             size > 0,
@@ -56,4 +75,24 @@ fn main() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Runs `f` with this process's stdout (where build scripts talk to cargo) sent to `log`.
+fn with_stdout_to<T>(log: &std::path::Path, f: impl FnOnce() -> T) -> Result<T> {
+    use std::{io::Write as _, os::fd::AsRawFd as _};
+    let file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    std::io::stdout().flush()?;
+    // SAFETY: plain fd juggling on fds this process owns; stdout is restored before return.
+    let saved = unsafe { libc::dup(1) };
+    anyhow::ensure!(saved >= 0, "dup(stdout) failed");
+    // SAFETY: as above.
+    unsafe { libc::dup2(file.as_raw_fd(), 1) };
+    let out = f();
+    let _ = std::io::stdout().flush();
+    // SAFETY: as above.
+    unsafe {
+        libc::dup2(saved, 1);
+        libc::close(saved);
+    }
+    Ok(out)
 }
