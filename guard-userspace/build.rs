@@ -54,7 +54,10 @@ fn main() -> Result<()> {
         if let Err(err) = built {
             let tail: Vec<&str> = relayed.lines().rev().take(30).collect();
             for line in tail.into_iter().rev() {
-                println!("cargo:warning={}", line.trim_start_matches("cargo:warning="));
+                println!(
+                    "cargo:warning={}",
+                    line.trim_start_matches("cargo:warning=")
+                );
             }
             return Err(err).context(format!(
                 "building the eBPF object failed (full log: {}); run `cargo xtask setup` to install the toolchain",

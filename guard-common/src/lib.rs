@@ -283,6 +283,13 @@ impl Proto {
     }
 }
 
+/// Compares with the name, so `proto == "tcp"` reads as it does in JSON.
+impl PartialEq<&str> for Proto {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
+    }
+}
+
 impl core::fmt::Display for Proto {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.write_str(self.as_str())

@@ -9,6 +9,7 @@ use crate::{
     api::{Failure, ctl::Request, replies::StatsReply, state},
     cli::{client::ask, print_json, table::Table},
     datapath::{self, Pins, counters::Counters},
+    policy::model::{PortLabel, Proto, RuleAction},
 };
 
 /// The stats of the running daemon, or of the pinned maps when it is down (`false`).
@@ -33,7 +34,7 @@ pub struct Rates {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuleRate {
     pub rule: String,
-    pub action: String,
+    pub action: RuleAction,
     pub packets: u64,
     pub packets_per_second: f64,
     pub bytes_per_second: f64,
@@ -41,8 +42,8 @@ pub struct RuleRate {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PortRate {
-    pub proto: String,
-    pub port: String,
+    pub proto: Proto,
+    pub port: PortLabel,
     pub attempted: u64,
     pub attempted_per_second: f64,
     pub rejected_per_second: f64,
@@ -73,7 +74,7 @@ pub fn rates(before: &Counters, after: &Counters, secs: f64) -> Rates {
             let old = before.rules.iter().find(|o| o.rule == r.rule);
             RuleRate {
                 rule: r.rule.clone(),
-                action: r.action.clone(),
+                action: r.action,
                 packets: r.packets,
                 packets_per_second: rate(r.packets, old.map(|o| o.packets)),
                 bytes_per_second: rate(r.bytes, old.map(|o| o.bytes)),
@@ -89,8 +90,8 @@ pub fn rates(before: &Counters, after: &Counters, secs: f64) -> Rates {
                 .iter()
                 .find(|o| o.proto == p.proto && o.port == p.port);
             PortRate {
-                proto: p.proto.clone(),
-                port: p.port.clone(),
+                proto: p.proto,
+                port: p.port,
                 attempted: p.attempted,
                 attempted_per_second: rate(p.attempted, old.map(|o| o.attempted)),
                 rejected_per_second: rate(p.rejected, old.map(|o| o.rejected)),
@@ -150,7 +151,7 @@ pub fn stats_watch(
             for rule in &r.rules {
                 rules.row([
                     rule.rule.clone(),
-                    rule.action.clone(),
+                    rule.action.to_string(),
                     rule.packets.to_string(),
                     format!("{:.1}", rule.packets_per_second),
                 ]);
@@ -160,8 +161,8 @@ pub fn stats_watch(
                 .right(&[2, 3, 4]);
             for port in &r.ports {
                 ports.row([
-                    port.proto.clone(),
-                    port.port.clone(),
+                    port.proto.to_string(),
+                    port.port.to_string(),
                     port.attempted.to_string(),
                     format!("{:.1}", port.attempted_per_second),
                     format!("{:.1}", port.rejected_per_second),
@@ -205,7 +206,7 @@ fn print_counters(counters: &Counters) {
     for r in &counters.rules {
         rules.row([
             r.rule.clone(),
-            r.action.clone(),
+            r.action.to_string(),
             r.packets.to_string(),
             r.bytes.to_string(),
         ]);
@@ -221,8 +222,8 @@ fn print_counters(counters: &Counters) {
         let mut ports = Table::new(["PROTO", "PORT", "ATTEMPTED", "REJECTED"]).right(&[1, 2, 3]);
         for p in &counters.ports {
             ports.row([
-                p.proto.clone(),
-                p.port.clone(),
+                p.proto.to_string(),
+                p.port.to_string(),
                 p.attempted.to_string(),
                 p.rejected.to_string(),
             ]);
@@ -246,7 +247,7 @@ fn print_counters(counters: &Counters) {
                     .map_or_else(|| "-".to_owned(), |us| format!("<{us}us"))
             };
             conns.row([
-                c.direction.clone(),
+                c.direction.to_string(),
                 c.port.to_string(),
                 c.established.to_string(),
                 c.active.to_string(),

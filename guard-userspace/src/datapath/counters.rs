@@ -11,7 +11,41 @@ use guard_common::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{PortSlot, RuleInfo};
+use crate::policy::{
+    PortSlot, RuleInfo,
+    model::{PortLabel, Proto, RuleAction},
+};
+
+/// Which way a counted connection went: `inbound` (a local port accepted it) or `outbound`
+/// (the host connected to a remote port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+/// Compares with the name, so `direction == "inbound"` reads as it does in JSON.
+impl PartialEq<&str> for Direction {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
+    }
+}
+
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Names of the `REASON_*` counters, by index.
 pub const REASON_NAMES: [(u32, &str); REASONS_LEN as usize] = [
@@ -29,7 +63,7 @@ pub const REASON_NAMES: [(u32, &str); REASONS_LEN as usize] = [
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleCounter {
     pub rule: String,
-    pub action: String,
+    pub action: RuleAction,
     pub packets: u64,
     pub bytes: u64,
 }
@@ -43,9 +77,9 @@ pub struct ReasonCounter {
 /// Inbound connection attempts to one port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PortCounter {
-    pub proto: String,
+    pub proto: Proto,
     /// The port number, or `other` for every port the policy does not name.
-    pub port: String,
+    pub port: PortLabel,
     /// TCP: SYN without ACK; UDP: every datagram judged by the policy.
     pub attempted: u64,
     /// Attempts dropped (enforce mode).
@@ -64,9 +98,7 @@ pub struct EventCounters {
 /// TCP connections of one port seen by sock_ops in the guarded cgroup.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConnCounter {
-    /// `inbound` (the local port accepted them) or `outbound` (the host connected to this
-    /// remote port).
-    pub direction: String,
+    pub direction: Direction,
     pub port: u16,
     pub established: u64,
     pub closed: u64,
@@ -101,7 +133,7 @@ impl ConnCounter {
 /// Denied `bind()` calls for one port.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BindDenied {
-    pub proto: String,
+    pub proto: Proto,
     pub port: u16,
     pub count: u64,
 }
@@ -125,7 +157,7 @@ impl Counters {
     pub fn connection(&self, direction: &str, port: u16) -> Option<&ConnCounter> {
         self.connections
             .iter()
-            .find(|c| c.direction == direction && c.port == port)
+            .find(|c| c.direction.as_str() == direction && c.port == port)
     }
 
     /// The counter of the rule called `name`.
@@ -176,7 +208,7 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
                         });
                 Ok(RuleCounter {
                     rule: info.name.clone(),
-                    action: info.action.clone(),
+                    action: info.action,
                     packets: total.packets,
                     bytes: total.bytes,
                 })
@@ -199,8 +231,8 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
                     .iter()
                     .fold((0, 0), |(a, r), s| (a + s.attempted, r + s.rejected));
                 Ok(PortCounter {
-                    proto: slot.proto.clone(),
-                    port: slot.port.clone(),
+                    proto: slot.proto,
+                    port: slot.port,
                     attempted,
                     rejected,
                 })
@@ -227,11 +259,10 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
             };
             connections.push(ConnCounter {
                 direction: if key >> 16 == CONN_INBOUND {
-                    "inbound"
+                    Direction::Inbound
                 } else {
-                    "outbound"
-                }
-                .to_owned(),
+                    Direction::Outbound
+                },
                 port: key as u16,
                 established,
                 closed,
@@ -239,22 +270,21 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
                 rtt_log2_us,
             });
         }
-        connections.sort_by(|a, b| (&a.direction, a.port).cmp(&(&b.direction, b.port)));
+        connections.sort_by_key(|c| (c.direction, c.port));
         let mut bind_denied = Vec::new();
         for entry in self.bind_denied.iter() {
             let (key, per_cpu) = entry?;
             bind_denied.push(BindDenied {
                 proto: if key >> 16 == PROTO_IDX_TCP {
-                    "tcp"
+                    Proto::Tcp
                 } else {
-                    "udp"
-                }
-                .to_owned(),
+                    Proto::Udp
+                },
                 port: key as u16,
                 count: per_cpu.iter().sum(),
             });
         }
-        bind_denied.sort_by(|a, b| (&a.proto, a.port).cmp(&(&b.proto, b.port)));
+        bind_denied.sort_by_key(|b| (b.proto, b.port));
         Ok(Counters {
             rules: rule_counters,
             reasons,

@@ -221,6 +221,7 @@ pub fn log(ev: &DenyEvent) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::model::RuleAction;
 
     fn raw(ev: &Event) -> Vec<u8> {
         // SAFETY: Event is plain old data.
@@ -234,12 +235,12 @@ mod tests {
             RuleInfo {
                 index: 0,
                 name: "default".into(),
-                action: "deny".into(),
+                action: RuleAction::Deny,
             },
             RuleInfo {
                 index: 1,
                 name: "failsafe".into(),
-                action: "allow".into(),
+                action: RuleAction::Allow,
             },
         ]);
         let mut ev = Event {

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::{
-    datapath::counters::{Counters, log2_quantile_us},
+    datapath::counters::{Counters, Direction, log2_quantile_us},
     policy::model::HealthPolicy,
 };
 
@@ -52,7 +52,7 @@ struct Baseline {
 #[derive(Debug, Clone)]
 struct Sample {
     at_secs: f64,
-    rtt: BTreeMap<(String, u16), Vec<u64>>,
+    rtt: BTreeMap<(Direction, u16), Vec<u64>>,
     rejected: u64,
     overflows: u64,
 }
@@ -64,7 +64,7 @@ impl Sample {
             rtt: counters
                 .connections
                 .iter()
-                .map(|c| ((c.direction.clone(), c.port), c.rtt_log2_us.clone()))
+                .map(|c| ((c.direction, c.port), c.rtt_log2_us.clone()))
                 .collect(),
             rejected: counters.ports.iter().map(|p| p.rejected).sum(),
             overflows,
@@ -80,7 +80,7 @@ pub const BASELINE_WINDOWS: u32 = 3;
 #[derive(Debug, Default)]
 pub struct Detectors {
     last: Option<Sample>,
-    baselines: BTreeMap<(String, u16), Baseline>,
+    baselines: BTreeMap<(Direction, u16), Baseline>,
     firing: BTreeMap<(&'static str, String), Anomaly>,
     /// Anomalies fired since start, by detector.
     fired: BTreeMap<&'static str, u64>,
@@ -134,7 +134,7 @@ impl Detectors {
                 }
                 let Some(p99) = p99_us(&window) else { continue };
                 let subject = format!("tcp/{} {}", key.1, key.0);
-                let baseline = self.baselines.entry(key.clone()).or_default();
+                let baseline = self.baselines.entry(*key).or_default();
                 let threshold = k * baseline.p99_us;
                 let anomalous = baseline.windows >= BASELINE_WINDOWS && p99 as f64 > threshold;
                 if anomalous {
@@ -289,6 +289,8 @@ impl Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::model::{PortLabel, Proto};
+
     use crate::datapath::counters::{ConnCounter, EventCounters, PortCounter};
 
     fn counters(rtt_bucket_counts: &[(usize, u64)], rejected: u64) -> Counters {
@@ -300,14 +302,14 @@ mod tests {
             rules: vec![],
             reasons: vec![],
             ports: vec![PortCounter {
-                proto: "tcp".into(),
-                port: "443".into(),
+                proto: Proto::Tcp,
+                port: PortLabel::Number(443),
                 attempted: rejected,
                 rejected,
             }],
             events: EventCounters::default(),
             connections: vec![ConnCounter {
-                direction: "inbound".into(),
+                direction: Direction::Inbound,
                 port: 443,
                 established: 1,
                 closed: 0,

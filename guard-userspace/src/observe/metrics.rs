@@ -11,7 +11,11 @@ use prometheus::{
     proto::{self, MetricType},
 };
 
-use crate::{datapath::counters::Counters, linux::hoststats::HostStats, observe::health::Anomaly};
+use crate::{
+    datapath::counters::{Counters, Direction},
+    linux::hoststats::HostStats,
+    observe::health::Anomaly,
+};
 
 /// The `rule` label of the rules beyond `--metrics-max-rules`, summed.
 pub const OTHER_RULES: &str = "(other)";
@@ -263,7 +267,8 @@ pub fn families(s: &Scrape<'_>) -> Vec<proto::MetricFamily> {
             ),
         );
         for p in &c.ports {
-            let labels = [("proto", p.proto.as_str()), ("port", p.port.as_str())];
+            let port = p.port.to_string();
+            let labels = [("proto", p.proto.as_str()), ("port", port.as_str())];
             attempted = attempted.counter(&labels, p.attempted as f64);
             rejected = rejected.counter(&labels, p.rejected as f64);
         }
@@ -297,7 +302,7 @@ pub fn families(s: &Scrape<'_>) -> Vec<proto::MetricFamily> {
         for conn in &c.connections {
             let port = conn.port.to_string();
             let labels = [("port", port.as_str())];
-            if conn.direction == "inbound" {
+            if conn.direction == Direction::Inbound {
                 accepted = accepted.counter(&labels, conn.established as f64);
                 active = active.gauge(&labels, conn.active as f64);
             } else {
@@ -488,6 +493,8 @@ pub const CONTENT_TYPE: &str = prometheus::TEXT_FORMAT;
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::model::{PortLabel, Proto, RuleAction};
+
     use crate::datapath::counters::{
         BindDenied, ConnCounter, EventCounters, PortCounter, ReasonCounter, RuleCounter,
     };
@@ -496,7 +503,7 @@ mod tests {
         Counters {
             rules: vec![RuleCounter {
                 rule: "web".into(),
-                action: "allow".into(),
+                action: RuleAction::Allow,
                 packets: 7,
                 bytes: 700,
             }],
@@ -505,8 +512,8 @@ mod tests {
                 packets: 3,
             }],
             ports: vec![PortCounter {
-                proto: "tcp".into(),
-                port: "443".into(),
+                proto: Proto::Tcp,
+                port: PortLabel::Number(443),
                 attempted: 5,
                 rejected: 2,
             }],
@@ -516,7 +523,7 @@ mod tests {
                 lost: 3,
             },
             connections: vec![ConnCounter {
-                direction: "inbound".into(),
+                direction: Direction::Inbound,
                 port: 443,
                 established: 4,
                 closed: 1,
@@ -529,7 +536,7 @@ mod tests {
                 },
             }],
             bind_denied: vec![BindDenied {
-                proto: "tcp".into(),
+                proto: Proto::Tcp,
                 port: 8080,
                 count: 9,
             }],
@@ -589,7 +596,11 @@ mod tests {
         c.rules = (0..5)
             .map(|i| RuleCounter {
                 rule: format!("r{i}"),
-                action: if i % 2 == 0 { "allow" } else { "deny" }.into(),
+                action: if i % 2 == 0 {
+                    RuleAction::Allow
+                } else {
+                    RuleAction::Deny
+                },
                 packets: 10 + i,
                 bytes: 100 * (10 + i),
             })

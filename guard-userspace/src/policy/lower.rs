@@ -20,7 +20,7 @@ use guard_common::{
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::model::{DefaultAction, Mode, Policy, PortRange, Proto, RuleAction};
+use super::model::{DefaultAction, Mode, Policy, PortLabel, PortRange, Proto, RuleAction};
 
 /// What a rule's counters mean, for `guard stats` and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
@@ -28,9 +28,9 @@ pub struct RuleInfo {
     /// The rule's counter slot; stable across policy changes for a rule of the same name.
     pub index: u32,
     pub name: String,
-    /// `allow`, `deny` or `audit`: what happens to the packets the rule counts. In audit mode
-    /// denials are reported as `audit`.
-    pub action: String,
+    /// What happens to the packets the rule counts. In audit mode denials are reported as
+    /// `audit`.
+    pub action: RuleAction,
 }
 
 /// What a per-port counter slot counts, for `guard stats` and metrics.
@@ -38,9 +38,9 @@ pub struct RuleInfo {
 pub struct PortSlot {
     /// The counter slot; stable across policy changes for the same (protocol, port).
     pub slot: u32,
-    pub proto: String,
+    pub proto: Proto,
     /// The port number, or `other` for the ports the policy does not name.
-    pub port: String,
+    pub port: PortLabel,
 }
 
 /// Ranges longer than this get no per-port slots (their ports count as `other`).
@@ -90,10 +90,10 @@ const fn action_code(action: RuleAction) -> u32 {
     }
 }
 
-fn label(action: RuleAction, mode: Mode) -> String {
+fn label(action: RuleAction, mode: Mode) -> RuleAction {
     match (action, mode) {
-        (RuleAction::Deny, Mode::Audit) => RuleAction::Audit.to_string(),
-        (a, _) => a.to_string(),
+        (RuleAction::Deny, Mode::Audit) => RuleAction::Audit,
+        (a, _) => a,
     }
 }
 
@@ -143,9 +143,9 @@ pub fn lower_after(
     };
     let synthetic = [
         (RULE_DEFAULT, "default", label(default_rule, policy.mode)),
-        (RULE_FAILSAFE, "failsafe", "allow".to_owned()),
-        (RULE_REPLY, "reply", "allow".to_owned()),
-        (RULE_EGRESS_DEFAULT, "egress-default", "allow".to_owned()),
+        (RULE_FAILSAFE, "failsafe", RuleAction::Allow),
+        (RULE_REPLY, "reply", RuleAction::Allow),
+        (RULE_EGRESS_DEFAULT, "egress-default", RuleAction::Allow),
     ];
     let mut rules: Vec<RuleInfo> = synthetic
         .into_iter()
@@ -489,27 +489,33 @@ fn port_slots(
     named.sort_unstable();
     named.dedup();
     named.truncate((MAX_PORT_SLOTS - PORT_SLOT_FIRST_NAMED) as usize);
-    let proto_name = |idx: u32| if idx == PROTO_IDX_TCP { "tcp" } else { "udp" }.to_owned();
-    let keys: Vec<(String, String)> = named
+    let proto_name = |idx: u32| {
+        if idx == PROTO_IDX_TCP {
+            Proto::Tcp
+        } else {
+            Proto::Udp
+        }
+    };
+    let keys: Vec<(Proto, PortLabel)> = named
         .iter()
-        .map(|&(p, port)| (proto_name(p), port.to_string()))
+        .map(|&(p, port)| (proto_name(p), PortLabel::Number(port)))
         .collect();
-    let previous: Vec<((String, String), u32)> = previous
+    let previous: Vec<((Proto, PortLabel), u32)> = previous
         .iter()
         .filter(|s| s.slot >= PORT_SLOT_FIRST_NAMED)
-        .map(|s| ((s.proto.clone(), s.port.clone()), s.slot))
+        .map(|s| ((s.proto, s.port), s.slot))
         .collect();
     let (indices, fresh) = assign(&keys, &previous, PORT_SLOT_FIRST_NAMED);
     let mut slots = vec![
         PortSlot {
             slot: PORT_SLOT_OTHER_TCP,
             proto: proto_name(PORT_SLOT_OTHER_TCP),
-            port: "other".into(),
+            port: PortLabel::Other,
         },
         PortSlot {
             slot: PORT_SLOT_OTHER_UDP,
             proto: proto_name(PORT_SLOT_OTHER_UDP),
-            port: "other".into(),
+            port: PortLabel::Other,
         },
     ];
     let mut entries = Vec::with_capacity(named.len());

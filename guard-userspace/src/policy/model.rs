@@ -23,7 +23,11 @@ pub enum DefaultAction {
 pub use guard_common::Proto;
 
 /// What a rule asks for. At equal source specificity `Deny` beats `Audit` beats `Allow`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+/// Named `allow`, `audit` and `deny` in policies, JSON and metrics.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum RuleAction {
     Allow,
     /// Deny in report-only form: matched packets pass and are counted as "would drop".
@@ -242,13 +246,75 @@ impl fmt::Display for Mode {
     }
 }
 
-impl fmt::Display for RuleAction {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl RuleAction {
+    pub const fn as_str(self) -> &'static str {
+        match self {
             RuleAction::Allow => "allow",
             RuleAction::Audit => "audit",
             RuleAction::Deny => "deny",
-        })
+        }
+    }
+}
+
+/// Compares with the name, so `action == "deny"` reads as it does in JSON.
+impl PartialEq<&str> for RuleAction {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
+    }
+}
+
+impl fmt::Display for RuleAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A port as counters name it: a number the policy names, or `other` for every port it does
+/// not (one counter per protocol). A string in JSON and metrics (`"443"`, `"other"`).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(into = "String", try_from = "String")]
+pub enum PortLabel {
+    Number(u16),
+    Other,
+}
+
+impl fmt::Display for PortLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortLabel::Number(port) => write!(f, "{port}"),
+            PortLabel::Other => f.write_str("other"),
+        }
+    }
+}
+
+/// Compares with the name, so `port == "other"` reads as it does in JSON.
+impl PartialEq<&str> for PortLabel {
+    fn eq(&self, name: &&str) -> bool {
+        match self {
+            PortLabel::Other => *name == "other",
+            PortLabel::Number(port) => name.parse::<u16>().is_ok_and(|n| n == *port),
+        }
+    }
+}
+
+impl From<PortLabel> for String {
+    fn from(port: PortLabel) -> Self {
+        port.to_string()
+    }
+}
+
+impl TryFrom<String> for PortLabel {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        match text.as_str() {
+            "other" => Ok(PortLabel::Other),
+            n => n
+                .parse()
+                .map(PortLabel::Number)
+                .map_err(|_| format!("a port is a number or `other`, not {n:?}")),
+        }
     }
 }
 
