@@ -489,12 +489,11 @@ impl Guard {
             .into_iter()
             .chain(CGROUP_PROGRAMS)
             .filter_map(|name| {
-                let fd = self.ebpf.program(name)?.fd().ok()?;
-                let (runs, ns) = crate::datapath::sys::prog_run_stats(fd.as_fd()).ok()?;
+                let info = self.ebpf.program(name)?.info().ok()?;
                 Some(ProgramStats {
                     program: name.to_owned(),
-                    runs,
-                    run_seconds: ns as f64 / 1e9,
+                    runs: info.run_count(),
+                    run_seconds: info.run_time().as_secs_f64(),
                 })
             })
             .collect()
