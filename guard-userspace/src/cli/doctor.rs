@@ -16,8 +16,7 @@ pub fn doctor(
     policy_file: Option<&Path>,
     netns: Option<&str>,
 ) -> Result<(), Failure> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         return Err(Failure::Runtime(
             "guard doctor needs root: it reads guard's pins, BPF programs, links and maps (run it with sudo)".into(),
         ));

@@ -44,10 +44,21 @@ impl Daemon {
                 (200, metrics::CONTENT_TYPE, text)
             }
             Probe::Health => {
+                // One source of listening sockets for /health and the audit: sock_diag.
+                let listening = match crate::linux::sockets::sockets() {
+                    Ok(all) => all,
+                    Err(e) => {
+                        warn!(error = %e, "reading the listening sockets for /health failed");
+                        Vec::new()
+                    }
+                };
                 let mut verdict = Verdict::judge(
                     self.enforcement(),
                     &self.health(),
-                    hoststats::listening,
+                    |port, tcp| {
+                        let proto = if tcp { Proto::Tcp } else { Proto::Udp };
+                        listening.iter().any(|l| l.proto == proto && l.port == port)
+                    },
                     self.detectors.firing(),
                 );
                 if let Some(why) = logging::file_failure() {

@@ -4,7 +4,7 @@ use std::{
     ffi::CString,
     fs, io,
     net::{Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd as _, OwnedFd},
+    os::fd::{AsFd as _, OwnedFd},
     path::{Path, PathBuf},
 };
 
@@ -130,12 +130,7 @@ pub fn is_cgroup2(path: &Path) -> bool {
 }
 
 fn fs_magic(path: &Path) -> Option<i64> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
-    // SAFETY: statfs writes into the zeroed struct; c is NUL-terminated.
-    unsafe {
-        let mut st: libc::statfs = std::mem::zeroed();
-        (libc::statfs(c.as_ptr(), &mut st) == 0).then_some(st.f_type as i64)
-    }
+    rustix::fs::statfs(path).ok().map(|st| st.f_type)
 }
 
 /// True when `path` is on a bpf filesystem.
@@ -162,23 +157,9 @@ pub fn prepare_pin_dir(pin_dir: &Path) -> io::Result<()> {
 }
 
 fn mount_bpffs(at: &Path) -> io::Result<()> {
-    let target = CString::new(at.as_os_str().as_encoded_bytes()).map_err(io::Error::other)?;
-    // SAFETY: all pointers are valid NUL-terminated strings or null.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            target.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc == 0 {
-        tracing::info!(path = %at.display(), "mounted bpffs");
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    rustix::mount::mount("bpf", at, "bpf", rustix::mount::MountFlags::empty(), None)?;
+    tracing::info!(path = %at.display(), "mounted bpffs");
+    Ok(())
 }
 
 /// True when the kernel keeps BPF program run statistics (`kernel.bpf_stats_enabled`).
@@ -220,7 +201,7 @@ impl InNetns {
             )
         })?;
         let back: OwnedFd = fs::File::open("/proc/thread-self/ns/net")?.into();
-        setns(target.as_raw_fd()).map_err(|e| {
+        setns(target.as_fd()).map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!("entering network namespace {}: {e}", path.display()),
@@ -230,18 +211,18 @@ impl InNetns {
     }
 }
 
-fn setns(fd: i32) -> io::Result<()> {
-    // SAFETY: setns on an open namespace fd; it changes only the calling thread.
-    if unsafe { libc::setns(fd, libc::CLONE_NEWNET) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+/// Moves the calling thread into the network namespace `fd` (setns(2)).
+fn setns(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    rustix::thread::move_into_link_name_space(
+        fd,
+        Some(rustix::thread::LinkNameSpaceType::Network),
+    )?;
+    Ok(())
 }
 
 impl Drop for InNetns {
     fn drop(&mut self) {
-        if let Err(e) = setns(self.back.as_raw_fd()) {
+        if let Err(e) = setns(self.back.as_fd()) {
             // Staying in the wrong namespace would make every later answer wrong.
             panic!("returning to the original network namespace: {e}");
         }

@@ -1,8 +1,8 @@
 //! Host figures an operator weighs for failover, read from /proc: CPU time, load, memory,
-//! TCP listen-queue overflows, the open file descriptors of a named service, and whether a
-//! port has a listener.
+//! TCP listen-queue overflows and the open file descriptors of a named service. (Whether a
+//! port has a listener comes from sock_diag: `linux::sockets`.)
 
-use std::{fs, path::Path};
+use std::fs;
 
 /// One reading of the host's gauges.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -69,8 +69,7 @@ fn read(path: &str) -> String {
 impl HostStats {
     /// Reads everything; figures that cannot be read are left at zero.
     pub fn read(service: Option<&str>) -> Self {
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+        let hz = rustix::param::clock_ticks_per_second().max(1) as f64;
         let loadavg = read("/proc/loadavg");
         let mut load = loadavg.split_whitespace().map(|v| v.parse().unwrap_or(0.0));
         let meminfo = read("/proc/meminfo");
@@ -119,34 +118,6 @@ pub fn service_stats(name: &str) -> ServiceStats {
     stats
 }
 
-/// TCP sockets in LISTEN (state 0A) or bound UDP sockets on `port`, from the rows of
-/// /proc/net/{tcp,tcp6,udp,udp6}.
-pub fn parse_listening(table: &str, port: u16, tcp: bool) -> bool {
-    table.lines().skip(1).any(|row| {
-        let mut cols = row.split_whitespace();
-        let local = cols.nth(1).unwrap_or("");
-        let state = cols.nth(1).unwrap_or("");
-        let local_port = local
-            .rsplit(':')
-            .next()
-            .and_then(|p| u16::from_str_radix(p, 16).ok());
-        local_port == Some(port) && (!tcp || state == "0A")
-    })
-}
-
-/// True when something listens on TCP `port` (or, `tcp` false, is bound to UDP `port`) in
-/// the daemon's network namespace.
-pub fn listening(port: u16, tcp: bool) -> bool {
-    let tables: [&str; 2] = if tcp {
-        ["/proc/net/tcp", "/proc/net/tcp6"]
-    } else {
-        ["/proc/net/udp", "/proc/net/udp6"]
-    };
-    tables
-        .iter()
-        .any(|t| Path::new(t).exists() && parse_listening(&read(t), port, tcp))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,20 +141,5 @@ mod tests {
         );
         assert_eq!(parse_netstat(netstat, "IpExt", "InNoRoutes"), Some(3));
         assert_eq!(parse_netstat(netstat, "TcpExt", "Nope"), None);
-    }
-
-    #[test]
-    fn finds_listeners_by_port_and_state() {
-        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue\n   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000\n   1: 0100007F:0050 0100007F:9C40 01 00000000:00000000\n";
-        assert!(parse_listening(tcp, 8080, true));
-        assert!(
-            !parse_listening(tcp, 80, true),
-            "established, not listening"
-        );
-        assert!(
-            parse_listening(tcp, 80, false),
-            "any bound UDP socket counts"
-        );
-        assert!(!parse_listening(tcp, 443, true));
     }
 }

@@ -6,7 +6,6 @@ use std::{
     collections::{BTreeMap, BTreeSet},
     fs, io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
 use serde::Serialize;
@@ -153,41 +152,28 @@ pub fn parse_reply(buf: &[u8]) -> io::Result<Parsed> {
 
 /// Dumps the sockets of one family and protocol in the given states.
 fn dump(family: u8, protocol: u8, states: u32) -> io::Result<Vec<DiagMsg>> {
-    // SAFETY: plain socket(2) call; the fd is owned right away.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: raw is a new fd we own.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketFlags, SocketType, netlink};
+    let fd = rustix::net::socket_with(
+        AddressFamily::NETLINK,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        Some(netlink::SOCK_DIAG),
+    )?;
     let req = request(family, protocol, states, 1);
-    // SAFETY: sending a valid buffer on our socket; the kernel is the default destination.
-    let sent = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // The kernel is a netlink socket's default destination.
+    rustix::net::send(&fd, &req, SendFlags::empty())?;
     let mut messages = Vec::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        // SAFETY: receiving into our buffer of the given length.
-        let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
+        let n = match rustix::net::recv(&fd, &mut buf[..], RecvFlags::empty()) {
+            Ok((n, _)) => n,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        };
         if n == 0 {
             return Ok(messages);
         }
-        let parsed = parse_reply(&buf[..n as usize])?;
+        let parsed = parse_reply(&buf[..n])?;
         messages.extend(parsed.messages);
         if parsed.done {
             return Ok(messages);

@@ -43,13 +43,8 @@ pub struct Decoder {
     realtime_offset_ns: i128,
 }
 
-fn clock_ns(clock: libc::clockid_t) -> i128 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: ts is a valid out-pointer.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
+fn clock_ns(clock: rustix::time::ClockId) -> i128 {
+    let ts = rustix::time::clock_gettime(clock);
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
 }
 
@@ -65,8 +60,8 @@ impl Decoder {
     pub fn new(rules: Vec<RuleInfo>) -> Self {
         Self {
             rules: std::sync::RwLock::new(rules),
-            realtime_offset_ns: clock_ns(libc::CLOCK_REALTIME)
-                - clock_ns(libc::CLOCK_MONOTONIC_COARSE),
+            realtime_offset_ns: clock_ns(rustix::time::ClockId::Realtime)
+                - clock_ns(rustix::time::ClockId::MonotonicCoarse),
         }
     }
 

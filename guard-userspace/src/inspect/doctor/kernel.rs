@@ -121,14 +121,9 @@ pub(super) fn kernel_checks() -> Vec<Finding> {
         programs::ProgramType,
         sys::{is_map_supported, is_program_supported},
     };
-    // SAFETY: uname fills the zeroed struct.
-    let release = unsafe {
-        let mut u: libc::utsname = std::mem::zeroed();
-        libc::uname(&mut u);
-        std::ffi::CStr::from_ptr(u.release.as_ptr())
-            .to_string_lossy()
-            .into_owned()
-    };
+    // The release as uname(2) gives it.
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or_else(|_| "unknown".to_owned(), |r| r.trim().to_owned());
     let prog = |t| is_program_supported(t).ok();
     let map = |t| is_map_supported(t).ok();
     let features = [
