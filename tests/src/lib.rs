@@ -62,6 +62,26 @@ pub fn sh(args: &[&str]) -> Output {
     out
 }
 
+/// Reports a test guard's failed cleanup: a namespace, veth, cgroup or pin directory left
+/// behind on the host is a failure of the test that made it (unless it already failed).
+fn cleanup_failed(what: &str, why: &str) {
+    let message = format!("CLEANUP FAILED: {what}: {why}; remove it by hand");
+    if thread::panicking() {
+        eprintln!("{message}");
+    } else {
+        panic!("{message}");
+    }
+}
+
+/// Runs a cleanup command; a failure is reported with [`cleanup_failed`].
+fn cleanup_cmd(what: &str, args: &[&str]) {
+    match Command::new(args[0]).args(&args[1..]).output() {
+        Ok(out) if out.status.success() => {}
+        Ok(out) => cleanup_failed(what, String::from_utf8_lossy(&out.stderr).trim()),
+        Err(e) => cleanup_failed(what, &e.to_string()),
+    }
+}
+
 /// A network namespace, deleted on drop.
 pub struct NetNs {
     pub name: String,
@@ -98,9 +118,10 @@ impl Default for NetNs {
 
 impl Drop for NetNs {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
+        cleanup_cmd(
+            &format!("network namespace {}", self.name),
+            &["ip", "netns", "del", &self.name],
+        );
     }
 }
 
@@ -189,9 +210,10 @@ impl Default for TestNet {
 
 impl Drop for TestNet {
     fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.host_if])
-            .status();
+        cleanup_cmd(
+            &format!("veth {}", self.host_if),
+            &["ip", "link", "del", &self.host_if],
+        );
     }
 }
 
@@ -260,7 +282,19 @@ impl Default for Cgroup {
 
 impl Drop for Cgroup {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir(&self.path);
+        // A process that just left may keep the cgroup busy for a moment.
+        let mut last = None;
+        for _ in 0..50 {
+            match std::fs::remove_dir(&self.path) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(e) => last = Some(e),
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        if let Some(e) = last {
+            cleanup_failed(&format!("cgroup {}", self.path.display()), &e.to_string());
+        }
     }
 }
 
@@ -333,8 +367,14 @@ impl Default for Dirs {
 
 impl Drop for Dirs {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.pin_dir);
-        let _ = std::fs::remove_dir_all(&self.run_dir);
+        for dir in [&self.pin_dir, &self.run_dir] {
+            match std::fs::remove_dir_all(dir) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    cleanup_failed(&dir.display().to_string(), &e.to_string());
+                }
+                _ => {}
+            }
+        }
     }
 }
 

@@ -418,25 +418,28 @@ tcp = [22, 80, 443]
         let after = lowered_after(&before, &text);
         let (old, new) = (Contents::of(&before, 1, 64), Contents::of(&after, 1, 64));
         let delta = Delta::between(&old, &new);
-        // Replay the writes on a model of the maps.
+        let model = replay(&old, delta);
+        assert_eq!(model, new);
+    }
+
+    /// The maps `old` describes after the writes of `delta`, as the kernel would hold them.
+    fn replay(old: &Contents, delta: Delta) -> Contents {
         let mut model = old.clone();
         if let Some(config) = delta.config {
             model.config = config;
         }
-        for (i, v) in delta.ports {
-            if v == 0 {
-                model.ports.remove(&i);
-            } else {
-                model.ports.insert(i, v);
+        let array = |map: &mut BTreeMap<u32, u32>, changes: Vec<(u32, u32)>| {
+            for (i, v) in changes {
+                if v == 0 {
+                    map.remove(&i);
+                } else {
+                    map.insert(i, v);
+                }
             }
-        }
-        for (i, v) in delta.protos {
-            if v == 0 {
-                model.protos.remove(&i);
-            } else {
-                model.protos.insert(i, v);
-            }
-        }
+        };
+        array(&mut model.ports, delta.ports);
+        array(&mut model.protos, delta.protos);
+        array(&mut model.port_slots, delta.port_slots);
         for (i, v) in delta.listen {
             if v == 0 {
                 model.listen.remove(&i);
@@ -444,14 +447,6 @@ tcp = [22, 80, 443]
                 model.listen.insert(i);
             }
         }
-        for k in delta.hash_v4.delete {
-            model.hash_v4.remove(&k);
-        }
-        model.hash_v4.extend(delta.hash_v4.insert);
-        for k in delta.hash_v6.delete {
-            model.hash_v6.remove(&k);
-        }
-        model.hash_v6.extend(delta.hash_v6.insert);
         for (i, v) in delta.class_lens {
             if v == ClassLens::default() {
                 model.class_lens.remove(&i);
@@ -459,13 +454,56 @@ tcp = [22, 80, 443]
                 model.class_lens.insert(i, v);
             }
         }
-        for (i, v) in delta.port_slots {
-            if v == 0 {
-                model.port_slots.remove(&i);
-            } else {
-                model.port_slots.insert(i, v);
+        fn keyed<K: Eq + std::hash::Hash>(map: &mut HashMap<K, RuleRef>, changes: Changes<K>) {
+            for k in changes.delete {
+                map.remove(&k);
             }
+            map.extend(changes.insert);
         }
-        assert_eq!(model, new);
+        keyed(&mut model.hash_v4, delta.hash_v4);
+        keyed(&mut model.hash_v6, delta.hash_v6);
+        keyed(&mut model.trie_v4, delta.trie_v4);
+        keyed(&mut model.trie_v6, delta.trie_v6);
+        model
+    }
+
+    /// A port whose sources use more prefix lengths than the hash lookups take (9 for IPv4
+    /// and IPv6): its class lives in the LPM tries.
+    fn trie_policy(extra_v4: &str) -> String {
+        let v4: Vec<String> = (16..=24)
+            .map(|len| format!("\"10.{len}.0.0/{len}\""))
+            .collect();
+        let v6: Vec<String> = (40..=48)
+            .map(|len| format!("\"2001:db8:{len:x}00::/{len}\""))
+            .collect();
+        format!(
+            "interfaces = [\"lo\"]\nfailsafe_ports = []\n[[ingress]]\nname = \"many\"\nproto = \"tcp\"\nports = [8443]\nfrom = [{}, {}{extra_v4}]\n",
+            v4.join(", "),
+            v6.join(", ")
+        )
+    }
+
+    #[test]
+    fn a_delta_through_the_lpm_tries_yields_the_new_contents() {
+        let before = lowered(&trie_policy(""));
+        let old = Contents::of(&before, 1, 64);
+        assert!(
+            !old.trie_v4.is_empty() && !old.trie_v6.is_empty(),
+            "the class is in the tries"
+        );
+        // One more IPv4 prefix, and one IPv6 prefix gone.
+        let text = trie_policy(", \"192.0.2.0/28\"").replace("\"2001:db8:3000::/48\", ", "");
+        let after = lowered_after(&before, &text);
+        let new = Contents::of(&after, 1, 64);
+        let delta = Delta::between(&old, &new);
+        assert!(
+            !delta.trie_v4.insert.is_empty() && !delta.trie_v6.delete.is_empty(),
+            "the change goes through the tries: {delta:?}"
+        );
+        assert!(
+            delta.writes() < Delta::between(&Contents::default(), &new).writes(),
+            "only what changed is written"
+        );
+        assert_eq!(replay(&old, delta), new);
     }
 }
