@@ -8,6 +8,7 @@
 
 pub mod kernel;
 pub mod packets;
+pub mod policies;
 
 use std::{
     net::Ipv4Addr,

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_tests::{Daemon, Dirs, PolicyFile, TestNet, rule_packets, unique};
+use guard_tests::{Daemon, Dirs, PolicyFile, TestNet, policies, rule_packets, unique};
 
 const EPERM: i32 = 1;
 
@@ -34,10 +34,7 @@ fn bind_udp(addr: SocketAddr) -> Result<UdpSocket, i32> {
 
 /// A policy with no interface of the host's: one veth the test makes.
 fn policy(net: &TestNet, extra: &str) -> PolicyFile {
-    PolicyFile::new(&format!(
-        "mode = \"enforce\"\ninterfaces = [\"{}\"]\ndefault = \"allow\"\n{extra}",
-        net.host_if
-    ))
+    PolicyFile::new(&(policies::head_with_failsafe(&net.host_if, "enforce", "allow") + extra))
 }
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {

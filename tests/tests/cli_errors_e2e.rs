@@ -7,13 +7,10 @@ use std::{
     process::{Command, Stdio},
 };
 
-use guard_tests::{Daemon, PolicyFile, TestNet, guard_bin};
+use guard_tests::{Daemon, PolicyFile, TestNet, guard_bin, policies};
 
 fn policy(net: &TestNet, extra: &str) -> PolicyFile {
-    PolicyFile::new(&format!(
-        "mode = \"enforce\"\ninterfaces = [\"{}\"]\ndefault = \"allow\"\n{extra}",
-        net.host_if
-    ))
+    PolicyFile::new(&(policies::head_with_failsafe(&net.host_if, "enforce", "allow") + extra))
 }
 
 #[test]

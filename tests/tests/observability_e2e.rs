@@ -16,14 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_tests::{Daemon, PolicyFile, TestNet};
+use guard_tests::{Daemon, PolicyFile, TestNet, policies};
 
 fn base_policy(net: &TestNet, allowed: u16, extra: &str) -> String {
-    format!(
-        "mode = \"enforce\"\ninterfaces = [\"{}\"]\ndefault = \"deny\"\nfailsafe_ports = []\n\
-         [[ingress]]\nname = \"web\"\nproto = \"tcp\"\nports = [{allowed}]\n{extra}",
-        net.host_if
-    )
+    policies::head(&net.host_if, "enforce", "deny")
+        + &policies::allow("web", "tcp", &[allowed])
+        + extra
 }
 
 /// The value of the sample `name{labels}` (labels as the encoder writes them).

@@ -15,16 +15,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_tests::{Daemon, PolicyFile, TestNet, rule_packets};
+use guard_tests::{Daemon, PolicyFile, TestNet, policies, rule_packets};
 
 /// A policy allowing TCP to `ports` on the test veth, default deny.
 fn policy_text(net: &TestNet, ports: &[u16]) -> String {
-    let mut s = format!(
-        "mode = \"enforce\"\ninterfaces = [\"{}\"]\ndefault = \"deny\"\nfailsafe_ports = []\n",
-        net.host_if
-    );
+    let mut s = policies::head(&net.host_if, "enforce", "deny");
     for port in ports {
-        s += &format!("[[ingress]]\nname = \"p{port}\"\nproto = \"tcp\"\nports = [{port}]\n");
+        s += &policies::allow(&format!("p{port}"), "tcp", &[*port]);
     }
     s
 }
