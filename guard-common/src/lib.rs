@@ -246,6 +246,14 @@ pub const fn port_index(proto_idx: u32, port: u16) -> u32 {
     (proto_idx << 16) | port as u32
 }
 
+/// The (protocol slot, port) of a [`port_index`] (also the key of [`maps::BIND_DENIED`]).
+pub const fn port_index_parts(index: u32) -> (u32, u16) {
+    (index >> 16, index as u16)
+}
+
+/// `AF_INET6`, as a socket's `family` holds it.
+pub const AF_INET6: u32 = 10;
+
 /// Policy generations the policy maps hold (see [`maps`]).
 pub const GENERATIONS: u32 = 2;
 
@@ -371,6 +379,11 @@ pub const RTT_BUCKETS: usize = 24;
 #[inline(always)]
 pub const fn conn_key(direction: u32, port: u16) -> u32 {
     (direction << 16) | port as u32
+}
+
+/// The (direction, port) of a [`conn_key`].
+pub const fn conn_key_parts(key: u32) -> (u32, u16) {
+    (key >> 16, key as u16)
 }
 
 /// The entry of [`maps::CONFIG`] (one per generation).

@@ -1,5 +1,5 @@
 //! Every map of the object. The statics are named exactly as `guard_common::maps`'s
-//! constants, which is how the loader finds them.
+//! constants, which is how the loader finds them (checked at compile time: `named_as!`).
 
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
@@ -150,3 +150,55 @@ impl Policy {
         GUARD_LISTEN.get(index).copied().unwrap_or(0) != 0
     }
 }
+
+/// True when two strings are equal (usable in constants).
+const fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// Each map static is named exactly as its `guard_common::maps` constant (the name the
+/// loader looks it up by), checked at compile time.
+macro_rules! named_as {
+    ($($map:ident = $name:ident),* $(,)?) => {
+        $(const _: () = assert!(
+            same(stringify!($map), guard_common::maps::$name),
+            concat!("map static ", stringify!($map), " is not named as guard_common::maps::", stringify!($name))
+        );)*
+    };
+}
+
+named_as!(
+    GUARD_ACTIVE = ACTIVE,
+    GUARD_CONFIG = CONFIG,
+    GUARD_PORTS = PORTS,
+    GUARD_PROTOS = PROTOS,
+    GUARD_CLASSLEN = CLASS_LENS,
+    GUARD_SRCH_V4 = SRC_HASH_V4,
+    GUARD_SRCH_V6 = SRC_HASH_V6,
+    GUARD_SRC_V4 = SRC_V4,
+    GUARD_SRC_V6 = SRC_V6,
+    GUARD_RULES = RULE_STATS,
+    GUARD_REASONS = REASONS,
+    GUARD_FLOWS = FLOWS,
+    GUARD_PORTSLOT = PORT_SLOTS,
+    GUARD_PORTSTAT = PORT_STATS,
+    GUARD_EVENTS = EVENTS,
+    GUARD_EVBUCKET = EVENT_BUCKETS,
+    GUARD_LISTEN = LISTEN,
+    GUARD_BINDDENY = BIND_DENIED,
+    GUARD_CONNSTAT = CONN_STATS,
+    GUARD_RTT = RTT_HIST,
+    GUARD_SOCKS = SOCKETS,
+    GUARD_EVSTATS = EVENT_STATS,
+);

@@ -13,7 +13,7 @@
 
 use aya_ebpf::{helpers::bpf_get_current_comm, programs::SockContext};
 use guard_common::{
-    EVENT_CONNECT_DENIED, EVENT_FLAG_AUDIT, Event, IPPROTO_UDPLITE, MODE_ENFORCE,
+    AF_INET6, EVENT_CONNECT_DENIED, EVENT_FLAG_AUDIT, Event, IPPROTO_UDPLITE, MODE_ENFORCE,
     REASON_UNCONFIGURED, RULE_EGRESS_DEFAULT,
 };
 
@@ -46,8 +46,7 @@ pub fn run(ctx: &SockContext) -> i32 {
             kind: EVENT_CONNECT_DENIED,
             rule: RULE_EGRESS_DEFAULT,
             proto: IPPROTO_UDPLITE,
-            // AF_INET6 is 10.
-            family: if family == 10 { 6 } else { 4 },
+            family: if family == AF_INET6 { 6 } else { 4 },
             flags: if deny { 0 } else { EVENT_FLAG_AUDIT },
             pid,
             comm: bpf_get_current_comm().unwrap_or_default(),

@@ -7,7 +7,8 @@ use guard_common::{
     CONN_INBOUND, ConnStats, EVENT_STATS_LEN, EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED,
     PROTO_IDX_TCP, PortStats, REASON_BAD_ACTION, REASON_FRAGMENT_PASSED, REASON_ICMP_PASSED,
     REASON_MALFORMED, REASON_NOT_IP, REASON_POLICY, REASON_REPLY_PASSED, REASON_UNCONFIGURED,
-    REASON_UNSUPPORTED, REASONS_LEN, RTT_BUCKETS, RttHist, RuleStats,
+    REASON_UNSUPPORTED, REASONS_LEN, RTT_BUCKETS, RttHist, RuleStats, conn_key_parts,
+    port_index_parts,
 };
 use serde::{Deserialize, Serialize};
 
@@ -257,13 +258,14 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
                 Err(MapError::KeyNotFound) => vec![0; RTT_BUCKETS],
                 Err(e) => return Err(e),
             };
+            let (direction, port) = conn_key_parts(key);
             connections.push(ConnCounter {
-                direction: if key >> 16 == CONN_INBOUND {
+                direction: if direction == CONN_INBOUND {
                     Direction::Inbound
                 } else {
                     Direction::Outbound
                 },
-                port: key as u16,
+                port,
                 established,
                 closed,
                 active: established.saturating_sub(closed),
@@ -274,13 +276,14 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
         let mut bind_denied = Vec::new();
         for entry in self.bind_denied.iter() {
             let (key, per_cpu) = entry?;
+            let (proto_idx, port) = port_index_parts(key);
             bind_denied.push(BindDenied {
-                proto: if key >> 16 == PROTO_IDX_TCP {
+                proto: if proto_idx == PROTO_IDX_TCP {
                     Proto::Tcp
                 } else {
                     Proto::Udp
                 },
-                port: key as u16,
+                port,
                 count: per_cpu.iter().sum(),
             });
         }
