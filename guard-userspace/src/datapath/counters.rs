@@ -48,18 +48,64 @@ impl std::fmt::Display for Direction {
     }
 }
 
-/// Names of the `REASON_*` counters, by index.
-pub const REASON_NAMES: [(u32, &str); REASONS_LEN as usize] = [
-    (REASON_POLICY, "policy"),
-    (REASON_MALFORMED, "malformed"),
-    (REASON_UNSUPPORTED, "unsupported"),
-    (REASON_FRAGMENT_PASSED, "fragment_passed"),
-    (REASON_NOT_IP, "not_ip"),
-    (REASON_REPLY_PASSED, "reply_passed"),
-    (REASON_ICMP_PASSED, "icmp_control"),
-    (REASON_UNCONFIGURED, "unconfigured"),
-    (REASON_BAD_ACTION, "bad_action"),
-];
+/// Why a packet was dropped (or, in audit mode, would have been), or passed unjudged: the
+/// `REASON_*` counters of the kernel, by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    Policy,
+    Malformed,
+    Unsupported,
+    FragmentPassed,
+    NotIp,
+    ReplyPassed,
+    #[serde(rename = "icmp_control")]
+    IcmpPassed,
+    Unconfigured,
+    BadAction,
+}
+
+impl Reason {
+    /// Every reason with its counter index, in index order.
+    pub const ALL: [(u32, Reason); REASONS_LEN as usize] = [
+        (REASON_POLICY, Reason::Policy),
+        (REASON_MALFORMED, Reason::Malformed),
+        (REASON_UNSUPPORTED, Reason::Unsupported),
+        (REASON_FRAGMENT_PASSED, Reason::FragmentPassed),
+        (REASON_NOT_IP, Reason::NotIp),
+        (REASON_REPLY_PASSED, Reason::ReplyPassed),
+        (REASON_ICMP_PASSED, Reason::IcmpPassed),
+        (REASON_UNCONFIGURED, Reason::Unconfigured),
+        (REASON_BAD_ACTION, Reason::BadAction),
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Reason::Policy => "policy",
+            Reason::Malformed => "malformed",
+            Reason::Unsupported => "unsupported",
+            Reason::FragmentPassed => "fragment_passed",
+            Reason::NotIp => "not_ip",
+            Reason::ReplyPassed => "reply_passed",
+            Reason::IcmpPassed => "icmp_control",
+            Reason::Unconfigured => "unconfigured",
+            Reason::BadAction => "bad_action",
+        }
+    }
+}
+
+impl std::fmt::Display for Reason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Compares with the name, so `reason == "policy"` reads as it does in JSON.
+impl PartialEq<&str> for Reason {
+    fn eq(&self, name: &&str) -> bool {
+        self.as_str() == *name
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RuleCounter {
@@ -71,7 +117,7 @@ pub struct RuleCounter {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReasonCounter {
-    pub reason: String,
+    pub reason: Reason,
     pub packets: u64,
 }
 
@@ -166,7 +212,7 @@ impl Counters {
         self.rules.iter().find(|r| r.rule == name)
     }
 
-    /// The counter of the reason called `name` (see [`REASON_NAMES`]).
+    /// The counter of the reason called `name` (see [`Reason`]).
     pub fn reason(&self, name: &str) -> u64 {
         self.reasons
             .iter()
@@ -215,11 +261,11 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
                 })
             })
             .collect::<Result<_, MapError>>()?;
-        let reasons = REASON_NAMES
+        let reasons = Reason::ALL
             .iter()
-            .map(|&(i, name)| {
+            .map(|&(i, reason)| {
                 Ok(ReasonCounter {
-                    reason: name.to_owned(),
+                    reason,
                     packets: sum(&self.reasons, i)?,
                 })
             })

@@ -496,7 +496,7 @@ mod tests {
     use crate::policy::model::{PortLabel, Proto, RuleAction};
 
     use crate::datapath::counters::{
-        BindDenied, ConnCounter, EventCounters, PortCounter, ReasonCounter, RuleCounter,
+        BindDenied, ConnCounter, EventCounters, PortCounter, Reason, ReasonCounter, RuleCounter,
     };
 
     fn counters() -> Counters {
@@ -508,7 +508,7 @@ mod tests {
                 bytes: 700,
             }],
             reasons: vec![ReasonCounter {
-                reason: "policy".into(),
+                reason: Reason::Policy,
                 packets: 3,
             }],
             ports: vec![PortCounter {
