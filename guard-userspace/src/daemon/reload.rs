@@ -145,29 +145,9 @@ impl Daemon {
         // Committed. Interfaces the new policy no longer names are detached now, not before:
         // until here the old policy could still be restored on them.
         if let Some(prev) = previous {
-            for gone in prev
-                .interfaces
-                .iter()
-                .filter(|a| !interfaces.contains(&a.name))
-            {
-                self.pins.remove_link(&xdp_hook(&gone.name));
-                self.pins.remove_link(&tc_hook(&gone.name));
-            }
+            self.detach_dropped(prev, &interfaces);
         }
-        if !self.readers_opened
-            && let Some(guard) = fresh.as_mut().or(self.guard.as_mut())
-        {
-            // The ring and log maps are pinned: the first instance's readers see every later
-            // instance's records too.
-            let logger = guard.take_logger();
-            match guard.take_events() {
-                Ok(ring) => {
-                    self.readers = Some((logger, ring));
-                    self.readers_opened = true;
-                }
-                Err(e) => error!(error = error_chain(&e), "opening the event ring failed"),
-            }
-        }
+        self.open_readers(fresh.as_mut());
         self.decoder.set_rules(lowered.rules.clone());
         if let Some(guard) = fresh {
             // Every link runs the new programs now; the previous instance can go.
@@ -198,16 +178,7 @@ impl Daemon {
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "policy applied"
         );
-        info!(
-            mode = %mode,
-            interfaces = interfaces.join(","),
-            cgroup = %cgroup.display(),
-            listen_enforced = checked.policy.listen.is_some(),
-            rules = checked.policy.ingress.len() + checked.policy.egress.len(),
-            port_classes = lowered.classes,
-            "guard {}",
-            if mode == Mode::Audit { "auditing: counting what the policy would drop, dropping nothing" } else { "enforcing" }
-        );
+        announce_mode(&checked, &interfaces, &cgroup, lowered.classes);
         self.current = Some(Current { source, text });
         // Any change ends a pending commit-confirm (the kernel's deadline was cleared by the
         // switch); a change applied with --confirm-within starts a new one.
@@ -223,6 +194,37 @@ impl Daemon {
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
         Ok(())
+    }
+
+    /// Unpins the links of interfaces `prev` had and the new policy does not name.
+    fn detach_dropped(&self, prev: &State, interfaces: &[String]) {
+        for gone in prev
+            .interfaces
+            .iter()
+            .filter(|a| !interfaces.contains(&a.name))
+        {
+            self.pins.remove_link(&xdp_hook(&gone.name));
+            self.pins.remove_link(&tc_hook(&gone.name));
+        }
+    }
+
+    /// Opens the event ring and kernel log readers once, from the first instance: the ring
+    /// and log maps are pinned, so its readers see every later instance's records too.
+    fn open_readers(&mut self, fresh: Option<&mut Guard>) {
+        if self.readers_opened {
+            return;
+        }
+        let Some(guard) = fresh.or(self.guard.as_mut()) else {
+            return;
+        };
+        let logger = guard.take_logger();
+        match guard.take_events() {
+            Ok(ring) => {
+                self.readers = Some((logger, ring));
+                self.readers_opened = true;
+            }
+            Err(e) => error!(error = error_chain(&e), "opening the event ring failed"),
+        }
     }
 
     /// Attaches `fresh` (a new instance) or keeps the running instance's links, on every
@@ -449,4 +451,23 @@ pub(super) fn resolve_interfaces(specs: &[InterfaceSpec]) -> Result<Vec<String>,
         )));
     }
     Ok(names)
+}
+
+/// Says in the log what now runs: the mode, where, and what the policy holds.
+fn announce_mode(checked: &Checked, interfaces: &[String], cgroup: &Path, port_classes: u32) {
+    let mode = checked.policy.mode;
+    info!(
+        mode = %mode,
+        interfaces = interfaces.join(","),
+        cgroup = %cgroup.display(),
+        listen_enforced = checked.policy.listen.is_some(),
+        rules = checked.policy.ingress.len() + checked.policy.egress.len(),
+        port_classes,
+        "guard {}",
+        if mode == Mode::Audit {
+            "auditing: counting what the policy would drop, dropping nothing"
+        } else {
+            "enforcing"
+        }
+    );
 }
