@@ -95,6 +95,42 @@ fn default_action(policy: &Policy) -> RuleAction {
     }
 }
 
+/// The decision among `naming` (each rule's index among its kind, name, action and
+/// networks, in file order) for `addr`, else `otherwise`.
+fn decide<'a>(
+    naming: impl IntoIterator<Item = (usize, &'a str, RuleAction, &'a [IpNet])>,
+    addr: IpAddr,
+    otherwise: Decision,
+) -> Decision {
+    let naming: Vec<_> = naming.into_iter().collect();
+    match best_rule(
+        naming.iter().map(|&(_, _, action, nets)| (action, nets)),
+        addr,
+    ) {
+        Some((i, action)) => Decision {
+            decider: Decider::Rule {
+                name: naming[i].1.to_owned(),
+                index: naming[i].0,
+            },
+            action,
+        },
+        None => otherwise,
+    }
+}
+
+/// The rules of `rules` naming `proto`/`port`, as [`decide`] takes them.
+fn port_rules(
+    rules: &[super::model::Rule],
+    proto: Proto,
+    port: u16,
+) -> impl Iterator<Item = (usize, &str, RuleAction, &[IpNet])> {
+    rules
+        .iter()
+        .enumerate()
+        .filter(move |(_, r)| r.proto == proto && r.ports.iter().any(|p| p.contains(port)))
+        .map(|(i, r)| (i, r.name.as_str(), r.action, r.nets.as_slice()))
+}
+
 /// The decision for an inbound `proto` packet to `port` from `src`.
 pub fn inbound(policy: &Policy, proto: Proto, port: u16, src: IpAddr) -> Decision {
     if is_failsafe(policy, proto, port) {
@@ -103,81 +139,36 @@ pub fn inbound(policy: &Policy, proto: Proto, port: u16, src: IpAddr) -> Decisio
             action: RuleAction::Allow,
         };
     }
-    let naming: Vec<(usize, &super::model::Rule)> = policy
-        .ingress
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.proto == proto && r.ports.iter().any(|p| p.contains(port)))
-        .collect();
-    match best_rule(
-        naming.iter().map(|(_, r)| (r.action, r.nets.as_slice())),
-        src,
-    ) {
-        Some((i, action)) => Decision {
-            decider: Decider::Rule {
-                name: naming[i].1.name.clone(),
-                index: naming[i].0,
-            },
-            action,
-        },
-        None => Decision {
-            decider: Decider::Default,
-            action: default_action(policy),
-        },
-    }
+    let otherwise = Decision {
+        decider: Decider::Default,
+        action: default_action(policy),
+    };
+    decide(port_rules(&policy.ingress, proto, port), src, otherwise)
 }
 
 /// The decision for an inbound packet of an IP protocol judged as a whole (not TCP, UDP or
 /// UDP-Lite; for ICMP and ICMPv6, an echo request) from `src`.
 pub fn inbound_protocol(policy: &Policy, ip_proto: u8, src: IpAddr) -> Decision {
-    let naming: Vec<(usize, &super::model::ProtocolRule)> = policy
+    let naming = policy
         .protocols
         .iter()
         .enumerate()
         .filter(|(_, r)| r.protocols.contains(&ip_proto))
-        .collect();
-    match best_rule(
-        naming.iter().map(|(_, r)| (r.action, r.nets.as_slice())),
-        src,
-    ) {
-        Some((i, action)) => Decision {
-            decider: Decider::Rule {
-                name: naming[i].1.name.clone(),
-                index: naming[i].0,
-            },
-            action,
-        },
-        None => Decision {
-            decider: Decider::Default,
-            action: default_action(policy),
-        },
-    }
+        .map(|(i, r)| (i, r.name.as_str(), r.action, r.nets.as_slice()));
+    let otherwise = Decision {
+        decider: Decider::Default,
+        action: default_action(policy),
+    };
+    decide(naming, src, otherwise)
 }
 
 /// The decision for an outbound `proto` connection (or datagram) to `port` at `dst`.
 pub fn outbound(policy: &Policy, proto: Proto, port: u16, dst: IpAddr) -> Decision {
-    let naming: Vec<(usize, &super::model::Rule)> = policy
-        .egress
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| r.proto == proto && r.ports.iter().any(|p| p.contains(port)))
-        .collect();
-    match best_rule(
-        naming.iter().map(|(_, r)| (r.action, r.nets.as_slice())),
-        dst,
-    ) {
-        Some((i, action)) => Decision {
-            decider: Decider::Rule {
-                name: naming[i].1.name.clone(),
-                index: naming[i].0,
-            },
-            action,
-        },
-        None => Decision {
-            decider: Decider::EgressDefault,
-            action: RuleAction::Allow,
-        },
-    }
+    let otherwise = Decision {
+        decider: Decider::EgressDefault,
+        action: RuleAction::Allow,
+    };
+    decide(port_rules(&policy.egress, proto, port), dst, otherwise)
 }
 
 /// How much of a zone can reach a port.
