@@ -747,8 +747,17 @@ fn pins_of_another_layout_are_refused_and_enforcement_is_untouched() {
     let ours = pin_dir.join(format!("layout-{}", guard_common::maps::PIN_LAYOUT));
     assert!(ours.is_dir(), "a fresh start marks its pin layout");
     assert!(daemon.stop_with(libc::SIGKILL).code().is_none(), "killed");
-    for (mark, found) in [(Some("layout-9"), 9), (None, 1)] {
-        std::fs::remove_dir(&ours).ok();
+    // (keep our mark, another mark, the layout the refusal names)
+    for (keep, mark, found) in [
+        (false, Some("layout-9"), 9),
+        (false, None, 1),
+        (true, Some("layout-9"), 9),
+    ] {
+        if keep {
+            std::fs::create_dir_all(&ours).unwrap();
+        } else {
+            std::fs::remove_dir(&ours).ok();
+        }
         if let Some(mark) = mark {
             std::fs::create_dir(pin_dir.join(mark)).unwrap();
         }
@@ -772,6 +781,17 @@ fn pins_of_another_layout_are_refused_and_enforcement_is_untouched() {
                 && stderr.contains("Enforcement is untouched")
                 && stderr.contains("guard unload"),
             "says what and what to do: {stderr}"
+        );
+        let doctor = daemon
+            .dirs
+            .guard()
+            .arg("doctor")
+            .output()
+            .expect("run guard doctor");
+        let report = String::from_utf8_lossy(&doctor.stdout);
+        assert!(
+            report.contains(&format!("have pin layout {found}")),
+            "doctor says so too: {report}"
         );
         assert!(net.has_xdp(), "the pinned programs stay attached");
         assert!(open(&net, allowed), "the old policy still allows");

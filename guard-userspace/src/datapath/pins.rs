@@ -45,13 +45,24 @@ impl Pins {
     /// The pin layout of what is pinned here: `None` when nothing is pinned; layout 1 when
     /// objects are pinned without a mark (a guard from before layouts were numbered).
     pub fn pinned_layout(&self) -> Option<u32> {
-        let marked = std::fs::read_dir(&self.dir).ok()?.flatten().find_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_prefix("layout-")?
-                .parse::<u32>()
-                .ok()
-        });
+        let marks: Vec<u32> = std::fs::read_dir(&self.dir)
+            .ok()?
+            .flatten()
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_prefix("layout-")?
+                    .parse::<u32>()
+                    .ok()
+            })
+            .collect();
+        // Several marks (a pin directory tampered with, or two guards' leftovers): the one
+        // that is not ours, so the pins are refused rather than guessed at.
+        let marked = marks
+            .iter()
+            .copied()
+            .find(|&m| m != maps::PIN_LAYOUT)
+            .or(marks.first().copied());
         let pinned =
             |sub: &str| std::fs::read_dir(self.dir.join(sub)).is_ok_and(|mut d| d.next().is_some());
         match marked {

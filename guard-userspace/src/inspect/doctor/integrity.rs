@@ -356,6 +356,19 @@ pub(super) fn guard_checks(places: &Places<'_>) -> Vec<Finding> {
     }
     let pin_dir = st.as_ref().map_or(places.pin_dir, |s| s.pin_dir.as_path());
     if pin_dir.is_dir() {
+        match Pins::new(pin_dir).pinned_layout() {
+            Some(layout) if layout != guard_common::maps::PIN_LAYOUT => out.push(finding(
+                "integrity",
+                Severity::Error,
+                format!(
+                    "the pins in {} have pin layout {layout}; this guard uses layout {}: it will not adopt them",
+                    pin_dir.display(),
+                    guard_common::maps::PIN_LAYOUT
+                ),
+                "keep running the guard that made them, or `guard unload` and start this one (enforcement stops in between)",
+            )),
+            _ => {}
+        }
         let open = open_pins(pin_dir, 2);
         if open.is_empty() {
             out.push(finding(
