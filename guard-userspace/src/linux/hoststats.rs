@@ -100,20 +100,15 @@ pub fn service_stats(name: &str) -> ServiceStats {
         name: name.to_owned(),
         ..ServiceStats::default()
     };
-    let Ok(procs) = fs::read_dir("/proc") else {
+    let Ok(all) = procfs::process::all_processes() else {
         return stats;
     };
-    for entry in procs.flatten() {
-        let path = entry.path();
-        let is_pid = entry
-            .file_name()
-            .to_str()
-            .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()));
-        if !is_pid || !fs::read_to_string(path.join("comm")).is_ok_and(|c| c.trim_end() == name) {
+    for process in all.flatten() {
+        if !process.stat().is_ok_and(|s| s.comm == name) {
             continue;
         }
         stats.processes += 1;
-        stats.open_fds += fs::read_dir(path.join("fd")).map_or(0, |d| d.count() as u64);
+        stats.open_fds += process.fd_count().map_or(0, |n| n as u64);
     }
     stats
 }

@@ -4,7 +4,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    fs, io,
+    io,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
@@ -245,43 +245,25 @@ pub fn sockets() -> io::Result<Vec<Listener>> {
 /// read is skipped).
 pub fn socket_owners(inodes: BTreeSet<u32>) -> BTreeMap<u32, Vec<Process>> {
     let mut owners: BTreeMap<u32, Vec<Process>> = BTreeMap::new();
-    let Ok(procs) = fs::read_dir("/proc") else {
+    let Ok(all) = procfs::process::all_processes() else {
         return owners;
     };
-    for entry in procs.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(fds) = fs::read_dir(entry.path().join("fd")) else {
+    for process in all.flatten() {
+        let Ok(fds) = process.fd() else {
             continue;
         };
         let mut comm = None;
         for fd in fds.flatten() {
-            let Ok(target) = fs::read_link(fd.path()) else {
+            let procfs::process::FDTarget::Socket(inode) = fd.target else {
                 continue;
             };
-            let Some(inode) = target
-                .to_str()
-                .and_then(|t| t.strip_prefix("socket:["))
-                .and_then(|t| t.strip_suffix(']'))
-                .and_then(|t| t.parse::<u32>().ok())
-            else {
+            let Some(inode) = u32::try_from(inode).ok().filter(|i| inodes.contains(i)) else {
                 continue;
             };
-            if !inodes.contains(&inode) {
-                continue;
-            }
             let comm = comm
-                .get_or_insert_with(|| {
-                    fs::read_to_string(entry.path().join("comm"))
-                        .map(|c| c.trim_end().to_owned())
-                        .unwrap_or_default()
-                })
+                .get_or_insert_with(|| process.stat().map(|s| s.comm).unwrap_or_default())
                 .clone();
+            let pid = process.pid as u32;
             let list = owners.entry(inode).or_default();
             if !list.iter().any(|p| p.pid == pid) {
                 list.push(Process { pid, comm });
