@@ -10,41 +10,16 @@ use std::collections::{BTreeMap, HashMap};
 
 use guard_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, CLASS_LENS_USE_TRIE, ClassLens,
-    GuardConfig, MAX_CLASS_PREFIX_LENS, MAX_PORT_SLOTS, MODE_AUDIT, MODE_ENFORCE,
-    PORT_ACTION_SHIFT, PORT_DIRECT, PORT_FAILSAFE, PORT_SLOT_FIRST_NAMED, PORT_SLOT_OTHER_TCP,
-    PORT_SLOT_OTHER_UDP, PORT_VALUE_MASK, PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP,
-    PROTO_IDX_TCP, PROTO_IDX_UDP, RULE_DEFAULT, RULE_EGRESS_DEFAULT, RULE_FAILSAFE,
-    RULE_FIRST_POLICY, RULE_REPLY, RuleRef, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
-    port_index,
+    GuardConfig, MAX_CLASS_PREFIX_LENS, MODE_AUDIT, MODE_ENFORCE, PORT_ACTION_SHIFT, PORT_DIRECT,
+    PORT_FAILSAFE, PORT_VALUE_MASK, PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP, PROTO_IDX_TCP,
+    PROTO_IDX_UDP, RuleRef, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, port_index,
 };
 use ipnet::IpNet;
-use serde::Serialize;
 
-use super::model::{DefaultAction, Mode, Policy, PortLabel, PortRange, Proto, RuleAction};
-
-/// What a rule's counters mean, for `guard stats` and metrics.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct RuleInfo {
-    /// The rule's counter slot; stable across policy changes for a rule of the same name.
-    pub index: u32,
-    pub name: String,
-    /// What happens to the packets the rule counts. In audit mode denials are reported as
-    /// `audit`.
-    pub action: RuleAction,
-}
-
-/// What a per-port counter slot counts, for `guard stats` and metrics.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct PortSlot {
-    /// The counter slot; stable across policy changes for the same (protocol, port).
-    pub slot: u32,
-    pub proto: Proto,
-    /// The port number, or `other` for the ports the policy does not name.
-    pub port: PortLabel,
-}
-
-/// Ranges longer than this get no per-port slots (their ports count as `other`).
-pub const MAX_SLOTTED_RANGE: u32 = 256;
+use super::{
+    catalog::{PortSlot, RuleInfo, policy_rules, port_slots, rule_catalog},
+    model::{DefaultAction, Mode, Policy, PortRange, Proto, RuleAction},
+};
 
 /// Everything the loader writes into the maps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,44 +65,9 @@ const fn action_code(action: RuleAction) -> u32 {
     }
 }
 
-fn label(action: RuleAction, mode: Mode) -> RuleAction {
-    match (action, mode) {
-        (RuleAction::Deny, Mode::Audit) => RuleAction::Audit,
-        (a, _) => a,
-    }
-}
-
 /// Lowers a policy with no previous one (every index fresh).
 pub fn lower(policy: &Policy) -> Lowered {
     lower_after(policy, &[], &[])
-}
-
-/// Gives each key the index it had before, or else the smallest index from `first` on
-/// that no key holds. Returns the indices and which of them are fresh.
-fn assign<K: Eq + std::hash::Hash>(
-    keys: &[K],
-    previous: &[(K, u32)],
-    first: u32,
-) -> (Vec<u32>, Vec<u32>) {
-    let previous: HashMap<&K, u32> = previous.iter().map(|(k, i)| (k, *i)).collect();
-    let kept: Vec<Option<u32>> = keys.iter().map(|k| previous.get(k).copied()).collect();
-    let mut used: std::collections::BTreeSet<u32> = kept.iter().flatten().copied().collect();
-    let mut next = first;
-    let mut fresh = Vec::new();
-    let indices = kept
-        .into_iter()
-        .map(|k| {
-            k.unwrap_or_else(|| {
-                while used.contains(&next) {
-                    next += 1;
-                }
-                used.insert(next);
-                fresh.push(next);
-                next
-            })
-        })
-        .collect();
-    (indices, fresh)
 }
 
 /// Lowers a policy that replaces one whose rules and port slots were `previous_rules` and
@@ -137,66 +77,13 @@ pub fn lower_after(
     previous_rules: &[RuleInfo],
     previous_slots: &[PortSlot],
 ) -> Lowered {
-    let default_rule = match policy.default_action {
-        DefaultAction::Allow => RuleAction::Allow,
-        DefaultAction::Deny => RuleAction::Deny,
-    };
-    let synthetic = [
-        (RULE_DEFAULT, "default", label(default_rule, policy.mode)),
-        (RULE_FAILSAFE, "failsafe", RuleAction::Allow),
-        (RULE_REPLY, "reply", RuleAction::Allow),
-        (RULE_EGRESS_DEFAULT, "egress-default", RuleAction::Allow),
-    ];
-    let mut rules: Vec<RuleInfo> = synthetic
-        .into_iter()
-        .enumerate()
-        .map(|(i, (index, name, action))| {
-            debug_assert_eq!(i as u32, index);
-            RuleInfo {
-                index,
-                name: name.into(),
-                action,
-            }
-        })
-        .collect();
-    debug_assert_eq!(rules.len() as u32, RULE_FIRST_POLICY);
-    // Ingress rules, then egress rules, then whole-protocol rules; names are unique across
-    // all of them. Each is (name, action, source networks).
-    let all_rules: Vec<(&str, RuleAction, &[IpNet])> = policy
-        .ingress
-        .iter()
-        .chain(&policy.egress)
-        .map(|r| (r.name.as_str(), r.action, r.nets.as_slice()))
-        .chain(
-            policy
-                .protocols
-                .iter()
-                .map(|r| (r.name.as_str(), r.action, r.nets.as_slice())),
-        )
-        .collect();
-    let names: Vec<&str> = all_rules.iter().map(|r| r.0).collect();
-    let previous: Vec<(&str, u32)> = previous_rules
-        .iter()
-        .filter(|r| r.index >= RULE_FIRST_POLICY)
-        .map(|r| (r.name.as_str(), r.index))
-        .collect();
-    let (index_of, fresh_rules) = assign(&names, &previous, RULE_FIRST_POLICY);
+    let all_rules = policy_rules(policy);
+    let (rules, index_of, fresh_rules) = rule_catalog(policy, &all_rules, previous_rules);
     let rule_by_index: HashMap<u32, (RuleAction, &[IpNet])> = index_of
         .iter()
         .copied()
         .zip(all_rules.iter().map(|&(_, action, nets)| (action, nets)))
         .collect();
-    rules.extend(
-        all_rules
-            .iter()
-            .zip(&index_of)
-            .map(|(&(name, action, _), &index)| RuleInfo {
-                index,
-                name: name.to_owned(),
-                action: label(action, policy.mode),
-            }),
-    );
-    rules.sort_by_key(|r| r.index);
     let ingress_index = &index_of[..policy.ingress.len()];
     let egress_end = policy.ingress.len() + policy.egress.len();
     let egress_index = &index_of[policy.ingress.len()..egress_end];
@@ -460,75 +347,6 @@ pub fn lower_after(
         classes: class_of_set.len() as u32,
         direct_classes: direct.len() as u32,
     }
-}
-
-/// Counter slots for the ports the policy names (rule ports and failsafe ports; ranges of
-/// at most [`MAX_SLOTTED_RANGE`] ports), after the two "other" slots, up to
-/// [`MAX_PORT_SLOTS`]. Returns the slot array entries and the slot names.
-fn port_slots(
-    policy: &Policy,
-    previous: &[PortSlot],
-) -> (Vec<(u32, u32)>, Vec<PortSlot>, Vec<u32>) {
-    let mut named: Vec<(u32, u16)> = Vec::new();
-    let mut add = |proto_idx: u32, range: &PortRange| {
-        if u32::from(range.last) - u32::from(range.first) < MAX_SLOTTED_RANGE {
-            named.extend((range.first..=range.last).map(|p| (proto_idx, p)));
-        }
-    };
-    for rule in &policy.ingress {
-        let proto_idx = match rule.proto {
-            Proto::Tcp => PROTO_IDX_TCP,
-            Proto::Udp => PROTO_IDX_UDP,
-        };
-        rule.ports.iter().for_each(|r| add(proto_idx, r));
-    }
-    policy
-        .failsafe_ports
-        .iter()
-        .for_each(|r| add(PROTO_IDX_TCP, r));
-    named.sort_unstable();
-    named.dedup();
-    named.truncate((MAX_PORT_SLOTS - PORT_SLOT_FIRST_NAMED) as usize);
-    let proto_name = |idx: u32| {
-        if idx == PROTO_IDX_TCP {
-            Proto::Tcp
-        } else {
-            Proto::Udp
-        }
-    };
-    let keys: Vec<(Proto, PortLabel)> = named
-        .iter()
-        .map(|&(p, port)| (proto_name(p), PortLabel::Number(port)))
-        .collect();
-    let previous: Vec<((Proto, PortLabel), u32)> = previous
-        .iter()
-        .filter(|s| s.slot >= PORT_SLOT_FIRST_NAMED)
-        .map(|s| ((s.proto, s.port), s.slot))
-        .collect();
-    let (indices, fresh) = assign(&keys, &previous, PORT_SLOT_FIRST_NAMED);
-    let mut slots = vec![
-        PortSlot {
-            slot: PORT_SLOT_OTHER_TCP,
-            proto: proto_name(PORT_SLOT_OTHER_TCP),
-            port: PortLabel::Other,
-        },
-        PortSlot {
-            slot: PORT_SLOT_OTHER_UDP,
-            proto: proto_name(PORT_SLOT_OTHER_UDP),
-            port: PortLabel::Other,
-        },
-    ];
-    let mut entries = Vec::with_capacity(named.len());
-    for ((&(proto_idx, port), (proto, port_text)), slot) in named.iter().zip(keys).zip(indices) {
-        entries.push((port_index(proto_idx, port), slot));
-        slots.push(PortSlot {
-            slot,
-            proto,
-            port: port_text,
-        });
-    }
-    slots.sort_by_key(|s| s.slot);
-    (entries, slots, fresh)
 }
 
 /// Splits the port space into maximal segments covered by the same non-empty set of rules,
