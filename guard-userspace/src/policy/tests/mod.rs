@@ -295,3 +295,26 @@ from = ["lan", "192.0.2.7", "2001:db8::/32", "lan"]
         ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32", "fd00::/8"]
     );
 }
+
+#[test]
+fn the_identity_server_preset_opens_only_what_a_node_needs() {
+    use std::net::IpAddr;
+
+    use super::{eval, model::Proto};
+    let text = include_str!("../../../../policies/wso2-is-7.toml");
+    let checked = check("wso2-is-7.toml", text).unwrap_or_else(|e| panic!("{e}"));
+    assert!(checked.warnings.is_empty(), "{:?}", checked.warnings);
+    let p = checked.policy;
+    let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+    let passes = |port, from: &str| eval::inbound(&p, Proto::Tcp, port, ip(from)).passes();
+    let (lb, node, admin, outside) = ("10.0.1.5", "10.0.2.7", "10.0.9.9", "203.0.113.1");
+    assert!(passes(9443, lb) && !passes(9443, outside) && !passes(9443, node));
+    assert!(passes(4000, node) && !passes(4000, lb) && !passes(4000, outside));
+    for closed in [9763, 8000, 10500, 80] {
+        for from in [lb, node, admin, outside] {
+            assert!(!passes(closed, from), "{closed} from {from}");
+        }
+    }
+    assert!(passes(22, outside), "the failsafe port stays open");
+    assert_eq!(p.mode, Mode::Enforce);
+}
