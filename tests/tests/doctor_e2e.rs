@@ -372,3 +372,63 @@ fn integrity_hooks_and_permissions_with_a_running_daemon() {
     assert!(stdout.contains("fix: "), "{stdout}");
     other.guard.detach_all();
 }
+
+#[test]
+fn an_identity_server_installation_is_checked_without_a_login() {
+    let dirs = guard_tests::Dirs::new();
+    let home = std::env::temp_dir().join(guard_tests::unique("guard-is-home-"));
+    let conf = home.join("repository/conf");
+    std::fs::create_dir_all(&conf).unwrap();
+    let doctor = |home: &std::path::Path| {
+        let out = dirs
+            .guard()
+            .args(["doctor", "--json", "--wso2-home"])
+            .arg(home)
+            .output()
+            .expect("run guard doctor");
+        (out.status.code(), json_stdout(&out))
+    };
+    // Not an installation: one clear finding, an error.
+    let (code, report) = doctor(&home.join("missing"));
+    assert_eq!(code, Some(1));
+    let wso2 = messages(&report, &["wso2"], "error");
+    assert!(
+        has(&wso2, "is not an Identity Server installation"),
+        "{report}"
+    );
+    // The stock configuration of a download.
+    std::fs::write(
+        conf.join("deployment.toml"),
+        "[server]\nhostname = \"localhost\"\n[super_admin]\nusername = \"admin\"\npassword = \"admin\"\n\
+         [keystore.primary]\nfile_name = \"wso2carbon.jks\"\npassword = \"wso2carbon\"\n\
+         [truststore]\nfile_name = \"client-truststore.jks\"\npassword = \"wso2carbon\"\n",
+    )
+    .unwrap();
+    let (code, report) = doctor(&home);
+    assert_eq!(code, Some(1), "errors found");
+    let errors = messages(&report, &["credentials"], "error");
+    assert!(has(&errors, "default `admin`"), "{report}");
+    assert!(has(&errors, "stock keystore wso2carbon.jks"), "{report}");
+    assert!(has(&errors, "default `wso2carbon`"), "{report}");
+    let warnings = messages(&report, &["wso2"], "warning");
+    assert!(has(&warnings, "plain-HTTP transport"), "{report}");
+    assert!(has(&warnings, "hostname is `localhost`"), "{report}");
+    // A hardened one: no credentials or wso2 finding above ok.
+    std::fs::write(
+        conf.join("deployment.toml"),
+        "[server]\nhostname = \"id.example.com\"\ndisable_admin_services = true\n\
+         [super_admin]\nusername = \"ops\"\npassword = \"$secret{admin_password}\"\n\
+         [keystore.primary]\nfile_name = \"node1.p12\"\npassword = \"$secret{ks}\"\n\
+         [truststore]\nfile_name = \"client-truststore.p12\"\npassword = \"$secret{ts}\"\n\
+         [transport.http]\nenabled = false\n",
+    )
+    .unwrap();
+    let (_, report) = doctor(&home);
+    for severity in ["error", "warning"] {
+        assert!(
+            messages(&report, &["credentials", "wso2"], severity).is_empty(),
+            "{report}"
+        );
+    }
+    std::fs::remove_dir_all(&home).unwrap();
+}

@@ -15,6 +15,7 @@ pub fn doctor(
     json: bool,
     policy_file: Option<&Path>,
     netns: Option<&str>,
+    wso2_home: Option<&Path>,
 ) -> Result<(), Failure> {
     if !rustix::process::geteuid().is_root() {
         return Err(Failure::Runtime(
@@ -31,6 +32,7 @@ pub fn doctor(
         run_dir,
         pin_dir,
         policy_file,
+        wso2_home,
     };
     let report = doctor::run(&places, policy.as_ref(), netns)
         .map_err(|e| Failure::Runtime(e.to_string()))?;

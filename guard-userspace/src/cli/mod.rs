@@ -146,6 +146,10 @@ pub enum Command {
         /// namespace (a name from `ip netns`, or a path such as /proc/PID/ns/net).
         #[arg(long, value_name = "NAME")]
         netns: Option<String>,
+        /// Also check this WSO2 Identity Server installation (IS_HOME): default credentials,
+        /// stock keystores, admin services, plain HTTP, hostname. Reads files only.
+        #[arg(long, value_name = "DIR")]
+        wso2_home: Option<PathBuf>,
     },
     /// Detach guard's programs and remove its pins (and stop the daemon if it runs).
     ///
@@ -316,12 +320,14 @@ pub fn dispatch(cli: &Cli) -> std::process::ExitCode {
             json,
             policy,
             netns,
+            wso2_home,
         } => doctor::doctor(
             &cli.pin_dir,
             &cli.run_dir,
             *json,
             policy.as_deref(),
             netns.as_deref(),
+            wso2_home.as_deref(),
         ),
         Command::Unload => unload::unload(&cli.pin_dir, &cli.run_dir),
     };

@@ -23,8 +23,9 @@ mod kernel;
 mod network;
 mod routes;
 mod sysctls;
+mod wso2;
 
-pub use self::{files::*, firewall::*, kernel::*, routes::*, sysctls::*};
+pub use self::{files::*, firewall::*, kernel::*, routes::*, sysctls::*, wso2::*};
 use self::{integrity::*, network::*};
 
 use std::{
@@ -99,6 +100,8 @@ pub struct Places<'a> {
     pub pin_dir: &'a Path,
     /// A policy file named on the command line.
     pub policy_file: Option<&'a Path>,
+    /// A WSO2 Identity Server installation to check (`--wso2-home`).
+    pub wso2_home: Option<&'a Path>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -128,6 +131,9 @@ pub fn run(
     }
     findings.extend(guard_checks(places));
     findings.extend(kernel_checks());
+    if let Some(home) = places.wso2_home {
+        findings.extend(check_wso2_home(home));
+    }
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
     let count = |s| findings.iter().filter(|f| f.severity == s).count();
     Ok(Report {
