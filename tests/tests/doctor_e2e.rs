@@ -432,3 +432,37 @@ fn an_identity_server_installation_is_checked_without_a_login() {
     }
     std::fs::remove_dir_all(&home).unwrap();
 }
+
+#[test]
+fn a_guarded_interface_reports_its_driver_and_a_promiscuous_mode() {
+    let net = TestNet::new();
+    let dirs = guard_tests::Dirs::new();
+    let policy = PolicyFile::new(&format!("interfaces = [\"{}\"]\n", net.host_if));
+    let doctor = || {
+        let out = dirs
+            .guard()
+            .args(["doctor", "--json", "--policy", policy.arg()])
+            .output()
+            .expect("run guard doctor");
+        json_stdout(&out)
+    };
+    let report = doctor();
+    let info = messages(&report, &["firmware"], "info");
+    assert!(
+        has(&info, &format!("{}: driver veth", net.host_if)),
+        "ethtool's driver info: {report}"
+    );
+    assert!(
+        messages(&report, &["firmware"], "warning").is_empty(),
+        "{report}"
+    );
+    sh(&["ip", "link", "set", &net.host_if, "promisc", "on"]);
+    let report = doctor();
+    assert!(
+        has(
+            &messages(&report, &["firmware"], "warning"),
+            &format!("{} is in promiscuous mode", net.host_if)
+        ),
+        "{report}"
+    );
+}

@@ -16,6 +16,7 @@
 //! reads the host. With a network namespace, the network checks (routes, sysctls,
 //! firewall) look inside it; the rest is host-wide.
 
+mod currency;
 mod files;
 mod firewall;
 mod integrity;
@@ -25,7 +26,7 @@ mod routes;
 mod sysctls;
 mod wso2;
 
-pub use self::{files::*, firewall::*, kernel::*, routes::*, sysctls::*, wso2::*};
+pub use self::{currency::*, files::*, firewall::*, kernel::*, routes::*, sysctls::*, wso2::*};
 use self::{integrity::*, network::*};
 
 use std::{
@@ -111,6 +112,24 @@ pub struct Report {
     pub warnings: usize,
 }
 
+/// The interfaces guard guards: the running (or last) daemon's, else the policy's named ones.
+fn guarded_interfaces(places: &Places<'_>, policy: Option<&Policy>) -> Vec<String> {
+    match crate::api::state::read(places.run_dir) {
+        Ok(st) => st.interfaces.into_iter().map(|a| a.name).collect(),
+        Err(_) => policy
+            .map(|p| {
+                p.interfaces
+                    .iter()
+                    .filter_map(|i| match i {
+                        InterfaceSpec::Name(n) => Some(n.clone()),
+                        InterfaceSpec::DefaultRoute => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
 /// Every check. `netns`: run the network checks inside this namespace.
 pub fn run(
     places: &Places<'_>,
@@ -131,6 +150,10 @@ pub fn run(
     }
     findings.extend(guard_checks(places));
     findings.extend(kernel_checks());
+    findings.extend(check_currency(&read_currency(
+        Path::new("/"),
+        &guarded_interfaces(places, policy),
+    )));
     if let Some(home) = places.wso2_home {
         findings.extend(check_wso2_home(home));
     }
