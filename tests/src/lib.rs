@@ -6,6 +6,7 @@
 //! end of such a pair and its namespace, addressed from 198.18.0.0/15, with no default route.
 //! A missing prerequisite (not root, no `ip`) fails the test with a message; nothing skips.
 
+pub mod idserver;
 pub mod kernel;
 pub mod packets;
 pub mod policies;
@@ -222,6 +223,53 @@ fn next_subnet() -> u8 {
     // 198.18.<1..=250>.0/24, spread by pid so two test processes rarely collide.
     let n = COUNTER.fetch_add(1, Ordering::Relaxed) + std::process::id();
     (n % 250 + 1) as u8
+}
+
+/// Two network namespaces joined by a veth pair and nothing else (no host end): `a`
+/// (address `a_ip`) and `b` (`b_ip`), in one /24 of 198.18.0.0/15. A DMZ client in `b`
+/// reaches a server in `a` without touching the host's network.
+pub struct NsPair {
+    pub a: NetNs,
+    pub b: NetNs,
+    pub a_ip: Ipv4Addr,
+    pub b_ip: Ipv4Addr,
+}
+
+impl NsPair {
+    pub fn new() -> Self {
+        let (a, b) = (NetNs::new(), NetNs::new());
+        let subnet = next_subnet();
+        let (a_ip, b_ip) = (
+            Ipv4Addr::new(198, 18, subnet, 1),
+            Ipv4Addr::new(198, 18, subnet, 2),
+        );
+        let link = unique("gp");
+        sh(&[
+            "ip", "-n", &a.name, "link", "add", "eth0", "type", "veth", "peer", "name", &link,
+            "netns", &b.name,
+        ]);
+        sh(&["ip", "-n", &b.name, "link", "set", &link, "name", "eth0"]);
+        for (ns, ip) in [(&a, a_ip), (&b, b_ip)] {
+            sh(&[
+                "ip",
+                "-n",
+                &ns.name,
+                "addr",
+                "add",
+                &format!("{ip}/24"),
+                "dev",
+                "eth0",
+            ]);
+            sh(&["ip", "-n", &ns.name, "link", "set", "eth0", "up"]);
+        }
+        Self { a, b, a_ip, b_ip }
+    }
+}
+
+impl Default for NsPair {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// A cgroup v2 directory of the test's own under the cgroup2 root, removed on drop.

@@ -10,14 +10,28 @@ use crate::{
     cli::{AuditArgs, client::policy_for, table::Table},
     inspect::{
         audit::{self, Report},
+        http_probe::{self, Target},
         probe::{self, Judgement},
     },
     linux::{host::InNetns, sockets},
     policy::model::{Mode, Policy},
 };
 
+fn checked_timeout(secs: f64) -> Result<Duration, Failure> {
+    if secs > 0.0 && secs <= 60.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(Failure::Runtime(
+            "--timeout is seconds, more than 0 and at most 60".into(),
+        ))
+    }
+}
+
 /// `guard audit`: local listeners against the policy, or, with `--probe`, the client's view.
 pub fn audit(run_dir: &Path, args: &AuditArgs) -> Result<(), Failure> {
+    if !args.probe_http.is_empty() {
+        return audit_http(run_dir, args);
+    }
     let (label, policy) = policy_for(run_dir, args.policy.as_deref())?;
     let _netns = args
         .netns
@@ -48,21 +62,125 @@ pub fn audit(run_dir: &Path, args: &AuditArgs) -> Result<(), Failure> {
     Ok(())
 }
 
+/// `guard audit --probe-http URL...`: the HTTP contexts each target answers.
+fn audit_http(run_dir: &Path, args: &AuditArgs) -> Result<(), Failure> {
+    let targets = args
+        .probe_http
+        .iter()
+        .map(|u| Target::parse(u))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(Failure::Runtime)?;
+    // The policy's [contexts] when there is a policy (a file, or the running daemon's).
+    let contexts = if args.policy.is_some() {
+        Some(policy_for(run_dir, args.policy.as_deref())?.1)
+    } else {
+        policy_for(run_dir, None).ok().map(|(_, p)| p)
+    }
+    .and_then(|p| p.contexts)
+    .unwrap_or_default();
+    let list = |given: &[String], from_policy: Vec<String>| -> Result<Vec<String>, Failure> {
+        if given.is_empty() {
+            return Ok(from_policy);
+        }
+        match given
+            .iter()
+            .find(|p| !p.starts_with('/') || !p.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            Some(bad) => Err(Failure::Runtime(format!(
+                "context `{bad}` must start with `/` and be printable ASCII without spaces"
+            ))),
+            None => Ok(given.to_vec()),
+        }
+    };
+    let deny = list(&args.deny_contexts, contexts.deny)?;
+    let allow = list(&args.allow_contexts, contexts.allow)?;
+    let timeout = checked_timeout(args.timeout.unwrap_or(f64::from(contexts.timeout_seconds)))?;
+    let insecure = args.insecure || contexts.insecure;
+    let _netns = args
+        .netns
+        .as_deref()
+        .map(InNetns::enter)
+        .transpose()
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    let reports: Vec<http_probe::Report> = targets
+        .iter()
+        .map(|t| http_probe::probe(t, &deny, &allow, insecure, timeout))
+        .collect();
+    let violations: usize = reports.iter().map(|r| r.violations).sum();
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "netns": args.netns,
+                "targets": reports,
+                "violations": violations,
+            })
+        );
+    } else {
+        for report in &reports {
+            print!("{}", render_http(report));
+        }
+    }
+    if violations > 0 {
+        return Err(Failure::Invalid(format!(
+            "guard audit --probe-http: {violations} request(s) reached a context that must be closed"
+        )));
+    }
+    Ok(())
+}
+
+/// One target's HTTP probe as text.
+pub fn render_http(report: &http_probe::Report) -> String {
+    let mut out = format!("probing {}\n", report.target);
+    if let Some(c) = &report.certificate {
+        let _ = writeln!(
+            out,
+            "certificate {}{}{}",
+            c.subject,
+            if c.self_signed { " (self-signed)" } else { "" },
+            if c.wso2_default {
+                " -- WSO2's default wso2carbon certificate: its private key ships with every download"
+            } else {
+                ""
+            }
+        );
+    }
+    let mut table = Table::new(["PATH", "EXPECT", "STATUS", "VERDICT", "NOTE"]);
+    for r in &report.results {
+        table.row([
+            r.path.clone(),
+            if r.expect == http_probe::Expect::Deny {
+                "deny"
+            } else {
+                "allow"
+            }
+            .to_owned(),
+            r.status.clone(),
+            r.verdict.as_str().to_owned(),
+            r.note.clone(),
+        ]);
+    }
+    out.push_str(&table.render());
+    let _ = writeln!(
+        out,
+        "{} requests, {} violation(s)",
+        report.results.len(),
+        report.violations
+    );
+    out
+}
+
 fn audit_probe(
     label: &str,
     policy: &Policy,
     address: IpAddr,
     args: &AuditArgs,
 ) -> Result<(), Failure> {
-    if !(args.timeout > 0.0 && args.timeout <= 60.0) {
-        return Err(Failure::Runtime(
-            "--timeout is seconds, more than 0 and at most 60".into(),
-        ));
-    }
+    let timeout = checked_timeout(args.timeout.unwrap_or(1.0))?;
     let source = probe::source_for(address)
         .map_err(|e| Failure::Runtime(format!("no route to {address}: {e}")))?;
     let (targets, skipped) = probe::targets(policy, &args.ports);
-    let observed = probe::run(address, &targets, Duration::from_secs_f64(args.timeout));
+    let observed = probe::run(address, &targets, timeout);
     let results: Vec<probe::ProbeResult> = targets
         .iter()
         .zip(observed)

@@ -175,9 +175,24 @@ pub struct AuditArgs {
     /// Also probe this port (repeatable), e.g. --port tcp/5432 --port udp/161.
     #[arg(long = "port", value_name = "PROTO/PORT", requires = "probe", value_parser = parse_proto_port)]
     pub ports: Vec<(Proto, u16)>,
-    /// Seconds to wait for each probe's answer.
-    #[arg(long, value_name = "SECS", default_value_t = 1.0, requires = "probe")]
-    pub timeout: f64,
+    /// Seconds to wait for each probe's answer (default 1 for --probe; for --probe-http,
+    /// the policy's [contexts] timeout_seconds, else 3).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Request the HTTP contexts of this URL (repeatable), e.g. https://10.0.1.5:9443: the
+    /// admin contexts (and their evasion variants) must be closed, the end-user ones open.
+    #[arg(long = "probe-http", value_name = "URL", conflicts_with = "probe")]
+    pub probe_http: Vec<String>,
+    /// With --probe-http: accept any certificate (self-signed ones are still reported).
+    #[arg(long, requires = "probe_http")]
+    pub insecure: bool,
+    /// With --probe-http: a context that must be closed (repeatable; replaces the policy's
+    /// [contexts] deny list and the defaults).
+    #[arg(long = "deny-context", value_name = "PATH", requires = "probe_http")]
+    pub deny_contexts: Vec<String>,
+    /// With --probe-http: a context that must be open (repeatable; replaces the allow list).
+    #[arg(long = "allow-context", value_name = "PATH", requires = "probe_http")]
+    pub allow_contexts: Vec<String>,
 }
 
 /// Parses `tcp/5432` or `udp/53`.

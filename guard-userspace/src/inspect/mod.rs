@@ -3,4 +3,5 @@
 
 pub mod audit;
 pub mod doctor;
+pub mod http_probe;
 pub mod probe;

@@ -5,6 +5,7 @@
 
 mod addresses;
 pub mod catalog;
+mod contexts;
 pub mod diff;
 pub mod eval;
 mod lint;

@@ -158,6 +158,8 @@ pub struct Policy {
     pub events: EventLimits,
     pub flows: FlowTimeouts,
     pub health: HealthPolicy,
+    /// `[contexts]`; `None` when absent (the probe then uses the defaults).
+    pub contexts: Option<ContextsPolicy>,
 }
 
 /// `[health]`: what `/health` checks besides enforcement, and the anomaly detectors.
@@ -325,5 +327,124 @@ impl fmt::Display for PortRange {
         } else {
             write!(f, "{}-{}", self.first, self.last)
         }
+    }
+}
+
+/// Identity Server's admin surface: the management console and SOAP admin services (the
+/// guidelines' `/carbon` and `/services`), the Console and the server REST APIs.
+pub const DEFAULT_DENY_CONTEXTS: [&str; 4] =
+    ["/carbon/", "/services/", "/console", "/api/server/v1/"];
+/// Identity Server's end-user applications.
+pub const DEFAULT_ALLOW_CONTEXTS: [&str; 7] = [
+    "/oauth2/",
+    "/oidc/",
+    "/samlsso",
+    "/commonauth",
+    "/authenticationendpoint/",
+    "/accountrecoveryendpoint/",
+    "/myaccount",
+];
+
+/// `[contexts]`: the HTTP contexts an outside client must not reach (the admin surface) and
+/// those it must (the end-user applications), and where the daemon verifies that.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContextsPolicy {
+    pub deny: Vec<String>,
+    pub allow: Vec<String>,
+    /// What the daemon probes on its audit tick (none: `guard audit --probe-http` only).
+    pub targets: Vec<ProbeTarget>,
+    /// Accept any certificate (a self-signed one is still reported).
+    pub insecure: bool,
+    /// Seconds between the daemon's probes.
+    pub interval_seconds: u32,
+    /// Seconds each request may take.
+    pub timeout_seconds: u32,
+}
+
+impl Default for ContextsPolicy {
+    fn default() -> Self {
+        Self {
+            deny: DEFAULT_DENY_CONTEXTS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            allow: DEFAULT_ALLOW_CONTEXTS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            targets: Vec::new(),
+            insecure: false,
+            interval_seconds: 60,
+            timeout_seconds: 3,
+        }
+    }
+}
+
+/// A probe target: `https://HOST[:PORT][/]` (or `http://`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeTarget {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl ProbeTarget {
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (tls, rest) = if let Some(r) = url.strip_prefix("https://") {
+            (true, r)
+        } else if let Some(r) = url.strip_prefix("http://") {
+            (false, r)
+        } else {
+            return Err(format!(
+                "{url}: a target is https://HOST[:PORT] or http://HOST[:PORT]"
+            ));
+        };
+        let authority = rest.split('/').next().unwrap_or("");
+        if authority.is_empty() || authority.contains('@') {
+            return Err(format!("{url}: no host"));
+        }
+        let default_port = if tls { 443 } else { 80 };
+        // `[v6]`, `[v6]:port`, `host`, `host:port`.
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("{url}: an unclosed [ in the host"))?;
+            match after.strip_prefix(':') {
+                Some(p) => (host, p),
+                None if after.is_empty() => (host, ""),
+                None => return Err(format!("{url}: junk after the host")),
+            }
+        } else {
+            match authority.split_once(':') {
+                Some((h, p)) => (h, p),
+                None => (authority, ""),
+            }
+        };
+        let port = if port.is_empty() {
+            default_port
+        } else {
+            port.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| format!("{url}: the port must be 1-65535"))?
+        };
+        if host.is_empty() {
+            return Err(format!("{url}: no host"));
+        }
+        let host = host.to_owned();
+        Ok(Self { tls, host, port })
+    }
+
+    pub fn url(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        format!(
+            "{}://{host}:{}",
+            if self.tls { "https" } else { "http" },
+            self.port
+        )
     }
 }

@@ -26,6 +26,18 @@ pub struct RawPolicy {
     pub events: Option<Spanned<RawEvents>>,
     pub flows: Option<Spanned<RawFlows>>,
     pub health: Option<Spanned<RawHealth>>,
+    pub contexts: Option<Spanned<RawContexts>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawContexts {
+    pub deny: Option<Spanned<Vec<Spanned<String>>>>,
+    pub allow: Option<Spanned<Vec<Spanned<String>>>>,
+    pub targets: Option<Spanned<Vec<Spanned<String>>>>,
+    pub insecure: Option<Spanned<bool>>,
+    pub interval_seconds: Option<Spanned<i64>>,
+    pub timeout_seconds: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

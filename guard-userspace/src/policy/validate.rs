@@ -193,6 +193,7 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
     let events = events(&raw, &mut f);
     let flows = flows(&raw, &mut f);
     let health = health(&raw, &mut f);
+    let contexts = super::contexts::contexts(&raw, &mut f);
 
     if f.errors.is_empty() {
         let ingress_spans: Vec<Range<usize>> = raw
@@ -218,6 +219,7 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
             events,
             flows,
             health,
+            contexts,
         };
         Ok((policy, f.warnings))
     } else {
@@ -226,7 +228,7 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
 }
 
 /// An integer setting within `min..=max`, or `default` when absent.
-fn bounded(
+pub(super) fn bounded(
     value: Option<&Spanned<i64>>,
     what: &str,
     min: i64,

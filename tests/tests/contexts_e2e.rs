@@ -1,0 +1,181 @@
+//! Tier 3: `guard audit --probe-http`, run from a DMZ namespace against an Identity Server
+//! look-alike (`guard_tests::idserver`) in another namespace, joined by a veth pair and
+//! nothing else. Leaking, the admin contexts and their evasion variants are flagged (exit
+//! 1); behind an allow-list, the same probe passes (exit 0). Refused, garbage and TLS
+//! failures are rows, never crashes.
+
+use std::net::{SocketAddr, TcpListener};
+
+use guard_tests::{
+    Dirs, NsPair,
+    idserver::{self, Exposure},
+    json_stdout,
+};
+use serde_json::Value;
+
+fn probe(dirs: &Dirs, pair: &NsPair, url: &str, extra: &[&str]) -> (Option<i32>, Value) {
+    let out = dirs
+        .guard()
+        .args([
+            "audit",
+            "--json",
+            "--probe-http",
+            url,
+            "--netns",
+            &pair.b.name,
+        ])
+        .args(extra)
+        .output()
+        .expect("run guard audit");
+    (out.status.code(), json_stdout(&out))
+}
+
+/// (path, status, verdict) of every row of the first target.
+fn rows(report: &Value) -> Vec<(String, String, String)> {
+    report["targets"][0]["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| {
+            (
+                r["path"].as_str().unwrap().to_owned(),
+                r["status"].as_str().unwrap().to_owned(),
+                r["verdict"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn row<'a>(rows: &'a [(String, String, String)], path: &str) -> &'a (String, String, String) {
+    rows.iter()
+        .find(|r| r.0 == path)
+        .unwrap_or_else(|| panic!("no row for {path}: {rows:?}"))
+}
+
+fn serve(pair: &NsPair, port: u16, exposure: Exposure, tls: bool) -> idserver::IdServer {
+    let ip = pair.a_ip;
+    let listener = pair
+        .a
+        .run(move || TcpListener::bind(SocketAddr::from((ip, port))).expect("bind in ns a"));
+    idserver::start(listener, exposure, tls, true)
+}
+
+#[test]
+fn a_leaking_node_is_flagged_and_a_whitelisted_one_passes() {
+    let pair = NsPair::new();
+    let dirs = Dirs::new();
+    let leaking = serve(&pair, 9443, Exposure::Leaking, true);
+    let url = format!("https://{}", leaking.addr);
+    let (code, report) = probe(&dirs, &pair, &url, &["--insecure"]);
+    assert_eq!(code, Some(1), "violations exit 1: {report}");
+    let r = rows(&report);
+    for path in [
+        "/carbon/",
+        "/carbon;x/",
+        "/x/..;/carbon/",
+        "/%63arbon/",
+        "//carbon/",
+        "/./carbon/",
+    ] {
+        assert_eq!(row(&r, path).2, "violation", "{path}: {r:?}");
+    }
+    assert_eq!(row(&r, "/carbon/").1, "302", "a redirect to the login page");
+    assert_eq!(row(&r, "/CARBON/").2, "ok", "Tomcat is case-sensitive: 404");
+    assert_eq!(row(&r, "/console").2, "violation", "a login form");
+    assert_eq!(row(&r, "/services/").2, "violation");
+    assert_eq!(row(&r, "/api/server/v1/").1, "401");
+    assert_eq!(row(&r, "/oauth2/").2, "ok");
+    let cert = &report["targets"][0]["certificate"];
+    assert_eq!(cert["self_signed"], true, "{report}");
+    assert_eq!(cert["wso2_default"], true, "{report}");
+    assert!(report["violations"].as_u64().unwrap() >= 9, "{report}");
+    drop(leaking);
+
+    let whitelisted = serve(&pair, 9444, Exposure::Whitelisted, true);
+    let (code, report) = probe(
+        &dirs,
+        &pair,
+        &format!("https://{}", whitelisted.addr),
+        &["--insecure"],
+    );
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report["violations"], 0);
+    let r = rows(&report);
+    assert!(
+        r.iter()
+            .filter(|x| x.0.contains("carbon"))
+            .all(|x| x.1 == "404" && x.2 == "ok")
+    );
+    assert!(
+        r.iter()
+            .filter(|x| x.0 == "/myaccount" || x.0 == "/oidc/")
+            .all(|x| x.2 == "ok"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn failures_are_rows_not_crashes() {
+    let pair = NsPair::new();
+    let dirs = Dirs::new();
+    // Nothing listens: every request is refused, which is fine for the admin contexts and a
+    // warning for the end-user ones.
+    let (code, report) = probe(
+        &dirs,
+        &pair,
+        &format!("https://{}:9", pair.a_ip),
+        &["--insecure", "--timeout", "1"],
+    );
+    assert_eq!(code, Some(0), "{report}");
+    let r = rows(&report);
+    assert_eq!(
+        row(&r, "/carbon/"),
+        &("/carbon/".into(), "refused".into(), "ok".into())
+    );
+    assert_eq!(row(&r, "/oauth2/").2, "warning");
+    // Garbage instead of HTTP.
+    let ip = pair.a_ip;
+    let junk = pair.a.run(move || TcpListener::bind((ip, 2222)).unwrap());
+    std::thread::spawn(move || {
+        for s in junk.incoming().flatten() {
+            use std::io::Write as _;
+            let mut s = s;
+            let _ = s.write_all(b"SSH-2.0-OpenSSH_9.2\r\nnot http at all\r\n\r\n");
+        }
+    });
+    let (code, report) = probe(
+        &dirs,
+        &pair,
+        &format!("http://{}:2222", pair.a_ip),
+        &["--deny-context", "/carbon/", "--allow-context", "/oauth2/"],
+    );
+    assert_eq!(code, Some(0), "{report}");
+    let r = rows(&report);
+    assert_eq!(
+        r.len(),
+        8,
+        "7 variants of one deny context and one allow context: {r:?}"
+    );
+    assert!(
+        r.iter().all(|x| x.1 == "error" && x.2 == "warning"),
+        "{r:?}"
+    );
+    // A self-signed certificate without --insecure: a TLS error, said as such.
+    let tls = serve(&pair, 9445, Exposure::Leaking, true);
+    let (code, report) = probe(
+        &dirs,
+        &pair,
+        &format!("https://{}", tls.addr),
+        &["--deny-context", "/carbon/"],
+    );
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(row(&rows(&report), "/carbon/").1, "tls-error", "{report}");
+    // Bad input: a precise error, exit 2.
+    let out = dirs
+        .guard()
+        .args(["audit", "--probe-http", "ftp://x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("https://HOST[:PORT]"));
+}
