@@ -179,3 +179,75 @@ fn failures_are_rows_not_crashes() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("https://HOST[:PORT]"));
 }
+
+/// The value of `series` in the daemon's /metrics, if present.
+fn metric(daemon: &guard_tests::Daemon, series: &str) -> Option<f64> {
+    let (_, text) = daemon.http_get("/metrics");
+    text.lines().find_map(|l| {
+        let (name, value) = l.rsplit_once(' ')?;
+        (name == series).then(|| value.parse().ok())?
+    })
+}
+
+fn wait_for(what: &str, within: std::time::Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + within;
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_daemon_probes_its_targets_and_reports_changes() {
+    let net = guard_tests::TestNet::new();
+    let pair = NsPair::new();
+    let leaking = serve(&pair, 9443, Exposure::Leaking, true);
+    let target = format!("https://{}", leaking.addr);
+    let policy = guard_tests::PolicyFile::new(
+        &(guard_tests::policies::head(&net.host_if, "audit", "allow")
+            + &format!(
+                "[health]\ninterval_seconds = 1\n[contexts]\ntargets = [\"{target}\"]\nnetns = \"{}\"\ninsecure = true\ninterval_seconds = 10\n",
+                pair.b.name
+            )),
+    );
+    let daemon = guard_tests::Daemon::start(&["--policy", policy.arg()]);
+    let carbon = format!("guard_context_exposed{{target=\"{target}\",path=\"/carbon/\"}}");
+    let apps = format!("guard_context_exposed{{target=\"{target}\",path=\"/api/server/v1/\"}}");
+    wait_for(
+        "the first probe",
+        std::time::Duration::from_secs(15),
+        || metric(&daemon, &carbon) == Some(1.0),
+    );
+    assert_eq!(
+        metric(&daemon, &apps),
+        Some(0.0),
+        "a 401 without a login form is not exposure"
+    );
+    let events = daemon.dirs.guard().arg("events").output().unwrap();
+    let events = String::from_utf8_lossy(&events.stdout).into_owned();
+    assert!(
+        events
+            .lines()
+            .any(|l| l.contains("\"kind\":\"context_exposed\"")
+                && l.contains("\"path\":\"/carbon/\"")
+                && l.contains("/x/..;/carbon/")),
+        "{events}"
+    );
+    // The node goes behind an allow-list: the next probe says the context is closed again.
+    drop(leaking);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let _whitelisted = serve(&pair, 9443, Exposure::Whitelisted, true);
+    wait_for("the next probe", std::time::Duration::from_secs(25), || {
+        metric(&daemon, &carbon) == Some(0.0)
+    });
+    let events = daemon.dirs.guard().arg("events").output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&events.stdout)
+            .lines()
+            .any(|l| l.contains("\"kind\":\"context_closed\"")
+                && l.contains("\"path\":\"/carbon/\"")),
+    );
+}

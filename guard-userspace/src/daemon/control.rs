@@ -36,6 +36,12 @@ impl Daemon {
                     max_rule_series: self.metrics_max_rules,
                     log_write_errors: logging::LOG_WRITE_ERRORS
                         .load(std::sync::atomic::Ordering::Relaxed),
+                    contexts_exposed: &self
+                        .contexts
+                        .exposed
+                        .iter()
+                        .map(|(k, v)| (k.clone(), *v))
+                        .collect::<Vec<_>>(),
                     links_repaired: &[
                         ("repinned", self.repairs.repinned),
                         ("reattached", self.repairs.reattached),

@@ -85,6 +85,7 @@ impl Daemon {
     pub(super) fn tick(&mut self, at_secs: f64) {
         self.repair_links();
         self.audit_listeners();
+        self.probe_contexts();
         let Some(counters) = self.counters() else {
             return;
         };

@@ -19,6 +19,7 @@
 //! enforcing; a new daemon adopts the pinned links without detaching them. Only
 //! `guard unload` detaches.
 
+mod contexts;
 mod control;
 mod links;
 mod listeners;
@@ -196,6 +197,7 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &Options) -> Result<(), Failure
         recent: Arc::default(),
         policy: None,
         unexpected: None,
+        contexts: Default::default(),
     };
     if let Some(pc) = daemon
         .state
@@ -295,6 +297,8 @@ struct Daemon {
     policy: Option<policy::model::Policy>,
     /// Unexpected listeners at the last listener audit (`None` before the first).
     unexpected: Option<BTreeSet<(Proto, IpAddr, u16)>>,
+    /// The `[contexts]` probe.
+    contexts: contexts::ContextProbe,
 }
 
 fn runtime(what: &str, path: &Path, e: std::io::Error) -> Failure {

@@ -46,6 +46,8 @@ pub struct Scrape<'a> {
     pub log_write_errors: u64,
     /// Links the daemon put back, by how: `repinned`, `reattached`.
     pub links_repaired: &'a [(&'static str, u64)],
+    /// `[contexts]` probe: (target, context) → reachable when it must not be.
+    pub contexts_exposed: &'a [((String, String), bool)],
 }
 
 pub use crate::datapath::ProgramStats;
@@ -162,6 +164,20 @@ pub fn families(s: &Scrape<'_>) -> Vec<proto::MetricFamily> {
         )
         .gauge(&[], f64::from(u8::from(s.enforcing))),
     );
+    if !s.contexts_exposed.is_empty() {
+        let mut exposed = Family::new(
+            "guard_context_exposed",
+            "1 when an HTTP context that must be closed answered the last [contexts] probe (any evasion variant)",
+            GAUGE,
+        );
+        for ((target, path), is) in s.contexts_exposed {
+            exposed = exposed.gauge(
+                &[("target", target.as_str()), ("path", path.as_str())],
+                f64::from(u8::from(*is)),
+            );
+        }
+        push(exposed);
+    }
     if let Some(n) = s.unexpected_listeners {
         push(
             Family::new(
@@ -559,12 +575,14 @@ mod tests {
             anomalies_fired: &[],
             unexpected_listeners: Some(2),
             links_repaired: &[("repinned", 1), ("reattached", 0)],
+            contexts_exposed: &[(("https://h:9443".into(), "/carbon/".into()), true)],
             log_write_errors: 0,
             max_rule_series: 10_000,
         });
         for line in [
             "guard_enforcing 1",
             "guard_unexpected_listeners 2",
+            "guard_context_exposed{target=\"https://h:9443\",path=\"/carbon/\"} 1",
             "guard_policy_generation 4",
             "guard_policy_reloads_total{result=\"rejected\"} 1",
             "guard_rule_packets_total{rule=\"web\",action=\"allow\"} 7",
@@ -617,6 +635,7 @@ mod tests {
             anomalies_fired: &[],
             unexpected_listeners: None,
             links_repaired: &[],
+            contexts_exposed: &[],
             log_write_errors: 0,
             max_rule_series: 2,
         });
@@ -652,6 +671,7 @@ mod tests {
             anomalies_fired: &[],
             unexpected_listeners: None,
             links_repaired: &[],
+            contexts_exposed: &[],
             log_write_errors: 0,
             max_rule_series: 10_000,
         });

@@ -86,7 +86,26 @@ pub(super) fn contexts(raw: &RawPolicy, f: &mut Findings) -> Option<ContextsPoli
                 .collect()
         })
         .unwrap_or_default();
+    let netns = c.netns.as_ref().and_then(|n| {
+        let name = n.get_ref();
+        let valid = !name.is_empty()
+            && name.len() <= 255
+            && name.bytes().all(|b| b.is_ascii_graphic())
+            && (name.starts_with('/') || !name.contains('/'));
+        if valid {
+            Some(name.clone())
+        } else {
+            f.error(
+                n.span(),
+                format!(
+                    "[contexts] netns `{name}` must be a name from `ip netns` or an absolute path"
+                ),
+            );
+            None
+        }
+    });
     Some(ContextsPolicy {
+        netns,
         deny,
         allow,
         targets,

@@ -359,6 +359,8 @@ pub struct ContextsPolicy {
     pub interval_seconds: u32,
     /// Seconds each request may take.
     pub timeout_seconds: u32,
+    /// The network namespace the daemon probes from (a DMZ vantage point), if not its own.
+    pub netns: Option<String>,
 }
 
 impl Default for ContextsPolicy {
@@ -376,6 +378,7 @@ impl Default for ContextsPolicy {
             insecure: false,
             interval_seconds: 60,
             timeout_seconds: 3,
+            netns: None,
         }
     }
 }

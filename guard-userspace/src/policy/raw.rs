@@ -38,6 +38,7 @@ pub struct RawContexts {
     pub insecure: Option<Spanned<bool>>,
     pub interval_seconds: Option<Spanned<i64>>,
     pub timeout_seconds: Option<Spanned<i64>>,
+    pub netns: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -328,3 +328,57 @@ fn many_errors_are_all_reported_with_their_places() {
         e[19_999]
     );
 }
+
+#[test]
+fn contexts_are_validated_with_their_places() {
+    let base = "interfaces = [\"eth0\"]\n[contexts]\n";
+    let ok = check(
+        "t.toml",
+        &format!(
+            "{base}deny = [\"/carbon/\"]\ntargets = [\"https://10.0.1.5:9443\", \"http://[2001:db8::5]:8080/\"]\ninsecure = true\ninterval_seconds = 30\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let c = ok.policy.contexts.expect("a [contexts] section");
+    assert_eq!(c.deny, ["/carbon/"]);
+    assert_eq!(c.allow.len(), 7, "the default end-user applications");
+    assert_eq!(c.targets[1].port, 8080);
+    assert!(c.insecure);
+    assert_eq!(c.interval_seconds, 30);
+    let e = errors_text(&format!("{base}deny = [\"carbon\"]\n"));
+    assert!(
+        e.contains("p.toml:3:9: context `carbon` must start with `/`"),
+        "{e}"
+    );
+    let e = errors_text(&format!("{base}allow = [\"/a b\"]\n"));
+    assert!(
+        e.contains("p.toml:3:10: context `/a b` must be printable ASCII"),
+        "{e}"
+    );
+    let e = errors_text(&format!("{base}targets = [\"ftp://x\"]\n"));
+    assert!(
+        e.contains("p.toml:3:12: ftp://x: a target is https://"),
+        "{e}"
+    );
+    let e = errors_text(&format!("{base}interval_seconds = 1\n"));
+    assert!(
+        e.contains("interval_seconds must be between 10 and 86400"),
+        "{e}"
+    );
+    let e = errors_text(&format!("{base}paths = [\"/x\"]\n"));
+    assert!(e.contains("p.toml:3:1: unknown field `paths`"), "{e}");
+    let e = errors_text(&format!("{base}deny = [\"/x\"]\nallow = [\"/x\"]\n"));
+    assert!(e.contains("context `/x` is in both deny and allow"), "{e}");
+    assert!(
+        check("t.toml", "interfaces = [\"eth0\"]\n")
+            .unwrap()
+            .policy
+            .contexts
+            .is_none(),
+        "absent: None"
+    );
+}
+
+fn errors_text(text: &str) -> String {
+    errors(text).join("\n")
+}
