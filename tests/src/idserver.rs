@@ -236,3 +236,80 @@ mod tests {
         assert!(answer("/console", Exposure::Whitelisted).starts_with("HTTP/1.1 404"));
     }
 }
+
+/// A self-signed certificate and key as PEM (for nginx).
+pub fn certificate_pem() -> (String, String) {
+    let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
+    let key = rcgen::KeyPair::generate().expect("key");
+    let cert = params.self_signed(&key).expect("self-signed");
+    (cert.pem(), key.serialize_pem())
+}
+
+/// nginx (Debian's) run by a test in a network namespace, with a configuration of its own
+/// under a private prefix; stopped on drop. Never a host service.
+pub struct Nginx {
+    child: std::process::Child,
+    prefix: std::path::PathBuf,
+}
+
+impl Nginx {
+    /// Starts nginx in namespace `ns` with `server` (the body of one `server { }` block that
+    /// listens with TLS on `listen`), proxying to `upstream`.
+    pub fn start(ns: &str, listen: SocketAddr, server: &str) -> Self {
+        let prefix = std::env::temp_dir().join(crate::unique("guard-nginx-"));
+        std::fs::create_dir_all(&prefix).expect("nginx prefix");
+        let (cert, key) = certificate_pem();
+        std::fs::write(prefix.join("cert.pem"), cert).expect("cert");
+        std::fs::write(prefix.join("key.pem"), key).expect("key");
+        let p = prefix.display();
+        let conf = format!(
+            "master_process off;\nworker_processes 1;\nerror_log {p}/error.log;\npid {p}/nginx.pid;\nevents {{ worker_connections 64; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {p}/body;\n  proxy_temp_path {p}/proxy;\n  fastcgi_temp_path {p}/fastcgi;\n  uwsgi_temp_path {p}/uwsgi;\n  scgi_temp_path {p}/scgi;\n\
+             server {{\n    listen {listen} ssl;\n    ssl_certificate {p}/cert.pem;\n    ssl_certificate_key {p}/key.pem;\n{server}\n  }}\n}}\n"
+        );
+        std::fs::write(prefix.join("nginx.conf"), conf).expect("nginx.conf");
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", ns, "nginx", "-p"])
+            .arg(&prefix)
+            .arg("-c")
+            .arg(prefix.join("nginx.conf"))
+            .args(["-g", "daemon off;"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("nginx (apt-get install nginx-light; cargo xtask test installs it)");
+        let mut nginx = Self { child, prefix };
+        // Ready when it accepts connections.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                let log =
+                    std::fs::read_to_string(nginx.prefix.join("error.log")).unwrap_or_default();
+                panic!("nginx exited ({status}): {log}");
+            }
+            let up = std::process::Command::new("ip")
+                .args(["netns", "exec", ns, "bash", "-c"])
+                .arg(format!(
+                    "exec 3<>/dev/tcp/{}/{}",
+                    listen.ip(),
+                    listen.port()
+                ))
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if up {
+                return nginx;
+            }
+            assert!(std::time::Instant::now() < deadline, "nginx did not start");
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.prefix);
+    }
+}

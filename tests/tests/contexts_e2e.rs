@@ -251,3 +251,66 @@ fn the_daemon_probes_its_targets_and_reports_changes() {
                 && l.contains("\"path\":\"/carbon/\"")),
     );
 }
+
+/// nginx in front of the node, in the node's namespace: the node (plain HTTP) on
+/// 127.0.0.1:8080 there, nginx with TLS on the namespace's address.
+fn behind_nginx(
+    pair: &NsPair,
+    port: u16,
+    locations: &str,
+) -> (idserver::Nginx, idserver::IdServer) {
+    let upstream = pair
+        .a
+        .run(|| TcpListener::bind("127.0.0.1:8080").expect("bind the upstream"));
+    let node = idserver::start(upstream, Exposure::Leaking, false, false);
+    let nginx =
+        idserver::Nginx::start(&pair.a.name, SocketAddr::from((pair.a_ip, port)), locations);
+    (nginx, node)
+}
+
+#[test]
+fn nginx_with_an_allow_list_passes_and_a_deny_list_is_bypassed() {
+    let pair = NsPair::new();
+    let dirs = Dirs::new();
+    {
+        let url = format!("https://{}:8443", pair.a_ip);
+        let _proxy = behind_nginx(
+            &pair,
+            8443,
+            "    location ~ ^/(oauth2|oidc|samlsso|commonauth|authenticationendpoint|accountrecoveryendpoint|myaccount)(/|$) {\n      proxy_pass http://127.0.0.1:8080;\n    }\n    location / { return 404; }",
+        );
+        let (code, report) = probe(&dirs, &pair, &url, &["--insecure"]);
+        assert_eq!(
+            code,
+            Some(0),
+            "the allow-list holds against every variant: {report}"
+        );
+        let r = rows(&report);
+        assert_eq!(row(&r, "/oauth2/").2, "ok", "{r:?}");
+        assert_eq!(row(&r, "/x/..;/carbon/").1, "404", "{r:?}");
+    }
+    // The first node's listener goes with its thread; let it.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let url = format!("https://{}:8444", pair.a_ip);
+    let _proxy = behind_nginx(
+        &pair,
+        8444,
+        "    location /carbon { return 403; }\n    location /services { return 403; }\n    location /console { return 403; }\n    location /api/server { return 403; }\n    location / { proxy_pass http://127.0.0.1:8080; }",
+    );
+    let (code, report) = probe(&dirs, &pair, &url, &["--insecure"]);
+    assert_eq!(code, Some(1), "{report}");
+    let r = rows(&report);
+    // What nginx itself normalises is blocked ...
+    for path in [
+        "/carbon/",
+        "/carbon;x/",
+        "/%63arbon/",
+        "//carbon/",
+        "/./carbon/",
+    ] {
+        assert_eq!(row(&r, path).2, "ok", "{path}: {r:?}");
+    }
+    // ... but `..;` reaches Tomcat, which resolves it to /carbon/.
+    assert_eq!(row(&r, "/x/..;/carbon/").2, "violation", "{r:?}");
+    assert_eq!(row(&r, "/x/..;/console").2, "violation", "{r:?}");
+}

@@ -32,8 +32,17 @@ pub enum Needs {
 
 const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "llvm-22-dev"];
 /// `ip` and `tc` for network namespaces, veth pairs and the RTT-anomaly test's rate limit,
-/// `bpftool` to inspect cgroup attachments, `prometheus` for `promtool check metrics`.
-const TEST_PACKAGES: &[&str] = &["iproute2", "bpftool", "prometheus", "nftables", "iptables"];
+/// `bpftool` to inspect cgroup attachments, `prometheus` for `promtool check metrics`,
+/// nftables and iptables for the doctor's firewall checks, nginx as a real reverse proxy in
+/// the HTTP-context tests (started by the tests in a namespace, never as a host service).
+const TEST_PACKAGES: &[&str] = &[
+    "iproute2",
+    "bpftool",
+    "prometheus",
+    "nftables",
+    "iptables",
+    "nginx-light",
+];
 /// The peer (xdp-filter) and the tool that runs it under BPF_PROG_TEST_RUN.
 const BENCH_PACKAGES: &[&str] = &["iproute2", "bpftool", "xdp-tools"];
 
@@ -81,6 +90,10 @@ fn ensure_packages(packages: &[&str]) -> Result<()> {
         "installing Debian packages: {}",
         missing.join(" ")
     ));
+    // Packages that ship a service (prometheus, nginx) must not start it on this host: the
+    // tests run what they need themselves. Debian's policy-rc.d hook (exit 101: "action
+    // forbidden") holds every service start for the length of the install.
+    let _no_services = NoServiceStarts::hold();
     let install = || {
         Command::new("apt-get")
             .args(["install", "-y", "-q", "--no-install-recommends"])
@@ -111,6 +124,34 @@ fn ensure_packages(packages: &[&str]) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `/usr/sbin/policy-rc.d` answering "forbidden" while it lives, unless the machine already
+/// has one (which then decides).
+struct NoServiceStarts(Option<PathBuf>);
+
+impl NoServiceStarts {
+    fn hold() -> Self {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = PathBuf::from("/usr/sbin/policy-rc.d");
+        if path.exists() {
+            return Self(None);
+        }
+        let written = std::fs::write(
+            &path,
+            "#!/bin/sh\n# cargo xtask: no service starts during its apt-get install\nexit 101\n",
+        )
+        .and_then(|()| std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)));
+        Self(written.is_ok().then_some(path))
+    }
+}
+
+impl Drop for NoServiceStarts {
+    fn drop(&mut self) {
+        if let Some(path) = &self.0 {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 fn cargo_bin_dir() -> PathBuf {
