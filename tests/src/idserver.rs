@@ -218,25 +218,6 @@ pub fn start(listener: TcpListener, exposure: Exposure, tls: bool, wso2_cert: bo
     IdServer { addr, stop }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths_normalise_like_tomcat() {
-        assert_eq!(normalise("/carbon;x/"), "/carbon/");
-        assert_eq!(normalise("/x/..;/carbon/"), "/carbon/");
-        assert_eq!(normalise("/%63arbon/"), "/carbon/");
-        assert_eq!(normalise("//carbon/"), "/carbon/");
-        assert_eq!(normalise("/./carbon/"), "/carbon/");
-        assert_eq!(normalise("/CARBON/"), "/CARBON/");
-        assert!(answer("/CARBON/", Exposure::Leaking).starts_with("HTTP/1.1 404"));
-        assert!(answer("/x/..;/carbon/", Exposure::Leaking).starts_with("HTTP/1.1 302"));
-        assert!(answer("/oauth2/", Exposure::Whitelisted).starts_with("HTTP/1.1 200"));
-        assert!(answer("/console", Exposure::Whitelisted).starts_with("HTTP/1.1 404"));
-    }
-}
-
 /// A self-signed certificate and key as PEM (for nginx).
 pub fn certificate_pem() -> (String, String) {
     let params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
@@ -311,5 +292,24 @@ impl Drop for Nginx {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.prefix);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_normalise_like_tomcat() {
+        assert_eq!(normalise("/carbon;x/"), "/carbon/");
+        assert_eq!(normalise("/x/..;/carbon/"), "/carbon/");
+        assert_eq!(normalise("/%63arbon/"), "/carbon/");
+        assert_eq!(normalise("//carbon/"), "/carbon/");
+        assert_eq!(normalise("/./carbon/"), "/carbon/");
+        assert_eq!(normalise("/CARBON/"), "/CARBON/");
+        assert!(answer("/CARBON/", Exposure::Leaking).starts_with("HTTP/1.1 404"));
+        assert!(answer("/x/..;/carbon/", Exposure::Leaking).starts_with("HTTP/1.1 302"));
+        assert!(answer("/oauth2/", Exposure::Whitelisted).starts_with("HTTP/1.1 200"));
+        assert!(answer("/console", Exposure::Whitelisted).starts_with("HTTP/1.1 404"));
     }
 }
