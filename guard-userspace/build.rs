@@ -77,7 +77,71 @@ fn main() -> Result<()> {
              programs; use `cargo xtask build`"
         );
     }
+    build_info(&object)?;
     Ok(())
+}
+
+/// What `guard --version` and `guard_build_info` say of this build: the git commit (from
+/// the checkout, `unknown` outside one), the build date (`SOURCE_DATE_EPOCH` when set, for
+/// reproducible builds) and the sha256 of the embedded eBPF object.
+fn build_info(object: &std::path::Path) -> Result<()> {
+    use sha2::Digest as _;
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("no manifest dir")?);
+    let workspace = manifest.parent().context("no workspace dir")?;
+    let git = workspace.join(".git");
+    for watched in ["HEAD", "refs/heads", "packed-refs"] {
+        if git.join(watched).exists() {
+            println!("cargo:rerun-if-changed={}", git.join(watched).display());
+        }
+    }
+    println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(workspace)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .filter(|c| !c.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let secs = env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        });
+    let bytes = fs::read(object).unwrap_or_default();
+    let sha = if bytes.is_empty() {
+        "none".to_owned()
+    } else {
+        sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    println!("cargo:rustc-env=GUARD_GIT_COMMIT={commit}");
+    println!(
+        "cargo:rustc-env=GUARD_BUILD_DATE={}",
+        civil_date(secs / 86_400)
+    );
+    println!("cargo:rustc-env=GUARD_EBPF_SHA256={sha}");
+    Ok(())
+}
+
+/// `YYYY-MM-DD` of a day count since 1970-01-01 (Howard Hinnant's civil_from_days).
+fn civil_date(days: u64) -> String {
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
 }
 
 /// Runs `f` with this process's stdout (where build scripts talk to cargo) sent to `log`.

@@ -169,3 +169,50 @@ fn status_and_stats_of_a_running_daemon_read_as_text() {
         "{stdout}"
     );
 }
+
+#[test]
+fn the_build_is_named_by_version_and_metrics() {
+    let out = Command::new(guard_bin()).arg("--version").output().unwrap();
+    let version = String::from_utf8_lossy(&out.stdout).into_owned();
+    let sha = version
+        .split("ebpf sha256 ")
+        .nth(1)
+        .map(|s| s.trim().trim_end_matches(')'))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        version.starts_with("guard 0.")
+            && version.contains("(commit ")
+            && version.contains(", built 20"),
+        "{version}"
+    );
+    assert!(
+        sha.len() == 64 && sha.bytes().all(|b| b.is_ascii_hexdigit()),
+        "{version}"
+    );
+    let net = TestNet::new();
+    let p = policy(&net, "");
+    let daemon = Daemon::start(&["--policy", p.arg()]);
+    let (_, metrics) = daemon.http_get("/metrics");
+    assert!(
+        metrics.lines().any(|l| l.starts_with("guard_build_info{")
+            && l.contains(&format!("ebpf_sha256=\"{sha}\""))
+            && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    let status = guard_tests::json_stdout(
+        &daemon
+            .dirs
+            .guard()
+            .args(["status", "--json"])
+            .output()
+            .unwrap(),
+    );
+    let hash = status["policy_hash"].as_str().unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("guard_policy_info{")
+            && l.contains(&format!("hash=\"{hash}\""))
+            && l.contains(&format!("source=\"{}\"", p.arg()))),
+        "{metrics}"
+    );
+}

@@ -25,7 +25,7 @@ use crate::{
 #[derive(Debug, Parser)]
 #[command(
     name = "guard",
-    version,
+    version = crate::datapath::build::LONG_VERSION,
     about = "eBPF host firewall: enforce a port policy in the kernel, count and report"
 )]
 pub struct Cli {

@@ -36,6 +36,10 @@ impl Daemon {
                     max_rule_series: self.metrics_max_rules,
                     log_write_errors: logging::LOG_WRITE_ERRORS
                         .load(std::sync::atomic::Ordering::Relaxed),
+                    policy: self
+                        .state
+                        .as_ref()
+                        .map(|st| (st.policy_hash.as_str(), st.policy.as_str())),
                     contexts_exposed: &self
                         .contexts
                         .exposed

@@ -47,6 +47,26 @@ use crate::{
 
 /// The eBPF object built by `guard-userspace/build.rs`: empty in a build made without
 /// `GUARD_EBPF=build` (plain `cargo build`), which then refuses to load.
+/// What this build is: its version, git commit, build date and the sha256 of the embedded
+/// eBPF object (`none` for a stub build), for `guard --version` and `guard_build_info`.
+pub mod build {
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    pub const COMMIT: &str = env!("GUARD_GIT_COMMIT");
+    pub const DATE: &str = env!("GUARD_BUILD_DATE");
+    pub const EBPF_SHA256: &str = env!("GUARD_EBPF_SHA256");
+    /// `guard --version`'s text after the name.
+    pub const LONG_VERSION: &str = concat!(
+        env!("CARGO_PKG_VERSION"),
+        " (commit ",
+        env!("GUARD_GIT_COMMIT"),
+        ", built ",
+        env!("GUARD_BUILD_DATE"),
+        ", ebpf sha256 ",
+        env!("GUARD_EBPF_SHA256"),
+        ")"
+    );
+}
+
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/guard-ebpf"));
 

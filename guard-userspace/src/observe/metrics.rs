@@ -48,6 +48,8 @@ pub struct Scrape<'a> {
     pub links_repaired: &'a [(&'static str, u64)],
     /// `[contexts]` probe: (target, context) → reachable when it must not be.
     pub contexts_exposed: &'a [((String, String), bool)],
+    /// The running policy: (hash, source label), once one is loaded.
+    pub policy: Option<(&'a str, &'a str)>,
 }
 
 pub use crate::datapath::ProgramStats;
@@ -196,6 +198,31 @@ pub fn families(s: &Scrape<'_>) -> Vec<proto::MetricFamily> {
         )
         .gauge(&[], f64::from(u8::from(s.audit))),
     );
+    push(
+        Family::new(
+            "guard_build_info",
+            "This guard's build: version, git commit, sha256 of the embedded eBPF object (always 1)",
+            GAUGE,
+        )
+        .gauge(
+            &[
+                ("version", crate::datapath::build::VERSION),
+                ("commit", crate::datapath::build::COMMIT),
+                ("ebpf_sha256", crate::datapath::build::EBPF_SHA256),
+            ],
+            1.0,
+        ),
+    );
+    if let Some((hash, source)) = s.policy {
+        push(
+            Family::new(
+                "guard_policy_info",
+                "The running policy: its sha256 and where it came from (always 1)",
+                GAUGE,
+            )
+            .gauge(&[("hash", hash), ("source", source)], 1.0),
+        );
+    }
     push(
         Family::new(
             "guard_policy_generation",
@@ -576,6 +603,7 @@ mod tests {
             unexpected_listeners: Some(2),
             links_repaired: &[("repinned", 1), ("reattached", 0)],
             contexts_exposed: &[(("https://h:9443".into(), "/carbon/".into()), true)],
+            policy: Some(("ab12", "/etc/guard/policy.toml")),
             log_write_errors: 0,
             max_rule_series: 10_000,
         });
@@ -583,6 +611,7 @@ mod tests {
             "guard_enforcing 1",
             "guard_unexpected_listeners 2",
             "guard_context_exposed{target=\"https://h:9443\",path=\"/carbon/\"} 1",
+            "guard_policy_info{hash=\"ab12\",source=\"/etc/guard/policy.toml\"} 1",
             "guard_policy_generation 4",
             "guard_policy_reloads_total{result=\"rejected\"} 1",
             "guard_rule_packets_total{rule=\"web\",action=\"allow\"} 7",
@@ -636,6 +665,7 @@ mod tests {
             unexpected_listeners: None,
             links_repaired: &[],
             contexts_exposed: &[],
+            policy: None,
             log_write_errors: 0,
             max_rule_series: 2,
         });
@@ -672,6 +702,7 @@ mod tests {
             unexpected_listeners: None,
             links_repaired: &[],
             contexts_exposed: &[],
+            policy: None,
             log_write_errors: 0,
             max_rule_series: 10_000,
         });
