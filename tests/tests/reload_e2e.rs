@@ -813,3 +813,44 @@ fn pins_of_another_layout_are_refused_and_enforcement_is_untouched() {
     );
     assert!(!net.has_xdp(), "unloaded");
 }
+
+#[test]
+fn systemd_hears_ready_and_the_running_policy() {
+    use std::os::unix::net::UnixDatagram;
+    let net = TestNet::new();
+    let sock_path = std::env::temp_dir().join(guard_tests::unique("guard-notify-"));
+    let notify = UnixDatagram::bind(&sock_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let policy = PolicyFile::new(&policy_text(&net, &[8080]));
+    let _daemon = Daemon::start_with_env(
+        &["--policy", policy.arg()],
+        &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
+    );
+    let mut read = || {
+        let mut buf = [0u8; 4096];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // A STATUS may come before READY (the first policy is applied before the daemon
+    // serves); READY comes once, with the status.
+    let first = (0..3)
+        .map(|_| read())
+        .find(|m| m.lines().any(|l| l == "READY=1"))
+        .expect("READY=1");
+    assert!(
+        first
+            .lines()
+            .any(|l| l.starts_with("STATUS=enforcing policy ")
+                && l.contains(policy.arg())
+                && l.ends_with("generation 1)")),
+        "{first}"
+    );
+    // A changed policy (the file watch applies it): the STATUS follows.
+    write_rename(&policy.path, &policy_text(&net, &[8080, 8081]));
+    let second = read();
+    assert!(!second.contains("READY=1"), "ready once: {second}");
+    assert!(second.contains("generation 2)"), "{second}");
+    let _ = std::fs::remove_file(&sock_path);
+}

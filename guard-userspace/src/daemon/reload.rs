@@ -187,6 +187,7 @@ impl Daemon {
             rollback_to,
         });
         self.reloads.applied += 1;
+        self.notify_status(false);
         self.hold_links();
         self.policy = Some(checked.policy);
         self.audit_listeners();

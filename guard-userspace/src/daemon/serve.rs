@@ -10,6 +10,34 @@ pub(super) fn now_secs() -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+impl Daemon {
+    /// Tells systemd (Type=notify, when NOTIFY_SOCKET is set) what runs: READY=1 once, with
+    /// a STATUS line naming the policy hash and mode; later calls update the STATUS.
+    pub(super) fn notify_status(&self, ready: bool) {
+        let status = match &self.state {
+            Some(st) => format!(
+                "{} policy {} (sha256 {}, generation {})",
+                if st.mode == Mode::Audit {
+                    "auditing"
+                } else {
+                    "enforcing"
+                },
+                st.policy,
+                &st.policy_hash[..st.policy_hash.len().min(16)],
+                st.generation
+            ),
+            None => "no policy".to_owned(),
+        };
+        let mut states = vec![sd_notify::NotifyState::Status(&status)];
+        if ready {
+            states.push(sd_notify::NotifyState::Ready);
+        }
+        if let Err(e) = sd_notify::notify(false, &states) {
+            warn!(error = %e, "telling systemd the status failed");
+        }
+    }
+}
+
 pub(super) fn serve(mut daemon: Daemon) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -57,6 +85,8 @@ pub(super) fn serve(mut daemon: Daemon) -> Result<(), Failure> {
                 Err(e) => warn!(policy = %path.display(), error = %e, "cannot watch the policy file; reload with SIGHUP or guard apply"),
             }
         }
+        // Every hook enforces the first policy and the control socket answers: ready.
+        daemon.notify_status(true);
         loop {
             let deadline = daemon.pending.as_ref().map(|p| p.deadline);
             let next_tick = last_tick.map_or(clock, |t| {

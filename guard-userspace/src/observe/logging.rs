@@ -140,6 +140,22 @@ fn appender(files: &LogFiles) -> Result<RollingFileAppender, String> {
 
 /// Filter from `GUARD_LOG` (tracing's EnvFilter syntax), else `info`. Kernel records
 /// (target `guard_ebpf`) always pass: their volume is chosen by `--kernel-log`.
+/// True when stdout is the journal's stream (systemd sets JOURNAL_STREAM to its
+/// `device:inode`).
+fn under_journald() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(stream) = std::env::var("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.split_once(':') else {
+        return false;
+    };
+    let Ok(meta) = std::fs::metadata("/proc/self/fd/1") else {
+        return false;
+    };
+    dev.parse() == Ok(meta.dev()) && ino.parse() == Ok(meta.ino())
+}
+
 pub fn init(format: LogFormat, files: Option<&LogFiles>) -> Result<(), String> {
     let filter = EnvFilter::try_from_env("GUARD_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info"))
@@ -148,9 +164,15 @@ pub fn init(format: LogFormat, files: Option<&LogFiles>) -> Result<(), String> {
     let stdout = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stdout().is_terminal())
         .with_writer(std::io::stdout);
-    let stdout = match format {
-        LogFormat::Text => stdout.boxed(),
-        LogFormat::Json => stdout.json().flatten_event(true).boxed(),
+    // Under systemd with stdout connected to the journal, the journal gets the records with
+    // their fields as journal fields (`journalctl -u guard RULE=web`), not as text.
+    let journal = under_journald()
+        .then(|| tracing_journald::layer().ok())
+        .flatten();
+    let stdout = match (format, journal) {
+        (_, Some(journal)) => journal.boxed(),
+        (LogFormat::Text, None) => stdout.boxed(),
+        (LogFormat::Json, None) => stdout.json().flatten_event(true).boxed(),
     };
     let file = match files {
         Some(files) => Some(
