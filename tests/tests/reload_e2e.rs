@@ -828,7 +828,7 @@ fn systemd_hears_ready_and_the_running_policy() {
         &["--policy", policy.arg()],
         &[("NOTIFY_SOCKET", sock_path.to_str().unwrap())],
     );
-    let mut read = || {
+    let read = || {
         let mut buf = [0u8; 4096];
         let n = notify.recv(&mut buf).expect("a notification");
         String::from_utf8_lossy(&buf[..n]).into_owned()
