@@ -446,6 +446,8 @@ pub struct Daemon {
     child: Option<Child>,
     args: Vec<String>,
     env: Vec<(String, String)>,
+    /// A command the daemon runs under (e.g. `setpriv --bounding-set ...`), if any.
+    wrapper: Vec<String>,
     pub log: PathBuf,
     pub dirs: Dirs,
     pub cgroup: Cgroup,
@@ -457,9 +459,26 @@ impl Daemon {
         Self::start_with_env(args, &[])
     }
 
+    /// As [`Daemon::start`], run under `wrapper` (a command that then runs guard, such as
+    /// `setpriv --bounding-set -all,+bpf --`).
+    pub fn start_wrapped(wrapper: &[&str], args: &[&str]) -> Self {
+        require_root();
+        let mut daemon = Self::prepare(args, &[]);
+        daemon.wrapper = wrapper.iter().map(|s| s.to_string()).collect();
+        daemon.spawn();
+        daemon
+    }
+
     /// As [`Daemon::start`], with extra environment variables.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
         require_root();
+        let mut daemon = Self::prepare(args, env);
+        daemon.spawn();
+        daemon
+    }
+
+    /// A daemon with its directories and cgroup, not started yet.
+    fn prepare(args: &[&str], env: &[(&str, &str)]) -> Self {
         let dirs = Dirs::new();
         std::fs::create_dir_all(&dirs.run_dir).expect("create run dir");
         // Root-only, as the daemon makes its own (`guard doctor` checks it).
@@ -468,19 +487,18 @@ impl Daemon {
             std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
         .expect("chmod run dir");
-        let mut daemon = Self {
+        Self {
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
             env: env
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            wrapper: Vec::new(),
             log: dirs.run_dir.with_extension("log"),
             dirs,
             cgroup: Cgroup::new(),
-        };
-        daemon.spawn();
-        daemon
+        }
     }
 
     fn spawn(&mut self) {
@@ -489,9 +507,17 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("open daemon log");
-        let child = self
-            .dirs
-            .guard()
+        let mut command = self.dirs.guard();
+        if let Some((program, args)) = self.wrapper.split_first() {
+            let guard = command;
+            command = Command::new(program);
+            command
+                .args(args)
+                .arg(guard.get_program())
+                .args(guard.get_args())
+                .env_remove("GUARD_LOG");
+        }
+        let child = command
             .arg("run")
             .args(["--cgroup", self.cgroup.arg()])
             // A free port of its own, so tests (and a daemon on the host) never collide.

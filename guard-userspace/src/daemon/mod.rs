@@ -98,6 +98,47 @@ pub struct Options {
     pub metrics_max_rules: usize,
 }
 
+/// The capabilities `guard run` needs, and why. CAP_SYS_ADMIN stands in for CAP_BPF and
+/// CAP_PERFMON (kernels before 5.8 have only it). Listing other processes' sockets
+/// (CAP_SYS_PTRACE) and probing from another network namespace (CAP_SYS_ADMIN) are
+/// optional: without them those features say so and the daemon runs on.
+pub const NEEDED_CAPABILITIES: [(&str, &str); 3] = [
+    ("CAP_BPF", "load guard's programs and create its maps"),
+    ("CAP_NET_ADMIN", "attach them to interfaces and cgroups"),
+    (
+        "CAP_PERFMON",
+        "let the programs read the clock and the process for events",
+    ),
+];
+
+/// Fails, before anything changes, when the process lacks a capability it needs, naming it.
+fn check_capabilities() -> Result<(), Failure> {
+    use rustix::thread::CapabilitySet;
+    let Ok(sets) = rustix::thread::capabilities(None) else {
+        return Ok(());
+    };
+    let have = sets.effective;
+    let admin = have.contains(CapabilitySet::SYS_ADMIN);
+    let missing: Vec<String> = [
+        (CapabilitySet::BPF, admin),
+        (CapabilitySet::NET_ADMIN, false),
+        (CapabilitySet::PERFMON, admin),
+    ]
+    .into_iter()
+    .zip(NEEDED_CAPABILITIES)
+    .filter(|((cap, implied), _)| !have.contains(*cap) && !implied)
+    .map(|(_, (name, why))| format!("{name} (to {why})"))
+    .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Runtime(format!(
+            "guard run lacks {}; run it as root with CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON in its capability bounding set (the systemd unit's CapabilityBoundingSet)",
+            missing.join(", ")
+        )))
+    }
+}
+
 pub fn run(pin_dir: &Path, run_dir: &Path, args: &Options) -> Result<(), Failure> {
     let log_files = args.log_dir.as_ref().map(|dir| logging::LogFiles {
         dir: dir.clone(),
@@ -105,6 +146,7 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &Options) -> Result<(), Failure
         keep: usize::from(args.log_keep),
     });
     logging::init(args.log_format, log_files.as_ref()).map_err(Failure::Runtime)?;
+    check_capabilities()?;
     let metrics_addr: Option<SocketAddr> = match args.metrics_addr.as_str() {
         "off" => None,
         addr => Some(addr.parse().map_err(|e| {
