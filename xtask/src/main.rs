@@ -4,6 +4,7 @@
 //! build needs and is missing (Debian packages, bpf-linker, the rustup link to Debian's
 //! compiler) and is a quick no-op when everything is present.
 
+mod package;
 mod setup;
 
 use std::{
@@ -49,6 +50,16 @@ enum Cmd {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
     },
+    /// Build the Debian package `target/debian/guard_<version>_<arch>.deb` (release build
+    /// unless --debug).
+    Package {
+        /// Package the debug build (what the tests use).
+        #[arg(long)]
+        debug: bool,
+        /// The package version (default: the crate's).
+        #[arg(long)]
+        version: Option<String>,
+    },
     /// Measure per-packet cost (BPF_PROG_TEST_RUN) against an empty XDP program and
     /// Debian's xdp-filter, and write BENCHMARKS.md (root). Not a test: it asserts nothing.
     Bench {
@@ -92,6 +103,18 @@ fn run(cmd: Cmd) -> Result<()> {
         Cmd::Test { filter } => {
             setup::ensure(setup::Needs::Test)?;
             test(&root, filter.as_deref())
+        }
+        Cmd::Package { debug, version } => {
+            setup::ensure(setup::Needs::Build)?;
+            build(&root, !debug)?;
+            let bin = root
+                .join("target")
+                .join(if debug { "debug" } else { "release" })
+                .join("guard");
+            let version = version.unwrap_or_else(|| env!("CARGO_PKG_VERSION").to_owned());
+            let deb = package::package(&root, &bin, &version)?;
+            step(&format!("package: {}", deb.display()));
+            Ok(())
         }
         Cmd::Bench { out } => {
             setup::ensure(setup::Needs::Bench)?;

@@ -2,6 +2,7 @@
 //! 2 usage or runtime error.
 
 pub mod apply;
+pub mod assets;
 pub mod audit;
 pub mod check;
 pub mod client;
@@ -155,6 +156,13 @@ pub enum Command {
     ///
     /// Stopping the daemon leaves enforcement in place; this is the way to remove it.
     Unload,
+    /// Write the man pages and shell completions generated from these definitions into DIR
+    /// (used by `cargo xtask package`).
+    #[command(hide = true, name = "generate-assets")]
+    GenerateAssets {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -345,6 +353,7 @@ pub fn dispatch(cli: &Cli) -> std::process::ExitCode {
             wso2_home.as_deref(),
         ),
         Command::Unload => unload::unload(&cli.pin_dir, &cli.run_dir),
+        Command::GenerateAssets { dir } => assets::generate(dir),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
