@@ -229,8 +229,24 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
              run `sudo -E cargo xtask test` (they are never skipped)"
         ))
     } else {
+        step("building the Debian package and a newer copy for the package test");
+        check(
+            cargo(root)
+                .args(["build", "--package", "guard-userspace", "--bins"])
+                .status()?,
+            "cargo build",
+        )?;
+        let bin = root.join("target/debug/guard");
+        let deb = package::package(root, &bin, env!("CARGO_PKG_VERSION"))?;
+        let upgrade = package::package(
+            root,
+            &bin,
+            &format!("{}+upgrade1", env!("CARGO_PKG_VERSION")),
+        )?;
         step("tiers 2 and 3: BPF_PROG_TEST_RUN and network-namespace tests (root, one at a time)");
         let mut cmd = cargo(root);
+        cmd.env("GUARD_TEST_DEB", &deb)
+            .env("GUARD_TEST_DEB_UPGRADE", &upgrade);
         cmd.args([
             "test",
             "--package",

@@ -99,14 +99,15 @@ pub fn package(root: &Path, bin: &Path, version: &str) -> Result<PathBuf> {
             copy(&path, &doc.join("docs").join(name), 0o644)?;
         }
     }
-    let changelog = out_dir.join("changelog.Debian");
+    // A native package (no Debian revision): its changelog is changelog.gz.
+    let changelog = out_dir.join("changelog");
     fs::write(
         &changelog,
         format!(
             "guard ({version}) unstable; urgency=medium\n\n  * Built from the guard source tree with `cargo xtask package`.\n\n -- guard developers <guard@example.org>  Mon, 30 Nov 2026 00:00:00 +0000\n"
         ),
     )?;
-    gzip(&changelog, &doc.join("changelog.Debian.gz"))?;
+    gzip(&changelog, &doc.join("changelog.gz"))?;
     // Man pages and completions, from the binary's own clap definitions.
     let assets = out_dir.join("assets");
     let _ = fs::remove_dir_all(&assets);

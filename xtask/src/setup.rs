@@ -34,7 +34,8 @@ const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "llv
 /// `ip` and `tc` for network namespaces, veth pairs and the RTT-anomaly test's rate limit,
 /// `bpftool` to inspect cgroup attachments, `prometheus` for `promtool check metrics`,
 /// nftables and iptables for the doctor's firewall checks, nginx as a real reverse proxy in
-/// the HTTP-context tests (started by the tests in a namespace, never as a host service).
+/// the HTTP-context tests (started by the tests in a namespace, never as a host service),
+/// lintian for the package test.
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -42,6 +43,7 @@ const TEST_PACKAGES: &[&str] = &[
     "nftables",
     "iptables",
     "nginx-light",
+    "lintian",
 ];
 /// The peer (xdp-filter) and the tool that runs it under BPF_PROG_TEST_RUN.
 const BENCH_PACKAGES: &[&str] = &["iproute2", "bpftool", "xdp-tools"];
