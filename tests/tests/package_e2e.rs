@@ -91,7 +91,12 @@ fn install_upgrade_remove_and_purge_round_trip() {
         !run(&["dpkg", "-s", "guard"]).status.success(),
         "guard is installed on this machine: this test installs and purges the package, so it will not run here"
     );
-    for path in ["/etc/guard", "/run/guard", "/sys/fs/bpf/guard"] {
+    for path in [
+        "/etc/guard",
+        "/run/guard/guard.sock",
+        "/run/guard/state.json",
+        "/sys/fs/bpf/guard",
+    ] {
         assert!(
             !Path::new(path).exists(),
             "{path} exists: a guard runs here; this test uses the default directories and will not touch it"
