@@ -168,7 +168,9 @@ pub fn init(format: LogFormat, files: Option<&LogFiles>) -> Result<(), String> {
     // their fields as journal fields (`journalctl -u guard RULE=web`), not as text.
     let journal = under_journald()
         .then(|| tracing_journald::layer().ok())
-        .flatten();
+        .flatten()
+        // Fields by their own names (RULE=, KIND=), not F_RULE=.
+        .map(|layer| layer.with_field_prefix(None));
     let stdout = match (format, journal) {
         (_, Some(journal)) => journal.boxed(),
         (LogFormat::Text, None) => stdout.boxed(),
