@@ -592,5 +592,10 @@ mod tests {
         assert!(Target::parse("https://h:0").is_err());
         assert!(Target::parse("https://h:99999").is_err());
         assert!(Target::parse("https://").is_err());
+        assert!(
+            Target::parse("https://h\r\nX-Evil: 1").is_err(),
+            "no header injection"
+        );
+        assert!(Target::parse("https://h%0d:443").is_err());
     }
 }

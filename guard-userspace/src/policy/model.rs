@@ -434,6 +434,15 @@ impl ProbeTarget {
         if host.is_empty() {
             return Err(format!("{url}: no host"));
         }
+        // A name or an address, nothing that could end the Host header.
+        if !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'_'))
+        {
+            return Err(format!(
+                "{url}: the host may hold letters, digits, `.`, `-` and `:` only"
+            ));
+        }
         let host = host.to_owned();
         Ok(Self { tls, host, port })
     }
