@@ -12,7 +12,7 @@
 //! finding), and every request has a timeout.
 
 use std::{
-    io::{Read as _, Write as _},
+    io::Write as _,
     net::{IpAddr, SocketAddr, TcpStream, ToSocketAddrs as _},
     sync::Arc,
     time::Duration,
@@ -348,6 +348,30 @@ fn resolve(target: &Target) -> Result<SocketAddr, Outcome> {
     }
 }
 
+/// Reads an answer into `raw`: at most [`MAX_BODY`] and 16 KiB of head, and for at most
+/// three times `timeout` in all, so a server that trickles bytes cannot hold the probe.
+fn read_bounded(
+    reader: &mut impl std::io::Read,
+    raw: &mut Vec<u8>,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let deadline = std::time::Instant::now() + timeout * 3;
+    let limit = MAX_BODY + 16 * 1024;
+    let mut chunk = [0u8; 8192];
+    while raw.len() < limit {
+        if std::time::Instant::now() > deadline {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        match reader.read(&mut chunk) {
+            Ok(0) => return Ok(()),
+            Ok(n) => raw.extend_from_slice(&chunk[..n.min(limit - raw.len())]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// One GET of `path`; also returns the server's certificate (TLS).
 pub fn request(
     target: &Target,
@@ -412,9 +436,7 @@ pub fn request(
             .and_then(|c| c.first())
             .map(|c| c.as_ref().to_vec());
         let mut raw = Vec::new();
-        let read = (&mut stream)
-            .take(MAX_BODY as u64 + 16 * 1024)
-            .read_to_end(&mut raw);
+        let read = read_bounded(&mut stream, &mut raw, timeout);
         match read {
             Ok(_) => {}
             // A server that closes without close_notify after a full answer is common.
@@ -431,9 +453,7 @@ pub fn request(
             return (io_outcome(e, false), None);
         }
         let mut raw = Vec::new();
-        if let Err(e) = (&mut tcp)
-            .take(MAX_BODY as u64 + 16 * 1024)
-            .read_to_end(&mut raw)
+        if let Err(e) = read_bounded(&mut tcp, &mut raw, timeout)
             && !raw.windows(4).any(|w| w == b"\r\n\r\n")
         {
             return (io_outcome(e, false), None);
