@@ -854,3 +854,91 @@ fn systemd_hears_ready_and_the_running_policy() {
     assert!(second.contains("generation 2)"), "{second}");
     let _ = std::fs::remove_file(&sock_path);
 }
+
+/// Waits until `to` opens (the new policy is enforced), or fails with the daemon's log.
+fn opens(net: &TestNet, daemon: &Daemon, to: SocketAddr, what: &str) {
+    assert!(
+        opens_within(net, to, Duration::from_secs(3)),
+        "{what}: the change was not applied:\n{}",
+        daemon.log_text()
+    );
+}
+
+#[test]
+fn a_configmap_update_by_kubelets_atomic_writer_is_applied() {
+    use std::os::unix::fs::symlink;
+    let net = TestNet::new();
+    let (_a_l, a) = listener(&net);
+    let (_b_l, b) = listener(&net);
+    let (_c_l, c) = listener(&net);
+    // The volume as kubelet lays it out: a timestamped directory, `..data` pointing at it,
+    // and the key as a symlink through `..data`.
+    let volume = std::env::temp_dir().join(guard_tests::unique("guard-configmap-"));
+    std::fs::create_dir_all(&volume).unwrap();
+    let payload = |stamp: &str, ports: &[u16]| {
+        let dir = volume.join(format!("..2026_11_30_10_00_00.{stamp}"));
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("policy.toml"), policy_text(&net, ports)).unwrap();
+        dir
+    };
+    let first = payload("000000001", &[a.port()]);
+    symlink(first.file_name().unwrap(), volume.join("..data")).unwrap();
+    symlink("..data/policy.toml", volume.join("policy.toml")).unwrap();
+    let policy = volume.join("policy.toml");
+    let daemon = Daemon::start(&["--policy", policy.to_str().unwrap()]);
+    assert!(open(&net, a) && !open(&net, b));
+    // An update, step by step as the atomic writer does it: the new payload, `..data_tmp`
+    // pointing at it, renamed over `..data`, then the old payload removed.
+    let second = payload("000000002", &[a.port(), b.port()]);
+    symlink(second.file_name().unwrap(), volume.join("..data_tmp")).unwrap();
+    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
+    std::fs::remove_dir_all(&first).unwrap();
+    opens(&net, &daemon, b, "kubelet's ..data swap");
+    let status = guard_cmd(&daemon, &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["generation"], 2, "one apply per update: {status}");
+    // Delete and create again (the window in between changes nothing).
+    std::fs::remove_file(&policy).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    std::fs::write(&policy, policy_text(&net, &[a.port(), b.port(), c.port()])).unwrap();
+    opens(&net, &daemon, c, "delete and recreate");
+    assert!(
+        open(&net, a),
+        "the running policy stayed while the file was gone"
+    );
+    let _ = std::fs::remove_dir_all(&volume);
+}
+
+#[test]
+fn a_symlinked_policy_directory_switched_to_another_is_applied() {
+    use std::os::unix::fs::symlink;
+    let net = TestNet::new();
+    let (_a_l, a) = listener(&net);
+    let (_b_l, b) = listener(&net);
+    let root = std::env::temp_dir().join(guard_tests::unique("guard-dirlink-"));
+    let (v1, v2) = (root.join("v1"), root.join("v2"));
+    std::fs::create_dir_all(&v1).unwrap();
+    std::fs::create_dir_all(&v2).unwrap();
+    std::fs::write(v1.join("policy.toml"), policy_text(&net, &[a.port()])).unwrap();
+    std::fs::write(
+        v2.join("policy.toml"),
+        policy_text(&net, &[a.port(), b.port()]),
+    )
+    .unwrap();
+    let current = root.join("current");
+    symlink("v1", &current).unwrap();
+    let daemon = Daemon::start(&["--policy", current.join("policy.toml").to_str().unwrap()]);
+    assert!(open(&net, a) && !open(&net, b));
+    // Switch the directory atomically: a new link renamed over the old.
+    symlink("v2", root.join("current.tmp")).unwrap();
+    std::fs::rename(root.join("current.tmp"), &current).unwrap();
+    opens(&net, &daemon, b, "the directory symlink switched");
+    // And the new target's own edits are seen too.
+    let (_c_l, c) = listener(&net);
+    write_rename(
+        &v2.join("policy.toml"),
+        &policy_text(&net, &[a.port(), b.port(), c.port()]),
+    );
+    opens(&net, &daemon, c, "an edit in the new target");
+    let _ = std::fs::remove_dir_all(&root);
+}
