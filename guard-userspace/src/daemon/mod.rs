@@ -219,6 +219,10 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &Options) -> Result<(), Failure
             PolicySource::File(p) => Some(p.clone()),
             PolicySource::Embedded => None,
         },
+        file_seen: match &source {
+            PolicySource::File(_) => Some(policy::hash(&text)),
+            PolicySource::Embedded => None,
+        },
         guard: None,
         state: previous,
         current: None,
@@ -307,6 +311,9 @@ struct Daemon {
     kernel_log: KernelLog,
     /// The file watched for changes and read on SIGHUP.
     policy_file: Option<PathBuf>,
+    /// The sha256 of the policy file's text when it was last read: the file watch applies
+    /// the file only when this changes (a change in its directory is not one of the file).
+    file_seen: Option<String>,
     /// The instance whose programs the links run; dropping an older one after the switch
     /// frees its programs and policy maps.
     guard: Option<Guard>,

@@ -371,6 +371,13 @@ impl Daemon {
         };
         match fs::read_to_string(&path) {
             Ok(text) => {
+                // The file watch sees every change in the file's directory: only a change of
+                // the file itself (its resolved text) is applied. SIGHUP always reads it.
+                let seen = policy::hash(&text);
+                if how == "file watch" && self.file_seen.as_deref() == Some(seen.as_str()) {
+                    return;
+                }
+                self.file_seen = Some(seen);
                 if self.current.as_ref().is_some_and(|c| c.text == text) {
                     return;
                 }
