@@ -82,15 +82,12 @@ fn audit_http(run_dir: &Path, args: &AuditArgs) -> Result<(), Failure> {
         if given.is_empty() {
             return Ok(from_policy);
         }
-        match given
-            .iter()
-            .find(|p| !p.starts_with('/') || !p.bytes().all(|b| b.is_ascii_graphic()))
-        {
-            Some(bad) => Err(Failure::Runtime(format!(
-                "context `{bad}` must start with `/` and be printable ASCII without spaces"
-            ))),
-            None => Ok(given.to_vec()),
+        for path in given {
+            if let Some(why) = crate::policy::context_path_problem(path) {
+                return Err(Failure::Runtime(format!("context `{path}` {why}")));
+            }
         }
+        Ok(given.to_vec())
     };
     let deny = list(&args.deny_contexts, contexts.deny)?;
     let allow = list(&args.allow_contexts, contexts.allow)?;

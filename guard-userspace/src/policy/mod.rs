@@ -20,6 +20,7 @@ mod tests;
 use std::{fmt, ops::Range, path::Path};
 
 pub use catalog::{PortSlot, RuleInfo};
+pub use contexts::context_path_problem;
 pub use lower::{Lowered, lower, lower_after};
 pub use model::Policy;
 use sha2::{Digest, Sha256};
