@@ -704,3 +704,62 @@ pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
         .unwrap_or_else(|| panic!("bad status line in {head:?}"));
     (code, body.to_owned())
 }
+
+/// A ConfigMap volume as kubelet lays it out and updates it: each version in a timestamped
+/// directory, `..data` a symlink to the current one, and each key a symlink through `..data`
+/// (`policy.toml -> ..data/policy.toml`). Removed on drop.
+pub struct ConfigMapVolume {
+    pub dir: PathBuf,
+    version: u32,
+}
+
+impl ConfigMapVolume {
+    /// A volume holding `key` with `text`.
+    pub fn new(key: &str, text: &str) -> Self {
+        use std::os::unix::fs::symlink;
+        let dir = std::env::temp_dir().join(unique("guard-configmap-"));
+        std::fs::create_dir_all(&dir).expect("create volume");
+        let mut volume = Self { dir, version: 0 };
+        let first = volume.payload(key, text);
+        symlink(first.file_name().unwrap(), volume.dir.join("..data")).expect("..data");
+        symlink(format!("..data/{key}"), volume.dir.join(key)).expect("key link");
+        volume
+    }
+
+    /// The path a pod reads the key at.
+    pub fn path(&self, key: &str) -> PathBuf {
+        self.dir.join(key)
+    }
+
+    fn payload(&mut self, key: &str, text: &str) -> PathBuf {
+        self.version += 1;
+        let payload = self
+            .dir
+            .join(format!("..2026_11_30_10_00_00.{:09}", self.version));
+        std::fs::create_dir(&payload).expect("payload dir");
+        std::fs::write(payload.join(key), text).expect("payload");
+        payload
+    }
+
+    /// An update, step by step as kubelet's atomic writer does it: the new payload,
+    /// `..data_tmp` pointing at it, renamed over `..data`, then the old payload removed.
+    pub fn update(&mut self, key: &str, text: &str) {
+        use std::os::unix::fs::symlink;
+        let old = std::fs::read_link(self.dir.join("..data")).expect("..data");
+        let new = self.payload(key, text);
+        symlink(new.file_name().unwrap(), self.dir.join("..data_tmp")).expect("..data_tmp");
+        std::fs::rename(self.dir.join("..data_tmp"), self.dir.join("..data")).expect("swap");
+        std::fs::remove_dir_all(self.dir.join(old)).expect("remove the old payload");
+    }
+
+    /// The key removed from the ConfigMap: kubelet drops its symlink.
+    pub fn remove_key(&self, key: &str) {
+        std::fs::remove_file(self.dir.join(key)).expect("remove the key's link");
+    }
+}
+
+impl Drop for ConfigMapVolume {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

@@ -15,7 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_tests::{Daemon, PolicyFile, TestNet, policies, rule_packets};
+use guard_tests::{ConfigMapVolume, Daemon, PolicyFile, TestNet, policies, rule_packets};
 
 /// A policy allowing TCP to `ports` on the test veth, default deny.
 fn policy_text(net: &TestNet, ports: &[u16]) -> String {
@@ -866,33 +866,16 @@ fn opens(net: &TestNet, daemon: &Daemon, to: SocketAddr, what: &str) {
 
 #[test]
 fn a_configmap_update_by_kubelets_atomic_writer_is_applied() {
-    use std::os::unix::fs::symlink;
     let net = TestNet::new();
     let (_a_l, a) = listener(&net);
     let (_b_l, b) = listener(&net);
     let (_c_l, c) = listener(&net);
-    // The volume as kubelet lays it out: a timestamped directory, `..data` pointing at it,
-    // and the key as a symlink through `..data`.
-    let volume = std::env::temp_dir().join(guard_tests::unique("guard-configmap-"));
-    std::fs::create_dir_all(&volume).unwrap();
-    let payload = |stamp: &str, ports: &[u16]| {
-        let dir = volume.join(format!("..2026_11_30_10_00_00.{stamp}"));
-        std::fs::create_dir(&dir).unwrap();
-        std::fs::write(dir.join("policy.toml"), policy_text(&net, ports)).unwrap();
-        dir
-    };
-    let first = payload("000000001", &[a.port()]);
-    symlink(first.file_name().unwrap(), volume.join("..data")).unwrap();
-    symlink("..data/policy.toml", volume.join("policy.toml")).unwrap();
-    let policy = volume.join("policy.toml");
+    // The volume as kubelet lays it out, then updates it step by step.
+    let mut volume = ConfigMapVolume::new("policy.toml", &policy_text(&net, &[a.port()]));
+    let policy = volume.path("policy.toml");
     let daemon = Daemon::start(&["--policy", policy.to_str().unwrap()]);
     assert!(open(&net, a) && !open(&net, b));
-    // An update, step by step as the atomic writer does it: the new payload, `..data_tmp`
-    // pointing at it, renamed over `..data`, then the old payload removed.
-    let second = payload("000000002", &[a.port(), b.port()]);
-    symlink(second.file_name().unwrap(), volume.join("..data_tmp")).unwrap();
-    std::fs::rename(volume.join("..data_tmp"), volume.join("..data")).unwrap();
-    std::fs::remove_dir_all(&first).unwrap();
+    volume.update("policy.toml", &policy_text(&net, &[a.port(), b.port()]));
     opens(&net, &daemon, b, "kubelet's ..data swap");
     let status = guard_cmd(&daemon, &["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
@@ -906,7 +889,6 @@ fn a_configmap_update_by_kubelets_atomic_writer_is_applied() {
         open(&net, a),
         "the running policy stayed while the file was gone"
     );
-    let _ = std::fs::remove_dir_all(&volume);
 }
 
 #[test]

@@ -246,7 +246,8 @@ fn test(root: &Path, filter: Option<&str>) -> Result<()> {
         step("tiers 2 and 3: BPF_PROG_TEST_RUN and network-namespace tests (root, one at a time)");
         let mut cmd = cargo(root);
         cmd.env("GUARD_TEST_DEB", &deb)
-            .env("GUARD_TEST_DEB_UPGRADE", &upgrade);
+            .env("GUARD_TEST_DEB_UPGRADE", &upgrade)
+            .env("GUARD_TEST_VENV", setup::test_venv());
         cmd.args([
             "test",
             "--package",

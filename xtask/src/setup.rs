@@ -35,7 +35,8 @@ const BUILD_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "llv
 /// `bpftool` to inspect cgroup attachments, `prometheus` for `promtool check metrics`,
 /// nftables and iptables for the doctor's firewall checks, nginx as a real reverse proxy in
 /// the HTTP-context tests (started by the tests in a namespace, never as a host service),
-/// lintian for the package test.
+/// lintian for the package test; yamllint, ansible-core and ansible-lint for the deploy/
+/// checks, and python3-venv for the offline Kubernetes schema validators ([`TEST_VENV`]).
 const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "bpftool",
@@ -44,7 +45,30 @@ const TEST_PACKAGES: &[&str] = &[
     "iptables",
     "nginx-light",
     "lintian",
+    "yamllint",
+    "ansible-core",
+    "ansible-lint",
+    "python3-venv",
 ];
+/// `kubectl kustomize` for the Kubernetes base; Debian's package only where no kubectl is
+/// installed already (another kubectl package would conflict with it).
+const KUBECTL_PACKAGE: &str = "kubernetes-client";
+/// The PyPI packages of the test venv, pinned: Kubernetes' schemas (strict) and the
+/// Prometheus Operator's models, for `tests/tools/k8s_validate.py`.
+const TEST_VENV_PACKAGES: &[&str] = &[
+    "kubernetes-validate==1.37.0",
+    "cloudcoil.models.prometheus_operator==0.80.1.0",
+    "PyYAML==6.0.3",
+];
+
+/// Where the test venv lives: `$GUARD_TEST_VENV`, else `~/.cache/guard-tests/venv`. The
+/// tests find it the same way.
+pub fn test_venv() -> PathBuf {
+    std::env::var_os("GUARD_TEST_VENV")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache/guard-tests/venv")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cache/guard-tests/venv"))
+}
 /// The peer (xdp-filter) and the tool that runs it under BPF_PROG_TEST_RUN.
 const BENCH_PACKAGES: &[&str] = &["iproute2", "bpftool", "xdp-tools"];
 
@@ -53,16 +77,77 @@ pub fn ensure(needs: Needs) -> Result<()> {
     let mut packages: Vec<&str> = BUILD_PACKAGES.to_vec();
     match needs {
         Needs::Build => {}
-        Needs::Test => packages.extend(TEST_PACKAGES),
+        Needs::Test => {
+            packages.extend(TEST_PACKAGES);
+            if !on_path("kubectl") {
+                packages.push(KUBECTL_PACKAGE);
+            }
+        }
         Needs::Bench => packages.extend(BENCH_PACKAGES),
     }
     ensure_packages(&packages)?;
+    if needs == Needs::Test {
+        ensure_test_venv()?;
+    }
     ensure_bpf_linker()?;
     ensure_toolchain_link()?;
     step(&format!(
         "toolchain ready ({:.1}s)",
         started.elapsed().as_secs_f64()
     ));
+    Ok(())
+}
+
+fn on_path(program: &str) -> bool {
+    Command::new(program)
+        .arg("--help")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// The Python venv with the offline Kubernetes validators, made with Debian's python3 and
+/// filled from PyPI once; later runs find it ready.
+fn ensure_test_venv() -> Result<()> {
+    let venv = test_venv();
+    let python = venv.join("bin/python");
+    let ready = Command::new(&python)
+        .args([
+            "-c",
+            "import kubernetes_validate, yaml, cloudcoil.models.prometheus_operator",
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ready {
+        return Ok(());
+    }
+    step(&format!(
+        "creating the test venv {} ({} from PyPI)",
+        venv.display(),
+        TEST_VENV_PACKAGES.join(" ")
+    ));
+    let made = Command::new("/usr/bin/python3")
+        .args(["-m", "venv", "--clear"])
+        .arg(&venv)
+        .status()
+        .context("failed to run /usr/bin/python3 -m venv")?;
+    if !made.success() {
+        bail!("python3 -m venv {} failed", venv.display());
+    }
+    let pip = Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .args(TEST_VENV_PACKAGES)
+        .status()
+        .context("failed to run pip")?;
+    if !pip.success() {
+        bail!(
+            "pip install {} into {} failed (PyPI must be reachable)",
+            TEST_VENV_PACKAGES.join(" "),
+            venv.display()
+        );
+    }
     Ok(())
 }
 

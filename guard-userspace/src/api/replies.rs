@@ -25,9 +25,13 @@ pub struct StatusReply {
     /// confirm`. A daemon that is gone: the record of that policy, if one was pending.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending_confirm: Option<PendingStatus>,
-    /// A daemon that is gone: whether its pinned programs still enforce.
+    /// Whether guard's programs are attached and a policy is loaded: for a running daemon,
+    /// every hook of the policy; for a daemon that is gone, its pinned links.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enforcing: Option<bool>,
+    /// A running daemon that is not enforcing: why (a detached hook, no policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_enforcing: Option<String>,
     /// A daemon that is gone: whether the kernel went back to the previous policy at an
     /// unconfirmed policy's deadline.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -45,7 +49,12 @@ pub enum PendingStatus {
 
 impl StatusReply {
     /// The status of a running daemon.
-    pub fn running(state: &State, now_unix: u64, awaiting_confirm: bool) -> Self {
+    pub fn running(
+        state: &State,
+        now_unix: u64,
+        awaiting_confirm: bool,
+        enforcement: Result<(), String>,
+    ) -> Self {
         Self {
             state: State {
                 pending_confirm: None,
@@ -54,7 +63,8 @@ impl StatusReply {
             running: true,
             uptime_seconds: Some(now_unix.saturating_sub(state.started_at)),
             pending_confirm: Some(PendingStatus::Awaiting(awaiting_confirm)),
-            enforcing: None,
+            enforcing: Some(enforcement.is_ok()),
+            not_enforcing: enforcement.err(),
             rolled_back_by_kernel: None,
         }
     }
@@ -70,6 +80,7 @@ impl StatusReply {
             uptime_seconds: None,
             pending_confirm: state.pending_confirm.clone().map(PendingStatus::Recorded),
             enforcing: Some(enforcing),
+            not_enforcing: None,
             rolled_back_by_kernel: Some(state.rolled_back_by_kernel(now_unix)),
         }
     }
@@ -166,7 +177,8 @@ mod tests {
             "pin_dir":"/p","rules":[],"port_slots":[],"metrics_addr":null,
             "pending_confirm":{"deadline_unix":160,"rollback_hash":"cd"}}"#;
         let state: State = serde_json::from_str(text).unwrap();
-        let running = serde_json::to_value(StatusReply::running(&state, 130, true)).unwrap();
+        let running =
+            serde_json::to_value(StatusReply::running(&state, 130, true, Ok(()))).unwrap();
         assert_eq!(running["pending_confirm"], true);
         assert_eq!(running["uptime_seconds"], 30);
         assert_eq!(running["mode"], "audit");

@@ -91,6 +91,10 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// Readiness check (e.g. a Kubernetes exec probe): print one line and exit 0 only
+        /// when the daemon runs and every hook of its policy is attached; exit 1 otherwise.
+        #[arg(long, conflicts_with = "json")]
+        ready: bool,
     },
     /// Hand a new policy to the running daemon; atomic, and a rejected policy changes
     /// nothing.
@@ -331,7 +335,8 @@ pub fn dispatch(cli: &Cli) -> std::process::ExitCode {
             interval,
             count,
         } => stats::stats_watch(&cli.run_dir, *json, *interval, *count),
-        Command::Status { json } => status::status(&cli.run_dir, *json),
+        Command::Status { ready: true, .. } => status::ready(&cli.run_dir),
+        Command::Status { json, .. } => status::status(&cli.run_dir, *json),
         Command::Apply {
             file,
             confirm_within,

@@ -11,6 +11,37 @@ use crate::{
     datapath::{AttachMode, Pins},
 };
 
+/// `guard status --ready`: ready means the daemon answers and enforces; a daemon that is gone
+/// is not ready even though its pinned programs keep enforcing (nothing applies a policy
+/// change or reports).
+pub fn ready(run_dir: &Path) -> Result<(), Failure> {
+    let reply: Option<StatusReply> = match ask(run_dir, &Request::Status {}) {
+        Ok(reply) => reply,
+        Err(e) => return Err(Failure::Invalid(format!("not ready: {e}"))),
+    };
+    match reply {
+        None => Err(Failure::Invalid(format!(
+            "not ready: the daemon is not running (no control socket in {})",
+            run_dir.display()
+        ))),
+        Some(StatusReply {
+            enforcing: Some(true),
+            state,
+            ..
+        }) => {
+            println!(
+                "ready: {} policy sha256 {} generation {}",
+                state.mode, state.policy_hash, state.generation
+            );
+            Ok(())
+        }
+        Some(reply) => Err(Failure::Invalid(format!(
+            "not ready: not enforcing: {}",
+            reply.not_enforcing.as_deref().unwrap_or("unknown")
+        ))),
+    }
+}
+
 pub fn status(run_dir: &Path, json: bool) -> Result<(), Failure> {
     let reply: StatusReply = match ask(run_dir, &Request::Status {})? {
         Some(reply) => reply,
@@ -37,6 +68,13 @@ pub fn status(run_dir: &Path, json: bool) -> Result<(), Failure> {
         }
     );
     println!("mode       {}", st.mode);
+    if reply.running {
+        match (&reply.enforcing, &reply.not_enforcing) {
+            (Some(false), Some(why)) => println!("enforcing  NO: {why}"),
+            (Some(false), None) => println!("enforcing  NO"),
+            _ => println!("enforcing  yes"),
+        }
+    }
     println!(
         "policy     {} (sha256 {}, generation {})",
         st.policy, st.policy_hash, st.generation

@@ -11,8 +11,13 @@ use crate::{
 pub fn unload(pin_dir: &Path, run_dir: &Path) -> Result<(), Failure> {
     let reply: Option<UnloadReply> = ask(run_dir, &Request::Unload {})?;
     if reply.is_none() {
-        let pins =
-            state::read(run_dir).map_or_else(|_| Pins::new(pin_dir), |st| Pins::new(&st.pin_dir));
+        // The state file names the pin directory the daemon used; a path seen from inside a
+        // container (the Kubernetes DaemonSet's /host/sys/fs/bpf/guard) does not exist on the
+        // host, where --pin-dir is the same directory.
+        let pins = match state::read(run_dir) {
+            Ok(st) if st.pin_dir.exists() => Pins::new(&st.pin_dir),
+            _ => Pins::new(pin_dir),
+        };
         pins.remove_all()
             .map_err(|e| Failure::Runtime(format!("removing {}: {e}", pins.dir().display())))?;
         state::remove(run_dir);

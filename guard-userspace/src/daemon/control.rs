@@ -27,7 +27,9 @@ impl Daemon {
                     reloads: &[
                         ("applied", self.reloads.applied),
                         ("rejected", self.reloads.rejected),
+                        ("unreadable", self.reloads.unreadable),
                     ],
+                    policy_file_unreadable: self.reloads.file_unreadable,
                     host: &host,
                     programs: &programs,
                     anomalies: &self.detectors.firing(),
@@ -89,7 +91,8 @@ impl Daemon {
                     let now = SystemTime::now()
                         .duration_since(UNIX_EPOCH)
                         .map_or(0, |d| d.as_secs());
-                    let reply = StatusReply::running(st, now, self.pending.is_some());
+                    let reply =
+                        StatusReply::running(st, now, self.pending.is_some(), self.enforcement());
                     (Reply::data(&reply), false)
                 }
                 None => (Reply::error("no policy loaded"), false),

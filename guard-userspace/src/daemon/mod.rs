@@ -291,6 +291,10 @@ struct Repairs {
 struct Reloads {
     applied: u64,
     rejected: u64,
+    /// Reads of the policy file that failed (gone, unreadable): the running policy stays.
+    unreadable: u64,
+    /// Whether the last read of the policy file failed.
+    file_unreadable: bool,
 }
 
 /// What the HTTP server asks the daemon loop.

@@ -369,7 +369,9 @@ impl Daemon {
             );
             return;
         };
-        match fs::read_to_string(&path) {
+        let read = fs::read_to_string(&path);
+        self.reloads.file_unreadable = read.is_err();
+        match read {
             Ok(text) => {
                 // The file watch sees every change in the file's directory: only a change of
                 // the file itself (its resolved text) is applied. SIGHUP always reads it.
@@ -384,7 +386,12 @@ impl Daemon {
                 let _ = self.try_apply(PolicySource::File(path), text, how, None);
             }
             Err(e) => {
-                error!(target: "guard::event", kind = "policy_rejected", how, policy = %path.display(), error = %e, "cannot read the policy file; the running policy stays")
+                // A ConfigMap key removed, a file deleted and not put back: reported in the
+                // log, the events and /metrics; the running policy stays.
+                self.reloads.unreadable += 1;
+                self.file_seen = None;
+                self.record(json!({"ts": now_secs(), "kind": "policy_unreadable", "how": how, "policy": path.display().to_string(), "error": e.to_string()}));
+                error!(target: "guard::event", kind = "policy_unreadable", how, policy = %path.display(), error = %e, "cannot read the policy file; the running policy stays")
             }
         }
     }

@@ -97,9 +97,12 @@ impl Detectors {
         self.firing.values().cloned().collect()
     }
 
-    /// Anomalies fired since start, by detector.
+    /// Anomalies fired since start, by detector: every detector, zero when it never fired.
     pub fn fired(&self) -> Vec<(&'static str, u64)> {
-        self.fired.iter().map(|(&d, &n)| (d, n)).collect()
+        DETECTORS
+            .iter()
+            .map(|&d| (d, self.fired.get(d).copied().unwrap_or(0)))
+            .collect()
     }
 
     /// Judges the window since the previous call (`at_secs` on a monotonic clock) by
@@ -229,6 +232,9 @@ impl Detectors {
         changes
     }
 }
+
+/// Every detector's name (the `detector` label of the anomaly metrics).
+pub const DETECTORS: [&str; 3] = ["rtt", "rejections", "overflows"];
 
 /// What `/health` answers.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -375,7 +381,11 @@ mod tests {
         );
         let cleared = step(&mut d, 4, &mut history);
         assert!(matches!(&cleared[..], [Change::Cleared(_)]), "{cleared:?}");
-        assert_eq!(d.fired(), vec![("rtt", 1)]);
+        assert_eq!(
+            d.fired(),
+            vec![("rtt", 1), ("rejections", 0), ("overflows", 0)],
+            "every detector, zero when it never fired"
+        );
         assert!(total > 0);
     }
 

@@ -12,9 +12,10 @@ use prometheus::{
 };
 
 use crate::{
-    datapath::counters::{Counters, Direction},
+    datapath::counters::{ConnCounter, Counters, Direction},
     linux::hoststats::HostStats,
-    observe::health::Anomaly,
+    observe::health::{Anomaly, DETECTORS},
+    policy::model::{PortLabel, Proto},
 };
 
 /// The `rule` label of the rules beyond `--metrics-max-rules`, summed.
@@ -27,8 +28,11 @@ pub struct Scrape<'a> {
     pub enforcing: bool,
     pub audit: bool,
     pub generation: u64,
-    /// Policy changes by result: `applied`, `rejected`.
+    /// Policy changes by result: `applied`, `rejected`, `unreadable` (the policy file could
+    /// not be read).
     pub reloads: &'a [(&'static str, u64)],
+    /// Whether the last read of the policy file failed (the running policy stays).
+    pub policy_file_unreadable: bool,
     pub host: &'a HostStats,
     /// Kernel run statistics per program (only when `kernel.bpf_stats_enabled` is 1).
     pub programs: &'a [ProgramStats],
@@ -241,6 +245,14 @@ pub fn families(s: &Scrape<'_>) -> Vec<proto::MetricFamily> {
     );
     push(
         Family::new(
+            "guard_policy_file_unreadable",
+            "1 when the last read of the policy file failed (deleted, a ConfigMap key removed): the running policy stays",
+            GAUGE,
+        )
+        .gauge(&[], f64::from(u8::from(s.policy_file_unreadable))),
+    );
+    push(
+        Family::new(
             "guard_links_repaired_total",
             "guard's links put back since the daemon started: pins removed behind its back (repinned), links detached by other means (reattached)",
             COUNTER,
@@ -342,7 +354,30 @@ pub fn families(s: &Scrape<'_>) -> Vec<proto::MetricFamily> {
             "Smoothed TCP round-trip time samples per port and direction (log2 buckets; the sum takes bucket midpoints)",
             HISTOGRAM,
         );
-        for conn in &c.connections {
+        // The kernel counts a port's connections from its first one; the policy's TCP ports
+        // are reported from the start, at zero, so dashboards and alerts find their series.
+        let unseen: Vec<ConnCounter> = c
+            .ports
+            .iter()
+            .filter_map(|p| match p.port {
+                PortLabel::Number(port) if p.proto == Proto::Tcp => Some(port),
+                _ => None,
+            })
+            .filter(|&port| {
+                !c.connections
+                    .iter()
+                    .any(|conn| conn.direction == Direction::Inbound && conn.port == port)
+            })
+            .map(|port| ConnCounter {
+                direction: Direction::Inbound,
+                port,
+                established: 0,
+                closed: 0,
+                active: 0,
+                rtt_log2_us: vec![0; guard_common::RTT_BUCKETS],
+            })
+            .collect();
+        for conn in c.connections.iter().chain(&unseen) {
             let port = conn.port.to_string();
             let labels = [("port", port.as_str())];
             if conn.direction == Direction::Inbound {
@@ -352,17 +387,15 @@ pub fn families(s: &Scrape<'_>) -> Vec<proto::MetricFamily> {
                 out_est = out_est.counter(&labels, conn.established as f64);
                 out_active = out_active.gauge(&labels, conn.active as f64);
             }
-            if conn.rtt_log2_us.iter().any(|&n| n > 0) {
-                let bounds = rtt_bounds(conn.rtt_log2_us.len());
-                rtt = rtt.histogram(
-                    &[
-                        ("port", port.as_str()),
-                        ("direction", conn.direction.as_str()),
-                    ],
-                    &conn.rtt_log2_us,
-                    &bounds,
-                );
-            }
+            let bounds = rtt_bounds(conn.rtt_log2_us.len());
+            rtt = rtt.histogram(
+                &[
+                    ("port", port.as_str()),
+                    ("direction", conn.direction.as_str()),
+                ],
+                &conn.rtt_log2_us,
+                &bounds,
+            );
         }
         push(accepted);
         push(active);
@@ -418,6 +451,12 @@ pub fn families(s: &Scrape<'_>) -> Vec<proto::MetricFamily> {
             &[("detector", a.detector), ("subject", a.subject.as_str())],
             1.0,
         );
+    }
+    // A detector with nothing firing has one series, without a subject, at 0.
+    for detector in DETECTORS {
+        if !s.anomalies.iter().any(|a| a.detector == detector) {
+            firing = firing.gauge(&[("detector", detector)], 0.0);
+        }
     }
     push(firing);
     push(
@@ -596,6 +635,7 @@ mod tests {
             audit: false,
             generation: 4,
             reloads: &[("applied", 4), ("rejected", 1)],
+            policy_file_unreadable: false,
             host: &host,
             programs: &[],
             anomalies: &[],
@@ -658,6 +698,7 @@ mod tests {
             audit: false,
             generation: 1,
             reloads: &[],
+            policy_file_unreadable: false,
             host: &host,
             programs: &[],
             anomalies: &[],
@@ -695,6 +736,7 @@ mod tests {
             audit: false,
             generation: 0,
             reloads: &[],
+            policy_file_unreadable: false,
             host: &host,
             programs: &[],
             anomalies: &[],
