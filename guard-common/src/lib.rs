@@ -69,6 +69,24 @@ pub mod maps {
     pub const EVENT_BUCKETS: &str = "GUARD_EVBUCKET";
     /// `PerCpuArray<u64>` indexed by the `EVENTS_*` constants.
     pub const EVENT_STATS: &str = "GUARD_EVSTATS";
+    /// `PerCpuArray<EventBudget>`, one entry: how many denied packets this CPU sent to the
+    /// per-source limiter in the current window ([`super::EVENT_BUDGET_WINDOW_NS`]). Beyond
+    /// [`super::EVENT_BUDGET_PER_WINDOW`] a deny is counted as suppressed at the cost of one
+    /// inlined array access: a flood pays neither the clock nor the limiter's LRU lookup.
+    /// Belongs to one loaded instance (a new load starts a fresh window).
+    pub const EVENT_BUDGET: &str = "GUARD_EVBUDGET";
+    /// `Array<[u8; FLOW_SEEN_CHUNK]>`, [`super::FLOW_SEEN_CHUNKS`] entries: one flag per
+    /// [`super::flow_seen_slot`] of a [`super::FlowKey`], set by the TC egress program for
+    /// every flow it records. The XDP filter looks a reply up in [`FLOWS`] only when its
+    /// flag is set: a flood of packets that answer nothing costs one inlined array access
+    /// instead of an LRU lookup. Flags are never cleared (a stale flag only costs the
+    /// lookup); a load sets the flags of the flows already in [`FLOWS`].
+    pub const FLOW_SEEN: &str = "GUARD_FLOWSEEN";
+    /// `Array<u64>`, [`super::SRC_ZONES_LEN`] entries per generation: a bit per (address
+    /// family, first 16 bits of an address) set when some source prefix of the generation
+    /// (any class) may contain such an address ([`super::src_zone_bit`]). A source whose
+    /// bit is clear is in no zone, and the source hashes and tries are not consulted.
+    pub const SRC_ZONES: &str = "GUARD_SRCZONES";
 
     /// `Array<u32>`, [`super::PORTS_LEN`] entries per generation indexed by
     /// [`super::port_index`]: 1 when `bind()` to that (protocol, port) is allowed
@@ -86,8 +104,11 @@ pub mod maps {
     pub const SOCKETS: &str = "GUARD_SOCKS";
 
     /// Every map the loader must find in the object.
-    pub const ALL: [&str; 22] = [
+    pub const ALL: [&str; 25] = [
         ACTIVE,
+        EVENT_BUDGET,
+        FLOW_SEEN,
+        SRC_ZONES,
         PROTOS,
         LISTEN,
         BIND_DENIED,
@@ -114,8 +135,9 @@ pub mod maps {
     /// event ring and limiter. Every load shares them through their pins; the policy maps
     /// (active, config, ports, classes, sources, listen, slots) belong to one loaded
     /// instance of the programs, which keeps them across policy changes (generations).
-    pub const STATE: [&str; 11] = [
+    pub const STATE: [&str; 12] = [
         RULE_STATS,
+        FLOW_SEEN,
         REASONS,
         PORT_STATS,
         EVENT_STATS,
@@ -357,6 +379,72 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 /// cost at one lookup for most packets.
 pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 
+/// The window of the per-CPU event budget ([`maps::EVENT_BUDGET`]).
+pub const EVENT_BUDGET_WINDOW_NS: u64 = 100_000_000;
+/// The least number of denied packets per CPU and window that go to the per-source event
+/// limiter ([`GuardConfig::event_budget`]); the rest of the window's denies are counted as
+/// suppressed without it. 2 560 per second per CPU.
+pub const EVENT_BUDGET_PER_WINDOW: u64 = 256;
+/// Over budget, the clock is read once per this many denies to see whether the window
+/// ended (a power of two).
+pub const EVENT_BUDGET_CLOCK_EVERY: u64 = 64;
+
+/// Value of [`maps::EVENT_BUDGET`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EventBudget {
+    /// Start of the current window (ns, `bpf_ktime_get_coarse_ns`).
+    pub window_start_ns: u64,
+    /// Denies that reached the limiter code in the current window, the budgeted ones and
+    /// those past the budget.
+    pub used: u64,
+}
+
+/// Bytes per entry of [`maps::FLOW_SEEN`].
+pub const FLOW_SEEN_CHUNK: usize = 4096;
+/// Entries of [`maps::FLOW_SEEN`]: 2^18 flags in all (256 KiB).
+pub const FLOW_SEEN_CHUNKS: u32 = 64;
+
+/// The flag of a flow in [`maps::FLOW_SEEN`]: (entry, byte). A multiplicative hash of the
+/// whole key; the TC egress program and the XDP filter compute it from the same key (the
+/// egress key of an outbound packet equals the ingress key of its reply).
+#[inline(always)]
+pub const fn flow_seen_slot(key: &FlowKey) -> (u32, usize) {
+    let r = &key.remote;
+    let mut h: u32 = 0x9E37_79B9;
+    let words = [
+        u32::from_ne_bytes([r[0], r[1], r[2], r[3]]),
+        u32::from_ne_bytes([r[4], r[5], r[6], r[7]]),
+        u32::from_ne_bytes([r[8], r[9], r[10], r[11]]),
+        u32::from_ne_bytes([r[12], r[13], r[14], r[15]]),
+        (key.local_port as u32) << 16 | key.remote_port as u32,
+        key.proto as u32,
+    ];
+    let mut i = 0;
+    while i < words.len() {
+        h = (h ^ words[i]).wrapping_mul(0x85EB_CA6B);
+        h ^= h >> 15;
+        i += 1;
+    }
+    let slot = h % (FLOW_SEEN_CHUNKS * FLOW_SEEN_CHUNK as u32);
+    (
+        slot / FLOW_SEEN_CHUNK as u32,
+        (slot % FLOW_SEEN_CHUNK as u32) as usize,
+    )
+}
+
+/// Entries of [`maps::SRC_ZONES`] per generation: 1 024 words of 64 bits for IPv4, then as
+/// many for IPv6.
+pub const SRC_ZONES_LEN: u32 = 2 * 1024;
+
+/// The word (index within a generation) and bit of [`maps::SRC_ZONES`] for addresses whose
+/// first 16 bits are `top16` (IPv4: the first two octets; IPv6: the first group).
+#[inline(always)]
+pub const fn src_zone_bit(v4: bool, top16: u16) -> (u32, u32) {
+    let family = if v4 { 0 } else { 1024 };
+    (family + (top16 as u32 >> 6), top16 as u32 & 63)
+}
+
 /// Event kinds, in [`Event::kind`].
 pub const EVENT_DROP: u32 = 1;
 pub const EVENT_AUDIT_DROP: u32 = 2;
@@ -410,6 +498,10 @@ pub struct GuardConfig {
     /// may not be created in the cgroup (enforce mode), because the kernel runs no connect
     /// hook for UDP-Lite, so a connected UDP-Lite socket could not be judged.
     pub udplite_denied: u32,
+    /// Denies per CPU and [`EVENT_BUDGET_WINDOW_NS`] that go to the per-source limiter
+    /// ([`maps::EVENT_BUDGET`]): at least [`EVENT_BUDGET_PER_WINDOW`], more when the
+    /// `[events]` rate and burst ask for more.
+    pub event_budget: u64,
 }
 
 /// The entry of [`maps::ACTIVE`]. The programs judge by `generation`, unless `deadline_ns`
@@ -514,7 +606,10 @@ pub struct FlowKey {
     pub remote_port: u16,
     /// IPPROTO_TCP, IPPROTO_UDP or IPPROTO_UDPLITE.
     pub proto: u8,
-    pub _pad: [u8; 3],
+    /// Padding as two fields, not `[u8; 3]`: zeroing an array of 3 bytes compiles to an
+    /// out-of-line `memset` call in BPF, on the XDP filter's hot path.
+    pub _pad0: u8,
+    pub _pad1: u16,
 }
 
 /// Value of [`maps::FLOWS`].
@@ -600,7 +695,7 @@ pub struct RuleStats {
     pub bytes: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<GuardConfig>() == 48);
+const _: () = assert!(core::mem::size_of::<GuardConfig>() == 56);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ClassLens>() == 24);
 const _: () = assert!(core::mem::size_of::<SrcHashKeyV4>() == 12);

@@ -2,16 +2,27 @@
 //! for socket events), then sent through a ring buffer, so a flood from one source costs
 //! userspace at most its rate.
 //!
+//! In front of it, a per-CPU budget: each CPU sends at most `GuardConfig::event_budget`
+//! denies per `EVENT_BUDGET_WINDOW_NS` to the limiter; the rest of the window's denies are
+//! counted as suppressed after one inlined array access, without the clock or the LRU
+//! lookup, so a flood costs little more than the drop itself. Over budget the clock is read
+//! on the first deny and then once per `EVENT_BUDGET_CLOCK_EVERY`, to notice the window's
+//! end.
+//!
 //! The limiter is GCRA (one timestamp per key in an LRU map). Suppressed events are counted
-//! globally and per key; the key's next event carries its count. A full ring buffer loses
-//! the event and counts it. Updates from several CPUs to one key's bucket may race; the
-//! limit is then approximate, never a reason to drop or pass a packet.
+//! globally (exactly, whichever stage held them back) and, by the limiter, per key; the
+//! key's next event carries its count. A full ring buffer loses the event and counts it.
+//! Updates from several CPUs to one key's bucket may race; the limit is then approximate,
+//! never a reason to drop or pass a packet.
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
-use guard_common::{EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED, Event, EventBucket, GuardConfig};
+use guard_common::{
+    EVENT_BUDGET_CLOCK_EVERY, EVENT_BUDGET_WINDOW_NS, EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED,
+    Event, EventBucket, GuardConfig,
+};
 
 use crate::{
-    maps::{GUARD_EVBUCKET, GUARD_EVENTS, GUARD_EVSTATS, bump},
+    maps::{GUARD_EVBUCKET, GUARD_EVBUDGET, GUARD_EVENTS, GUARD_EVSTATS, bump},
     packet::Flow,
 };
 
@@ -43,6 +54,10 @@ pub fn report_packet(ctx: &XdpContext, flow: &Flow, kind: u32, rule: u32, config
 pub fn send(mut event: Event, limit_key: &[u8; 16], config: &GuardConfig) {
     let interval = config.event_interval_ns;
     if interval == 0 {
+        return;
+    }
+    if over_budget(config.event_budget) {
+        bump(&GUARD_EVSTATS, EVENTS_SUPPRESSED);
         return;
     }
     // SAFETY: a helper without preconditions.
@@ -87,4 +102,36 @@ pub fn send(mut event: Event, limit_key: &[u8; 16], config: &GuardConfig) {
         }
         None => bump(&GUARD_EVSTATS, EVENTS_LOST),
     }
+}
+
+/// Counts a deny against this CPU's budget; true when the window's budget is spent.
+#[inline(always)]
+fn over_budget(per_window: u64) -> bool {
+    let Some(budget) = GUARD_EVBUDGET.get_ptr_mut(0) else {
+        // Cannot happen (index 0 of a one-entry array): no budget, the limiter decides.
+        return false;
+    };
+    // SAFETY: this CPU's value; BPF programs are not preempted on their CPU.
+    let budget = unsafe { &mut *budget };
+    if budget.used == 0 {
+        // The first deny ever on this CPU starts the first window.
+        // SAFETY: a helper without preconditions.
+        budget.window_start_ns = unsafe { bpf_ktime_get_coarse_ns() };
+    }
+    budget.used += 1;
+    if budget.used <= per_window {
+        return false;
+    }
+    if budget.used != per_window + 1 && budget.used % EVENT_BUDGET_CLOCK_EVERY != 0 {
+        return true;
+    }
+    // SAFETY: a helper without preconditions.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    if now.wrapping_sub(budget.window_start_ns) < EVENT_BUDGET_WINDOW_NS {
+        return true;
+    }
+    // A new window; this deny is its first.
+    budget.window_start_ns = now;
+    budget.used = 1;
+    false
 }

@@ -8,11 +8,12 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use guard_common::{
-    ActiveGeneration, ClassLens, ConnStats, EVENT_STATS_LEN, EVENTS_BYTES, EventBucket, FlowKey,
-    FlowState, GENERATIONS, GuardConfig, MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS,
-    MAX_RULES, MAX_SOCKETS, MAX_SRC_ENTRIES, MODE_UNSET, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN,
-    PortStats, REASONS_LEN, RttHist, RuleRef, RuleStats, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4,
-    SrcKeyV6, gen_index, port_index,
+    ActiveGeneration, ClassLens, ConnStats, EVENT_STATS_LEN, EVENTS_BYTES, EventBucket,
+    EventBudget, FLOW_SEEN_CHUNK, FLOW_SEEN_CHUNKS, FlowKey, FlowState, GENERATIONS, GuardConfig,
+    MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS, MAX_RULES, MAX_SOCKETS,
+    MAX_SRC_ENTRIES, MODE_UNSET, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats, REASONS_LEN,
+    RttHist, RuleRef, RuleStats, SRC_ZONES_LEN, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
+    flow_seen_slot, gen_index, port_index, src_zone_bit,
 };
 
 #[map]
@@ -67,6 +68,37 @@ pub static GUARD_RTT: PerCpuHashMap<u32, RttHist> =
 pub static GUARD_SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_SOCKETS, 0);
 #[map]
 pub static GUARD_EVSTATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_STATS_LEN, 0);
+#[map]
+pub static GUARD_EVBUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+#[map]
+pub static GUARD_FLOWSEEN: Array<[u8; FLOW_SEEN_CHUNK]> =
+    Array::with_max_entries(FLOW_SEEN_CHUNKS, 0);
+#[map]
+pub static GUARD_SRCZONES: Array<u64> = Array::with_max_entries(GENERATIONS * SRC_ZONES_LEN, 0);
+
+/// Sets `key`'s flag in [`GUARD_FLOWSEEN`] (a plain byte store: racing writers store the
+/// same value).
+#[inline(always)]
+pub fn mark_flow_seen(key: &FlowKey) {
+    let (entry, byte) = flow_seen_slot(key);
+    if let Some(chunk) = GUARD_FLOWSEEN.get_ptr_mut(entry) {
+        // SAFETY: a live map value; `byte` < FLOW_SEEN_CHUNK by construction.
+        unsafe { (*chunk)[byte & (FLOW_SEEN_CHUNK - 1)] = 1 };
+    }
+}
+
+/// Whether `key`'s flag in [`GUARD_FLOWSEEN`] is set: false means the host has sent on no
+/// flow with that key since the maps were created, so [`GUARD_FLOWS`] cannot hold it.
+#[inline(always)]
+pub fn flow_maybe_seen(key: &FlowKey) -> bool {
+    let (entry, byte) = flow_seen_slot(key);
+    match GUARD_FLOWSEEN.get_ptr(entry) {
+        // SAFETY: a live map value; `byte` < FLOW_SEEN_CHUNK by construction.
+        Some(chunk) => unsafe { (*chunk)[byte & (FLOW_SEEN_CHUNK - 1)] != 0 },
+        // Cannot happen (the index is in range): look the flow up.
+        None => true,
+    }
+}
 
 /// Adds one to a per-CPU hash counter, creating it at 1.
 #[inline(always)]
@@ -143,6 +175,24 @@ impl Policy {
         GUARD_PORTSLOT.get(index).copied().unwrap_or(0)
     }
 
+    /// Whether some source prefix of this generation may contain `peer` (the first 16 bits
+    /// of the address decide): false means no class's hash or trie can match it.
+    #[inline(always)]
+    pub fn peer_in_some_zone(&self, v4: bool, peer: &[u8; 16]) -> bool {
+        let top16 = if v4 {
+            u16::from_be_bytes([peer[12], peer[13]])
+        } else {
+            u16::from_be_bytes([peer[0], peer[1]])
+        };
+        let (word, bit) = src_zone_bit(v4, top16);
+        let index = gen_index(self.generation, SRC_ZONES_LEN, word);
+        match GUARD_SRCZONES.get(index) {
+            Some(bits) => bits & (1 << bit) != 0,
+            // Cannot happen (the index is in range): consult the sources.
+            None => true,
+        }
+    }
+
     /// True when `[listen]` allows `bind()` to (protocol, port).
     #[inline(always)]
     pub fn listen_allowed(&self, proto_idx: u32, port: u16) -> bool {
@@ -201,4 +251,7 @@ named_as!(
     GUARD_RTT = RTT_HIST,
     GUARD_SOCKS = SOCKETS,
     GUARD_EVSTATS = EVENT_STATS,
+    GUARD_EVBUDGET = EVENT_BUDGET,
+    GUARD_FLOWSEEN = FLOW_SEEN,
+    GUARD_SRCZONES = SRC_ZONES,
 );

@@ -112,7 +112,8 @@ impl Flow {
             local_port: self.dport,
             remote_port: self.sport,
             proto: self.ip_proto,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         }
     }
 
@@ -123,7 +124,8 @@ impl Flow {
             local_port: self.sport,
             remote_port: self.dport,
             proto: self.ip_proto,
-            _pad: [0; 3],
+            _pad0: 0,
+            _pad1: 0,
         }
     }
 }

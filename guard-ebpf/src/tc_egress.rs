@@ -5,14 +5,15 @@
 //!
 //! Verdict: always `TC_ACT_OK`. Egress is never blocked; a packet that cannot be parsed is
 //! simply not recorded, and its replies are judged by the policy alone.
-//! Cost: one hash lookup per outbound TCP/UDP packet; a write only for a new flow or when
-//! the flow's timestamp is older than `FLOW_REFRESH_NS`.
+//! Cost: one hash lookup per outbound TCP/UDP packet and a byte store (the flow's flag in
+//! `GUARD_FLOWSEEN`); a write only for a new flow or when the flow's timestamp is older
+//! than `FLOW_REFRESH_NS`.
 
 use aya_ebpf::{bindings::TC_ACT_OK, helpers::bpf_ktime_get_coarse_ns, programs::TcContext};
 use guard_common::{FLOW_REFRESH_NS, FlowState, PROTO_IDX_TCP};
 
 use crate::{
-    maps::GUARD_FLOWS,
+    maps::{GUARD_FLOWS, mark_flow_seen},
     packet::{self, Flow, Parsed, TCP_RST},
 };
 
@@ -33,6 +34,9 @@ fn record(flow: &Flow) {
         return;
     }
     let key = flow.egress_key();
+    // Every time, not only for new flows: the flags are shared by every load, and a flow
+    // recorded by an older program (before an upgrade) gets its flag here too.
+    mark_flow_seen(&key);
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     match GUARD_FLOWS.get_ptr_mut(&key) {

@@ -27,7 +27,7 @@ pub fn decide(
     peer: &[u8; 16],
     default: (u32, u32),
 ) -> (u32, u32) {
-    judge(policy.port_entry(slot, port), v4, peer, default)
+    judge(policy, policy.port_entry(slot, port), v4, peer, default)
 }
 
 /// The rule and action an entry of the ports array (or of the protocols array, for a
@@ -36,7 +36,13 @@ pub fn decide(
 /// zeroed entry) is judged as deny and counted under [`REASON_BAD_ACTION`], so the kernel
 /// fails closed.
 #[inline(always)]
-pub fn judge(entry: u32, v4: bool, peer: &[u8; 16], default: (u32, u32)) -> (u32, u32) {
+pub fn judge(
+    policy: &Policy,
+    entry: u32,
+    v4: bool,
+    peer: &[u8; 16],
+    default: (u32, u32),
+) -> (u32, u32) {
     if entry & PORT_FAILSAFE != 0 {
         return (RULE_FAILSAFE, ACTION_ALLOW);
     }
@@ -47,7 +53,9 @@ pub fn judge(entry: u32, v4: bool, peer: &[u8; 16], default: (u32, u32)) -> (u32
         )
     } else {
         let class = entry & PORT_VALUE_MASK;
-        let hit = if class == 0 {
+        // A peer in no zone of the generation skips the source lookups: one inlined array
+        // access instead of a hash lookup per prefix length.
+        let hit = if class == 0 || !policy.peer_in_some_zone(v4, peer) {
             None
         } else {
             lookup_peer(class, v4, peer)

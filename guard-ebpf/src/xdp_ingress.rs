@@ -42,7 +42,7 @@ use guard_common::{
 
 use crate::{
     events,
-    maps::{GUARD_FLOWS, GUARD_PORTSTAT, GUARD_REASONS, Policy, bump},
+    maps::{GUARD_FLOWS, GUARD_PORTSTAT, GUARD_REASONS, Policy, bump, flow_maybe_seen},
     packet::{self, Flow, ParseError, Parsed, TCP_ACK, TCP_SYN},
     verdict,
 };
@@ -82,7 +82,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     } else {
         policy.protocol_entry(flow.ip_proto)
     };
-    let (mut rule, mut action) = verdict::judge(entry, flow.v4, &flow.src, default);
+    let (mut rule, mut action) = verdict::judge(&policy, entry, flow.v4, &flow.src, default);
     if action != ACTION_ALLOW && flow.has_ports() && is_reply(&flow, config) {
         bump(&GUARD_REASONS, REASON_REPLY_PASSED);
         (rule, action) = (RULE_REPLY, ACTION_ALLOW);
@@ -137,6 +137,10 @@ fn is_reply(flow: &Flow, config: &GuardConfig) -> bool {
         return false;
     }
     let key = flow.ingress_key();
+    // A packet that answers no flow the host ever sent on (most of a flood) stops here.
+    if !flow_maybe_seen(&key) {
+        return false;
+    }
     let Some(state) = GUARD_FLOWS.get_ptr(&key) else {
         return false;
     };

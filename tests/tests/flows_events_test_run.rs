@@ -311,3 +311,93 @@ fn a_full_ring_buffer_loses_events_and_counts_them() {
     assert_eq!(c.sent + c.lost + c.suppressed, u64::from(flood), "{c:?}");
     assert_eq!(g.take_events().len() as u64, c.sent);
 }
+
+/// Pins the calling thread to CPU 0, so every BPF_PROG_TEST_RUN below runs on one CPU (the
+/// event budget is per CPU).
+fn pin_to_cpu0() {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes within it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(0, &mut set);
+        assert_eq!(
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
+            0,
+            "sched_setaffinity"
+        );
+    }
+}
+
+#[test]
+fn denies_past_the_per_cpu_budget_are_counted_as_suppressed_until_the_window_ends() {
+    pin_to_cpu0();
+    // The default [events] (5 per second, burst 10 per source): the budget is 256 denies per
+    // CPU and 100 ms window.
+    let mut g = load(DENY_ALL);
+    let budget = guard_common::EVENT_BUDGET_PER_WINDOW;
+    // 300 sources, one SYN each: every one is under its own limit, but only the budget's
+    // worth reach the limiter in this window.
+    for i in 0..300u32 {
+        let src = Ipv4Addr::from(0xCB00_7100 + i);
+        assert_eq!(
+            g.verdict(&ipv4(src, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN))),
+            XDP_DROP
+        );
+    }
+    let c = g.counters().events;
+    assert_eq!(c.sent, budget, "{c:?}");
+    assert_eq!(c.sent + c.suppressed, 300, "every deny is counted: {c:?}");
+    // A flood from one source in the same window: one array access each, all counted.
+    assert_eq!(
+        g.verdict_repeat(
+            &ipv4(WEB, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN)),
+            10_000
+        ),
+        XDP_DROP
+    );
+    let c = g.counters().events;
+    assert_eq!(c.sent + c.suppressed, 10_300, "{c:?}");
+    // The next window: events flow again. Over budget the clock is read once per
+    // EVENT_BUDGET_CLOCK_EVERY denies, so at most that many go by before the window's end is
+    // noticed.
+    sleep(Duration::from_millis(150));
+    let sent_before = c.sent;
+    let every = guard_common::EVENT_BUDGET_CLOCK_EVERY as u32;
+    assert_eq!(
+        g.verdict_repeat(
+            &ipv4(
+                Ipv4Addr::new(203, 0, 113, 200),
+                HOST,
+                0,
+                (0, false),
+                &tcp(40000, 81, TCP_SYN)
+            ),
+            every
+        ),
+        XDP_DROP
+    );
+    let c = g.counters().events;
+    assert!(c.sent > sent_before, "{c:?}");
+    assert_eq!(c.sent + c.suppressed, 10_300 + u64::from(every), "{c:?}");
+    assert_eq!(g.take_events().len() as u64, c.sent);
+}
+
+#[test]
+fn a_reply_to_a_flow_recorded_without_its_flag_passes_once_the_flags_are_seeded() {
+    // A flow in the flow map whose seen-flag is unset: what a guard before the flags, or an
+    // older instance's recorder between the seeding and the switch, leaves behind.
+    let mut g = load(DENY_ALL);
+    let reply = ipv4(DNS, HOST, 0, (0, false), &udp(53, 40000));
+    assert_eq!(
+        g.egress(&ipv4(HOST, DNS, 0, (0, false), &udp(40000, 53))),
+        TC_ACT_OK
+    );
+    assert_eq!(g.verdict(&reply), XDP_PASS, "recorded with its flag");
+    g.guard.clear_flow_seen().unwrap();
+    assert_eq!(
+        g.verdict(&reply),
+        XDP_DROP,
+        "the flag gates the flow lookup: without it the reply is unsolicited"
+    );
+    g.guard.seed_flow_seen().unwrap();
+    assert_eq!(g.verdict(&reply), XDP_PASS, "seeded from the flow map");
+}

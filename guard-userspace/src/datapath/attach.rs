@@ -18,8 +18,12 @@ impl Guard {
         if let Some(pins) = pins {
             let (xdp_pin, tc_pin) = (pins.link(&xdp_hook(iface)), pins.link(&tc_hook(iface)));
             if xdp_pin.exists() && tc_pin.exists() {
-                self.replace(&xdp_pin, programs::XDP_INGRESS)?;
+                // The recorder first, then the flags of the flows the old one recorded,
+                // then the filter that reads them: no reply of a live flow finds its flag
+                // unset.
                 self.replace(&tc_pin, programs::TC_EGRESS)?;
+                self.seed_flow_seen()?;
+                self.replace(&xdp_pin, programs::XDP_INGRESS)?;
                 return Ok(Attach::Replaced);
             }
             // A half-pinned interface (a crash between the two pins): start over.

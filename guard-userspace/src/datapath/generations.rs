@@ -10,8 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use guard_common::{
-    ClassLens, GuardConfig, POLICY_PORTS_LEN, PORT_DIRECT, PORT_VALUE_MASK, PORTS_LEN, PROTOS_LEN,
-    RuleRef, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index,
+    CLASS_BITS, ClassLens, GuardConfig, POLICY_PORTS_LEN, PORT_DIRECT, PORT_VALUE_MASK, PORTS_LEN,
+    PROTOS_LEN, RuleRef, SRC_ZONES_LEN, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index,
+    src_zone_bit,
 };
 
 use crate::policy::Lowered;
@@ -31,6 +32,60 @@ pub struct Contents {
     pub hash_v6: HashMap<SrcHashKeyV6, RuleRef>,
     pub trie_v4: HashMap<(u32, SrcKeyV4), RuleRef>,
     pub trie_v6: HashMap<(u32, SrcKeyV6), RuleRef>,
+    /// The words of [`guard_common::maps::SRC_ZONES`]: which first-16-bit blocks of each
+    /// family some source prefix of the generation may contain.
+    pub src_zones: BTreeMap<u32, u64>,
+}
+
+/// Sets, in `words` (generation `generation` of `SRC_ZONES`), the bit of every first-16-bit
+/// block that a prefix of `len` bits at `addr` (its first 16 bits: `top16`) overlaps.
+fn mark_zone(words: &mut BTreeMap<u32, u64>, generation: u32, v4: bool, top16: u16, len: u32) {
+    let span: u32 = if len >= 16 { 1 } else { 1 << (16 - len) };
+    let first = if len >= 16 {
+        u32::from(top16)
+    } else {
+        u32::from(top16) & !(span - 1)
+    };
+    for block in first..first + span {
+        let (word, bit) = src_zone_bit(v4, block as u16);
+        *words
+            .entry(gen_index(generation, SRC_ZONES_LEN, word))
+            .or_default() |= 1 << bit;
+    }
+}
+
+/// The `SRC_ZONES` words of generation `generation` for `lowered`'s source prefixes.
+fn src_zones(lowered: &Lowered, generation: u32) -> BTreeMap<u32, u64> {
+    let mut words = BTreeMap::new();
+    for (k, _) in &lowered.src_hash_v4 {
+        let top16 = u16::from_be_bytes([k.addr[0], k.addr[1]]);
+        mark_zone(&mut words, generation, true, top16, k.prefix_len);
+    }
+    for (k, _) in &lowered.src_hash_v6 {
+        let top16 = u16::from_be_bytes([k.addr[0], k.addr[1]]);
+        mark_zone(&mut words, generation, false, top16, k.prefix_len);
+    }
+    for (len, k, _) in &lowered.src_v4 {
+        let top16 = u16::from_be_bytes([k.addr[0], k.addr[1]]);
+        mark_zone(
+            &mut words,
+            generation,
+            true,
+            top16,
+            len.saturating_sub(CLASS_BITS),
+        );
+    }
+    for (len, k, _) in &lowered.src_v6 {
+        let top16 = u16::from_be_bytes([k.addr[0], k.addr[1]]);
+        mark_zone(
+            &mut words,
+            generation,
+            false,
+            top16,
+            len.saturating_sub(CLASS_BITS),
+        );
+    }
+    words
 }
 
 impl Contents {
@@ -112,6 +167,7 @@ impl Contents {
                     ((len, SrcKeyV6 { class: c, ..k }), v)
                 })
                 .collect(),
+            src_zones: src_zones(lowered, generation),
         }
     }
 
@@ -123,6 +179,7 @@ impl Contents {
         c.protos.retain(|_, v| *v != 0);
         c.port_slots.retain(|_, v| *v != 0);
         c.class_lens.retain(|_, v| *v != ClassLens::default());
+        c.src_zones.retain(|_, v| *v != 0);
         c
     }
 
@@ -151,6 +208,7 @@ pub struct Delta {
     pub hash_v6: Changes<SrcHashKeyV6>,
     pub trie_v4: Changes<(u32, SrcKeyV4)>,
     pub trie_v6: Changes<(u32, SrcKeyV6)>,
+    pub src_zones: Vec<(u32, u64)>,
 }
 
 /// Deletions and insertions (or updates) for one keyed map.
@@ -214,6 +272,7 @@ impl Delta {
             (maps::LISTEN, self.listen.len()),
             (maps::PORT_SLOTS, self.port_slots.len()),
             (maps::CLASS_LENS, self.class_lens.len()),
+            (maps::SRC_ZONES, self.src_zones.len()),
             (
                 maps::SRC_HASH_V4,
                 keyed(self.hash_v4.delete.len(), self.hash_v4.insert.len()),
@@ -251,6 +310,7 @@ impl Delta {
             hash_v6: keyed_changes(&old.hash_v6, &new.hash_v6),
             trie_v4: keyed_changes(&old.trie_v4, &new.trie_v4),
             trie_v6: keyed_changes(&old.trie_v6, &new.trie_v6),
+            src_zones: array_changes(&old.src_zones, &new.src_zones),
         }
     }
 
@@ -262,6 +322,7 @@ impl Delta {
             + self.listen.len()
             + self.port_slots.len()
             + self.class_lens.len()
+            + self.src_zones.len()
             + self.hash_v4.delete.len()
             + self.hash_v4.insert.len()
             + self.hash_v6.delete.len()
@@ -360,6 +421,7 @@ tcp = [22, 80, 443]
                 + g.listen.len()
                 + g.port_slots.len()
                 + g.class_lens.len()
+                + g.src_zones.len()
                 + g.hash_v4.len()
                 + g.hash_v6.len()
         );
@@ -367,6 +429,40 @@ tcp = [22, 80, 443]
         assert!(clear.ports.iter().all(|&(_, v)| v == 0));
         assert_eq!(clear.hash_v4.delete.len(), g.hash_v4.len());
         assert!(clear.hash_v4.insert.is_empty());
+        assert!(clear.src_zones.iter().all(|&(_, v)| v == 0));
+    }
+
+    #[test]
+    fn the_zone_bits_cover_every_source_prefix_and_nothing_else() {
+        let l = lowered(ZONES);
+        let g = Contents::of(&l, 1, 64);
+        let bit = |v4: bool, top16: u16| {
+            let (word, bit) = guard_common::src_zone_bit(v4, top16);
+            g.src_zones
+                .get(&gen_index(1, SRC_ZONES_LEN, word))
+                .is_some_and(|w| w & (1 << bit) != 0)
+        };
+        // admin = 198.18.1.0/24 and 2001:db8::/32; lan = 198.18.0.0/16.
+        assert!(bit(true, u16::from_be_bytes([198, 18])));
+        assert!(!bit(true, u16::from_be_bytes([198, 19])));
+        assert!(!bit(true, u16::from_be_bytes([10, 0])));
+        assert!(bit(false, 0x2001));
+        assert!(!bit(false, 0x2002));
+        // A prefix shorter than 16 bits marks every block it spans; /0 marks all.
+        let wide = lowered(&ZONES.replace("\"198.18.0.0/16\"", "\"10.0.0.0/8\", \"::/0\""));
+        let w = Contents::of(&wide, 0, 64);
+        let count = |v4: bool| {
+            (0..=u16::MAX)
+                .filter(|&t| {
+                    let (word, bit) = guard_common::src_zone_bit(v4, t);
+                    w.src_zones
+                        .get(&gen_index(0, SRC_ZONES_LEN, word))
+                        .is_some_and(|x| x & (1 << bit) != 0)
+                })
+                .count()
+        };
+        assert_eq!(count(true), 256 + 1, "10.0.0.0/8 and 198.18.1.0/24");
+        assert_eq!(count(false), 65536, "::/0");
     }
 
     #[test]
@@ -440,6 +536,13 @@ tcp = [22, 80, 443]
         array(&mut model.ports, delta.ports);
         array(&mut model.protos, delta.protos);
         array(&mut model.port_slots, delta.port_slots);
+        for (i, v) in delta.src_zones {
+            if v == 0 {
+                model.src_zones.remove(&i);
+            } else {
+                model.src_zones.insert(i, v);
+            }
+        }
         for (i, v) in delta.listen {
             if v == 0 {
                 model.listen.remove(&i);

@@ -34,9 +34,10 @@ use aya::{
     util::KernelVersion,
 };
 use guard_common::{
-    ActiveGeneration, ClassLens, ConnStats, GENERATIONS, GuardConfig, MAX_CLASSES, MAX_RULES,
-    MAX_SRC_ENTRIES, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats, RttHist, RuleRef,
-    RuleStats, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index, maps, programs,
+    ActiveGeneration, ClassLens, ConnStats, FLOW_SEEN_CHUNK, FlowKey, FlowState, GENERATIONS,
+    GuardConfig, MAX_CLASSES, MAX_RULES, MAX_SRC_ENTRIES, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN,
+    PortStats, RttHist, RuleRef, RuleStats, SRC_ZONES_LEN, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4,
+    SrcKeyV6, flow_seen_slot, gen_index, maps, programs,
 };
 
 use crate::{
@@ -425,7 +426,7 @@ impl Guard {
         sock_create
             .load()
             .map_err(program_err(programs::SOCK_CREATE))?;
-        Ok(Self {
+        let mut guard = Self {
             ebpf,
             logger,
             links: Vec::new(),
@@ -433,7 +434,55 @@ impl Guard {
             active: 0,
             generations: [Some(contents), Some(Contents::default())],
             capacity,
-        })
+        };
+        guard.seed_flow_seen()?;
+        Ok(guard)
+    }
+
+    /// Sets the [`maps::FLOW_SEEN`] flag of every flow in [`maps::FLOWS`]: flows recorded
+    /// by programs that did not set flags (a guard before them, or an older instance
+    /// between its last packet and the switch) keep their replies passing.
+    pub fn seed_flow_seen(&mut self) -> Result<(), LoadError> {
+        let mut chunks: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        {
+            let flows =
+                aya::maps::HashMap::<_, FlowKey, FlowState>::try_from(self.map(maps::FLOWS)?)
+                    .map_err(map_err(maps::FLOWS))?;
+            for key in flows.keys() {
+                // A flow evicted while we iterate is simply not seeded.
+                let Ok(key) = key else { continue };
+                let (chunk, byte) = flow_seen_slot(&key);
+                chunks.entry(chunk).or_default().push(byte);
+            }
+        }
+        let name = maps::FLOW_SEEN;
+        let mut seen = Array::<_, [u8; FLOW_SEEN_CHUNK]>::try_from(map_mut(&mut self.ebpf, name)?)
+            .map_err(map_err(name))?;
+        for (chunk, bytes) in chunks {
+            let mut value = seen.get(&chunk, 0).map_err(map_err(name))?;
+            if bytes.iter().all(|&b| value[b] != 0) {
+                continue;
+            }
+            for b in bytes {
+                value[b] = 1;
+            }
+            seen.set(chunk, value, 0).map_err(map_err(name))?;
+        }
+        Ok(())
+    }
+
+    /// Clears every [`maps::FLOW_SEEN`] flag (for tests of [`Guard::seed_flow_seen`]: the
+    /// state an older guard's pins are in).
+    #[doc(hidden)]
+    pub fn clear_flow_seen(&mut self) -> Result<(), LoadError> {
+        let name = maps::FLOW_SEEN;
+        let mut seen = Array::<_, [u8; FLOW_SEEN_CHUNK]>::try_from(map_mut(&mut self.ebpf, name)?)
+            .map_err(map_err(name))?;
+        for chunk in 0..guard_common::FLOW_SEEN_CHUNKS {
+            seen.set(chunk, [0u8; FLOW_SEEN_CHUNK], 0)
+                .map_err(map_err(name))?;
+        }
+        Ok(())
     }
 
     /// Copies every per-CPU rule counter of `old` (a smaller map this load replaces) into

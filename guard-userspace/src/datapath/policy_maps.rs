@@ -138,18 +138,24 @@ impl Guard {
     pub(super) fn read_generation(&self, generation: u32) -> Result<Contents, LoadError> {
         let classes = self.capacity.classes_per_generation;
         let own_class = |c: u32| c / classes == generation & 1;
-        let array = |name: &'static str, len: u32| -> Result<BTreeMap<u32, u32>, LoadError> {
-            let a = Array::<_, u32>::try_from(self.map(name)?).map_err(map_err(name))?;
+        fn read_array<V: aya::Pod + Default + PartialEq>(
+            guard: &Guard,
+            generation: u32,
+            name: &'static str,
+            len: u32,
+        ) -> Result<BTreeMap<u32, V>, LoadError> {
+            let a = Array::<_, V>::try_from(guard.map(name)?).map_err(map_err(name))?;
             let mut out = BTreeMap::new();
             for i in 0..len {
                 let index = gen_index(generation, len, i);
                 let v = a.get(&index, 0).map_err(map_err(name))?;
-                if v != 0 {
+                if v != V::default() {
                     out.insert(index, v);
                 }
             }
             Ok(out)
-        };
+        }
+        let array = |name: &'static str, len: u32| read_array::<u32>(self, generation, name, len);
         let config = Array::<_, GuardConfig>::try_from(self.map(maps::CONFIG)?)
             .map_err(map_err(maps::CONFIG))?
             .get(&generation, 0)
@@ -187,6 +193,7 @@ impl Guard {
             trie_v6: read_trie(self.map(maps::SRC_V6)?, maps::SRC_V6, |k: &SrcKeyV6| {
                 own_class(u32::from_be_bytes(k.class))
             })?,
+            src_zones: read_array::<u64>(self, generation, maps::SRC_ZONES, SRC_ZONES_LEN)?,
         })
     }
 
@@ -241,6 +248,9 @@ pub(super) fn write_delta(
     write_hash(ebpf, maps::SRC_HASH_V6, &delta.hash_v6)?;
     write_trie(ebpf, maps::SRC_V4, &delta.trie_v4)?;
     write_trie(ebpf, maps::SRC_V6, &delta.trie_v6)?;
+    // After the sources: a bit set before its prefixes are in only sends a lookup that
+    // finds nothing yet; cleared bits belong to prefixes already deleted.
+    set_array(ebpf, maps::SRC_ZONES, &delta.src_zones)?;
     if let Some(config) = delta.config {
         set_array(ebpf, maps::CONFIG, &[(generation, config)])?;
     }

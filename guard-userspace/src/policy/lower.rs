@@ -10,9 +10,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use guard_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, CLASS_BITS, CLASS_LENS_USE_TRIE, ClassLens,
-    GuardConfig, MAX_CLASS_PREFIX_LENS, MODE_AUDIT, MODE_ENFORCE, PORT_ACTION_SHIFT, PORT_DIRECT,
-    PORT_FAILSAFE, PORT_VALUE_MASK, PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP, PROTO_IDX_TCP,
-    PROTO_IDX_UDP, RuleRef, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, port_index,
+    EVENT_BUDGET_PER_WINDOW, EVENT_BUDGET_WINDOW_NS, GuardConfig, MAX_CLASS_PREFIX_LENS,
+    MODE_AUDIT, MODE_ENFORCE, PORT_ACTION_SHIFT, PORT_DIRECT, PORT_FAILSAFE, PORT_VALUE_MASK,
+    PROTO_IDX_EGRESS_TCP, PROTO_IDX_EGRESS_UDP, PROTO_IDX_TCP, PROTO_IDX_UDP, RuleRef,
+    SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, port_index,
 };
 use ipnet::IpNet;
 
@@ -321,6 +322,10 @@ pub fn lower_after(
             },
             event_interval_ns: interval_ns,
             event_tolerance_ns: interval_ns * u64::from(events.burst.saturating_sub(1)),
+            // What one source may send in a window, at least the fixed budget.
+            event_budget: (u64::from(events.burst)
+                + u64::from(events.rate_per_second) * EVENT_BUDGET_WINDOW_NS / 1_000_000_000)
+                .max(EVENT_BUDGET_PER_WINDOW),
             tcp_flow_timeout_ns: u64::from(policy.flows.tcp_timeout_seconds) * 1_000_000_000,
             udp_flow_timeout_ns: u64::from(policy.flows.udp_timeout_seconds) * 1_000_000_000,
             listen_enforced: u32::from(policy.listen.is_some()),
