@@ -216,3 +216,23 @@ fn the_build_is_named_by_version_and_metrics() {
         "{metrics}"
     );
 }
+
+#[test]
+fn apply_without_a_daemon_names_the_policy_errors_first() {
+    // The daemon validates what `guard apply` sends (the CLI does not parse it too); with
+    // no daemon, the CLI says what is wrong with the policy before saying nothing runs.
+    let dirs = guard_tests::Dirs::new();
+    let bad = PolicyFile::new("interfaces = [\"x\"]\nmode = \"block\"\n");
+    let out = dirs.guard().args(["apply", bad.arg()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(&format!("{}:2:8: unknown mode", bad.arg())),
+        "{stderr}"
+    );
+    let good = PolicyFile::new("interfaces = [\"x\"]\n");
+    let out = dirs.guard().args(["apply", good.arg()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("guard is not running"), "{stderr}");
+}

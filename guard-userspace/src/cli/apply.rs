@@ -8,25 +8,30 @@ use crate::{
         ctl::Request,
         replies::{ApplyReply, ConfirmReply},
     },
-    cli::client::{ask_running, read_policy},
+    cli::client::{ask, ask_running, read_policy},
     policy,
 };
 
 pub fn apply(run_dir: &Path, file: &Path, confirm_within: Option<u64>) -> Result<(), Failure> {
     let text = read_policy(file)?;
-    // Validate here first: precise errors even when the daemon is down.
-    policy::check(&file.display().to_string(), &text)
-        .map_err(|e| Failure::Invalid(e.to_string()))?;
+    let name = file.display().to_string();
+    // The daemon validates the policy (once: the CLI does not parse it too) and answers
+    // with the same FILE:LINE:COL errors `guard check` prints.
     let request = Request::Apply {
-        name: file.display().to_string(),
+        name: name.clone(),
         policy: text,
         confirm_within,
     };
-    let reply: ApplyReply = ask_running(
-        run_dir,
-        &request,
-        "guard is not running: start it with `guard run`",
-    )?;
+    let Some(reply): Option<ApplyReply> = ask(run_dir, &request)? else {
+        // No daemon: the policy's own errors first, they are what to fix.
+        let Request::Apply { policy: text, .. } = request else {
+            unreachable!("built above")
+        };
+        policy::check(&name, &text).map_err(|e| Failure::Invalid(e.to_string()))?;
+        return Err(Failure::Runtime(
+            "guard is not running: start it with `guard run`".into(),
+        ));
+    };
     let hash = &reply.policy_hash;
     println!(
         "applied {} (sha256 {}, generation {})",
