@@ -223,6 +223,7 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &Options) -> Result<(), Failure
             PolicySource::File(_) => Some(policy::hash(&text)),
             PolicySource::Embedded => None,
         },
+        after_apply: false,
         guard: None,
         state: previous,
         current: None,
@@ -260,6 +261,7 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &Options) -> Result<(), Failure
         }
         return Err(err);
     }
+    daemon.after_apply();
     serve(daemon)
 }
 
@@ -318,6 +320,8 @@ struct Daemon {
     /// The sha256 of the policy file's text when it was last read: the file watch applies
     /// the file only when this changes (a change in its directory is not one of the file).
     file_seen: Option<String>,
+    /// A policy was applied and [`Daemon::after_apply`] has not run yet.
+    after_apply: bool,
     /// The instance whose programs the links run; dropping an older one after the switch
     /// frees its programs and policy maps.
     guard: Option<Guard>,

@@ -163,6 +163,9 @@ impl Daemon {
             "hash_after": checked.hash,
             "generation": generation,
             "changes": summary,
+            "switch": if switched.is_some() { "maps" } else { "programs" },
+            "map_writes": switched.unwrap_or(0),
+            "elapsed_ms": started.elapsed().as_secs_f64() * 1e3,
         }));
         info!(
             target: "guard::event",
@@ -190,11 +193,22 @@ impl Daemon {
         self.notify_status(false);
         self.hold_links();
         self.policy = Some(checked.policy);
+        // The listener audit and handing memory back wait until the caller has its answer
+        // ([`Daemon::after_apply`]): `guard apply` returns once the kernel enforces.
+        self.after_apply = true;
+        Ok(())
+    }
+
+    /// What follows an applied policy once its caller has been answered: the listener audit
+    /// against the new policy, and the freed heap (tens of MiB after a large policy) handed
+    /// back to the system.
+    pub(super) fn after_apply(&mut self) {
+        if !std::mem::take(&mut self.after_apply) {
+            return;
+        }
         self.audit_listeners();
-        // Parsing a large policy leaves tens of MiB of freed heap behind; hand it back.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
-        Ok(())
     }
 
     /// Unpins the links of interfaces `prev` had and the new policy does not name.

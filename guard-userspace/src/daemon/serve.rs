@@ -95,8 +95,14 @@ pub(super) fn serve(mut daemon: Daemon) -> Result<(), Failure> {
             tokio::select! {
                 _ = term.recv() => { stop("SIGTERM", &daemon); break; }
                 _ = int.recv() => { stop("SIGINT", &daemon); break; }
-                _ = hup.recv() => daemon.reload_file("SIGHUP"),
-                Some(()) = watch.recv() => daemon.reload_file("file watch"),
+                _ = hup.recv() => {
+                    daemon.reload_file("SIGHUP");
+                    daemon.after_apply();
+                }
+                Some(()) = watch.recv() => {
+                    daemon.reload_file("file watch");
+                    daemon.after_apply();
+                }
                 Some((request, reply)) = calls.recv() => {
                     let (answer, exit) = daemon.handle(request);
                     if exit {
@@ -107,8 +113,12 @@ pub(super) fn serve(mut daemon: Daemon) -> Result<(), Failure> {
                         break;
                     }
                     let _ = reply.send((answer, None));
+                    daemon.after_apply();
                 }
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => daemon.rollback(),
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    daemon.rollback();
+                    daemon.after_apply();
+                }
                 Some((probe, reply)) = probes.recv() => { let _ = reply.send(daemon.probe(probe)); }
                 Some(()) = binds.recv() => { audit_at.get_or_insert_with(|| Instant::now() + BIND_AUDIT_DELAY); }
                 _ = tokio::time::sleep_until(audit_at.unwrap_or_else(Instant::now)), if audit_at.is_some() => {

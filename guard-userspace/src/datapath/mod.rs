@@ -14,7 +14,11 @@ pub mod sys;
 use self::policy_maps::*;
 pub use self::{pins::*, read_counters::*};
 
-use std::{collections::BTreeMap, os::fd::AsFd as _, path::Path};
+use std::{
+    collections::BTreeMap,
+    os::fd::{AsFd as _, BorrowedFd},
+    path::Path,
+};
 
 use aya::{
     Ebpf, EbpfLoader,

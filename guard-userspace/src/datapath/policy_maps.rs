@@ -257,11 +257,50 @@ pub(super) fn write_delta(
     Ok(())
 }
 
+/// Entries written per batch call (a bound on the memory one call pins in the kernel).
+const BATCH: usize = 16_384;
+
+/// The fd of map `name` (an array or a hash), for the batch calls aya has no API for.
+fn batch_fd<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<BorrowedFd<'a>, LoadError> {
+    match ebpf.map(name).ok_or(LoadError::MissingMap(name))? {
+        Map::Array(data) | Map::HashMap(data) => Ok(data.fd().as_fd()),
+        _ => Err(LoadError::MissingMap(name)),
+    }
+}
+
+fn syscall_err(name: &'static str, call: &'static str) -> impl Fn(std::io::Error) -> LoadError {
+    move |io_error| LoadError::Map {
+        map: name,
+        source: MapError::SyscallError(aya::sys::SyscallError { call, io_error }),
+    }
+}
+
+/// Writes `entries` (index, value) into array `name`: in batches of one call each (a
+/// 10 000-rule policy's tens of thousands of entries in a few calls, not one call each),
+/// entry by entry on a kernel without batch operations.
 pub(super) fn set_array<V: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
     entries: &[(u32, V)],
 ) -> Result<(), LoadError> {
+    if entries.len() > 1 {
+        let fd = batch_fd(ebpf, name)?;
+        let mut done = true;
+        for chunk in entries.chunks(BATCH) {
+            let (keys, values): (Vec<u32>, Vec<V>) = chunk.iter().copied().unzip();
+            match sys::update_batch(fd, &keys, &values) {
+                Ok(()) => {}
+                Err(e) if sys::batch_unsupported(&e) => {
+                    done = false;
+                    break;
+                }
+                Err(e) => return Err(syscall_err(name, "bpf_map_update_batch")(e)),
+            }
+        }
+        if done {
+            return Ok(());
+        }
+    }
     let mut array = Array::<_, V>::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
     for &(index, value) in entries {
         array.set(index, value, 0).map_err(map_err(name))?;
@@ -269,15 +308,43 @@ pub(super) fn set_array<V: aya::Pod>(
     Ok(())
 }
 
+/// Deletes, then inserts, the changes of hash map `name`, in batches (entry by entry on a
+/// kernel without batch operations).
 pub(super) fn write_hash<K: aya::Pod>(
     ebpf: &mut Ebpf,
     name: &'static str,
     changes: &Changes<K>,
 ) -> Result<(), LoadError> {
+    let batched = (|| -> Result<bool, LoadError> {
+        let fd = batch_fd(ebpf, name)?;
+        for keys in changes.delete.chunks(BATCH) {
+            match sys::delete_batch(fd, keys) {
+                Ok(()) => {}
+                Err(e) if sys::batch_unsupported(&e) => return Ok(false),
+                Err(e) => return Err(syscall_err(name, "bpf_map_delete_batch")(e)),
+            }
+        }
+        for chunk in changes.insert.chunks(BATCH) {
+            let (keys, values): (Vec<K>, Vec<RuleRef>) = chunk.iter().copied().unzip();
+            match sys::update_batch(fd, &keys, &values) {
+                Ok(()) => {}
+                Err(e) if sys::batch_unsupported(&e) => return Ok(false),
+                Err(e) => return Err(syscall_err(name, "bpf_map_update_batch")(e)),
+            }
+        }
+        Ok(true)
+    })()?;
+    if batched {
+        return Ok(());
+    }
     let mut hash =
         HashMap::<_, K, RuleRef>::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
     for key in &changes.delete {
-        hash.remove(key).map_err(map_err(name))?;
+        // A batch that failed part way may have deleted it already.
+        match hash.remove(key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(name)(e)),
+        }
     }
     for (key, value) in &changes.insert {
         hash.insert(key, value, 0).map_err(map_err(name))?;

@@ -139,3 +139,41 @@ pub fn link_detach(link: BorrowedFd<'_>) -> io::Result<()> {
     attr.link_detach.link_fd = link.as_raw_fd() as u32;
     bpf(bpf_cmd::BPF_LINK_DETACH, &mut attr).map(drop)
 }
+
+/// True when `e` says the kernel has no batch operations for this map (before 5.6, or a
+/// map type without them): the caller writes entry by entry instead.
+pub fn batch_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL) | Some(libc::ENOTSUP) | Some(libc::ENOSYS)
+    ) || e.raw_os_error() == Some(524) // ENOTSUPP, the kernel-internal "not supported"
+}
+
+/// BPF_MAP_UPDATE_BATCH: sets `keys[i]` to `values[i]` for every i in one call (`keys` and
+/// `values` are the map's own key and value types, so the element sizes match the map's).
+pub fn update_batch<K, V>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = zeroed_attr();
+    // Writing a union field is safe; the kernel reads `count` keys and values from these
+    // pointers, which live until the call returns.
+    attr.batch.map_fd = map.as_raw_fd() as u32;
+    attr.batch.keys = keys.as_ptr() as u64;
+    attr.batch.values = values.as_ptr() as u64;
+    attr.batch.count = keys.len() as u32;
+    bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr).map(drop)
+}
+
+/// BPF_MAP_DELETE_BATCH: deletes every key of `keys` in one call (hash maps).
+pub fn delete_batch<K>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = zeroed_attr();
+    attr.batch.map_fd = map.as_raw_fd() as u32;
+    attr.batch.keys = keys.as_ptr() as u64;
+    attr.batch.count = keys.len() as u32;
+    bpf(bpf_cmd::BPF_MAP_DELETE_BATCH, &mut attr).map(drop)
+}

@@ -6,8 +6,9 @@
 
 use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
 
-use guard_tests::{TestNet, kernel::load, require_root};
+use guard_tests::{kernel::load, require_root};
 
+mod controller;
 mod xdp;
 
 /// Rounds of each measurement (the median is reported).
@@ -100,100 +101,6 @@ fn sockets() -> Sockets {
         connect_with: median(&mut cg),
         bind_without: median(&mut bw),
         bind_with: median(&mut bg),
-    }
-}
-
-struct Controller {
-    apply_10k_ms: f64,
-    apply_one_ms: f64,
-    rss_mib: f64,
-    idle_cpu_percent: f64,
-}
-
-/// A policy of `n` zone rules on the test interface, the first on `first_port`.
-fn big_policy(iface: &str, n: usize, first_port: u16) -> String {
-    let mut s = format!(
-        "mode = \"enforce\"\ninterfaces = [\"{iface}\"]\ndefault = \"allow\"\n[events]\nrate_per_second = 0\n"
-    );
-    for i in 0..n {
-        let block = i / 1000;
-        let _ = write!(
-            s,
-            "[[ingress]]\nname = \"r{i}\"\nproto = \"tcp\"\nports = [{}]\nfrom = [\"10.{}.{}.0/24\"]\n",
-            u32::from(first_port) + (i % 1000) as u32,
-            block / 256 % 256,
-            block % 256
-        );
-    }
-    s
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    // utime and stime: fields 14 and 15 of the whole line, 12 and 13 after the comm.
-    fields
-        .get(11)
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-}
-
-/// `guard apply` latency (until every hook runs the new policy) for a 10K-rule policy and
-/// a one-rule change of it, then the daemon's RSS and idle CPU with 10K rules.
-fn controller() -> Controller {
-    let net = TestNet::new();
-    let first = guard_tests::PolicyFile::new(&big_policy(&net.host_if, 10_000, 20_000));
-    let daemon = guard_tests::Daemon::start(&["--policy", first.arg()]);
-    let apply = |text: &str| {
-        let started = Instant::now();
-        let reply = guard::api::ctl::call(
-            &daemon.dirs.run_dir,
-            &guard::api::ctl::Request::Apply {
-                name: "bench.toml".into(),
-                policy: text.to_owned(),
-                confirm_within: None,
-            },
-            std::time::Duration::from_secs(120),
-        )
-        .expect("apply");
-        assert!(reply.ok, "{reply:?}");
-        started.elapsed().as_secs_f64() * 1e3
-    };
-    let (a, b) = (
-        big_policy(&net.host_if, 10_000, 30_000),
-        big_policy(&net.host_if, 10_000, 20_000),
-    );
-    let mut whole: Vec<f64> = (0..3).flat_map(|_| [apply(&a), apply(&b)]).collect();
-    let one_rule = format!("{b}[[ingress]]\nname = \"extra\"\nproto = \"tcp\"\nports = [5]\n");
-    let mut one: Vec<f64> = (0..3).flat_map(|_| [apply(&one_rule), apply(&b)]).collect();
-    let pid = daemon.pid();
-    let rss_kib = std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let (t0, c0) = (Instant::now(), cpu_ticks(pid));
-    std::thread::sleep(std::time::Duration::from_secs(5));
-    let idle = (cpu_ticks(pid) - c0) as f64 / hz / t0.elapsed().as_secs_f64() * 100.0;
-    Controller {
-        apply_10k_ms: median(&mut whole),
-        apply_one_ms: median(&mut one),
-        rss_mib: rss_kib / 1024.0,
-        idle_cpu_percent: idle,
     }
 }
 
@@ -405,13 +312,25 @@ fn main() {
         sockets_report(&mut md, &so);
     }
     if wants("controller") {
-        eprintln!("==> controller: guard apply with 10K rules, daemon RSS and idle CPU");
-        let ctl = controller();
         eprintln!(
-            "    apply 10K {:.0} ms, one rule {:.0} ms, RSS {:.1} MiB, idle CPU {:.2} %",
-            ctl.apply_10k_ms, ctl.apply_one_ms, ctl.rss_mib, ctl.idle_cpu_percent
+            "==> controller: guard apply next to guard check (10K, one rule, 100K), 1M rules by the file watch, memory"
         );
-        controller_report(&mut md, &ctl);
+        let ctl = controller::run();
+        for a in &ctl.applies {
+            eprintln!(
+                "    {}: apply {:.0} ms, check {:.0} ms, {} map writes",
+                a.what, a.apply_ms, a.check_ms, a.map_writes
+            );
+        }
+        eprintln!(
+            "    1M rules: {:.1} s (check {:.1} s), peak {:.0} B/rule; 10K RSS {:.1} MiB, idle CPU {:.2} %",
+            ctl.million_ms / 1e3,
+            ctl.million_check_ms / 1e3,
+            ctl.million_peak_bytes_per_rule,
+            ctl.rss_10k_mib,
+            ctl.idle_cpu_percent
+        );
+        controller::report(&mut md, &ctl);
     }
     std::fs::write(&out_path, &md).unwrap_or_else(|e| panic!("write {out_path}: {e}"));
     println!("{md}");
@@ -450,41 +369,5 @@ fn sockets_report(md: &mut String, so: &Sockets) {
         so.bind_without,
         so.bind_with,
         verdict(bo <= 5.0)
-    );
-}
-
-fn controller_report(md: &mut String, ctl: &Controller) {
-    let _ = writeln!(md, "## Controller (issue D)\n");
-    let _ = writeln!(
-        md,
-        "A daemon on a test veth and cgroup with a 10 000-rule policy. `guard apply` time is the \
-         wall time of the control-socket call, which returns once every hook runs the new \
-         policy (median of 6). RSS from /proc after the applies; idle CPU over 5 s.\n"
-    );
-    let _ = writeln!(md, "| measure | value | target | |");
-    let _ = writeln!(md, "| --- | ---: | --- | --- |");
-    let _ = writeln!(
-        md,
-        "| apply, whole 10K-rule policy replaced | {:.0} ms | < 100 ms | {} |",
-        ctl.apply_10k_ms,
-        verdict(ctl.apply_10k_ms < 100.0)
-    );
-    let _ = writeln!(
-        md,
-        "| apply, one rule added to 10K | {:.0} ms | < 10 ms | {} |",
-        ctl.apply_one_ms,
-        verdict(ctl.apply_one_ms < 10.0)
-    );
-    let _ = writeln!(
-        md,
-        "| daemon RSS with 10K rules | {:.1} MiB | < 30 MiB | {} |",
-        ctl.rss_mib,
-        verdict(ctl.rss_mib < 30.0)
-    );
-    let _ = writeln!(
-        md,
-        "| daemon idle CPU with 10K rules | {:.2} % | < 1 % | {} |\n",
-        ctl.idle_cpu_percent,
-        verdict(ctl.idle_cpu_percent < 1.0)
     );
 }
