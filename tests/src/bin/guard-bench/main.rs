@@ -251,10 +251,15 @@ fn main() {
     require_root();
     let mut out_path = "BENCHMARKS.md".to_owned();
     let mut only: Option<String> = None;
+    let mut rule_counts = vec![10, 1_000, 100_000];
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--only" => only = args.next(),
+            // One rule count only (a quicker look while working on the XDP program).
+            "--rules" => {
+                rule_counts = vec![args.next().and_then(|n| n.parse().ok()).expect("--rules N")]
+            }
             _ => out_path = a,
         }
     }
@@ -274,8 +279,9 @@ fn main() {
             xdp::REPEAT
         );
         let filter = xdp::XdpFilter::load();
-        let rows: Vec<xdp::Row> = [10, 1_000, 100_000]
-            .into_iter()
+        let rows: Vec<xdp::Row> = rule_counts
+            .iter()
+            .copied()
             .map(|n| {
                 let r = xdp::row(n, &filter);
                 eprintln!(
