@@ -4,7 +4,8 @@
 //! UDP-Lite, the type of ICMP and ICMPv6 messages, and nothing more of any other protocol
 //! (which is judged as a whole).
 //!
-//! Every read goes through [`read`], which checks the bounds the verifier needs.
+//! Every read goes through a [`Header`], whose bounds are checked once, as the verifier
+//! needs; only the fields the verdict uses are read.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
 use guard_common::{
@@ -150,30 +151,64 @@ pub enum ParseError {
     Unsupported,
 }
 
-/// `N` bytes at `offset`, or `Malformed` when the packet is shorter.
+/// A header of `N` bytes inside the packet, its bounds checked once ([`header`]); its
+/// fields are then read one by one, only those the parser needs (copying whole headers out
+/// byte by byte cost more than the parse itself).
+#[derive(Clone, Copy)]
+struct Header<const N: usize> {
+    at: *const u8,
+}
+
+impl<const N: usize> Header<N> {
+    /// Byte `i` (every caller passes a constant below `N`).
+    #[inline(always)]
+    fn u8(self, i: usize) -> u8 {
+        // SAFETY: `i < N` at every call site, and the `N` bytes from `at` lie within the
+        // packet ([`header`] checked them).
+        unsafe { *self.at.add(i) }
+    }
+
+    /// The big-endian u16 at bytes `i`, `i + 1`.
+    #[inline(always)]
+    fn be16(self, i: usize) -> u16 {
+        u16::from_be_bytes([self.u8(i), self.u8(i + 1)])
+    }
+
+    /// Bytes `i..i + 16` (an IPv6 address).
+    #[inline(always)]
+    fn addr16(self, i: usize) -> [u8; 16] {
+        let mut a = [0u8; 16];
+        for (k, b) in a.iter_mut().enumerate() {
+            *b = self.u8(i + k);
+        }
+        a
+    }
+}
+
+/// The `N`-byte header at `offset`, or `Malformed` when the packet is shorter.
 #[inline(always)]
-fn read<const N: usize, C: Packet>(ctx: &C, offset: usize) -> Result<[u8; N], ParseError> {
+fn header<const N: usize, C: Packet>(ctx: &C, offset: usize) -> Result<Header<N>, ParseError> {
     let start = ctx.start();
     let end = ctx.end();
     if start + offset + N > end {
         return Err(ParseError::Malformed);
     }
-    // SAFETY: the range [start + offset, start + offset + N) lies within the packet, checked
-    // above; [u8; N] has alignment 1.
-    Ok(unsafe { *((start + offset) as *const [u8; N]) })
+    Ok(Header {
+        at: (start + offset) as *const u8,
+    })
 }
 
 #[inline(always)]
 pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, ParseError> {
-    let eth = read::<ETH_HLEN, C>(ctx, 0)?;
-    let mut ethertype = u16::from_be_bytes([eth[12], eth[13]]);
+    let eth = header::<ETH_HLEN, C>(ctx, 0)?;
+    let mut ethertype = eth.be16(12);
     let mut offset = ETH_HLEN;
     for _ in 0..MAX_VLAN_TAGS {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
-        let tag = read::<4, C>(ctx, offset)?;
-        ethertype = u16::from_be_bytes([tag[2], tag[3]]);
+        let tag = header::<4, C>(ctx, offset)?;
+        ethertype = tag.be16(2);
         offset += 4;
     }
     match ethertype {
@@ -184,10 +219,26 @@ pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, ParseError> {
     }
 }
 
+/// The IPv4 address at bytes `i..i + 4` of `ip`, IPv4-mapped (`::ffff:a.b.c.d`).
 #[inline(always)]
-fn mapped(a: &[u8]) -> [u8; 16] {
+fn mapped(ip: Header<20>, i: usize) -> [u8; 16] {
     [
-        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, a[0], a[1], a[2], a[3],
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0xff,
+        0xff,
+        ip.u8(i),
+        ip.u8(i + 1),
+        ip.u8(i + 2),
+        ip.u8(i + 3),
     ]
 }
 
@@ -211,52 +262,52 @@ fn counted_len<C: Packet>(ctx: &C, ip_end: usize) -> u32 {
 
 #[inline(always)]
 fn parse_ipv4<C: Packet>(ctx: &C, offset: usize) -> Result<Parsed, ParseError> {
-    let ip = read::<20, C>(ctx, offset)?;
-    if ip[0] >> 4 != 4 {
+    let ip = header::<20, C>(ctx, offset)?;
+    let version_ihl = ip.u8(0);
+    if version_ihl >> 4 != 4 {
         return Err(ParseError::Malformed);
     }
-    let header_len = ((ip[0] & 0x0f) as usize) * 4;
-    let total_len = u16::from_be_bytes([ip[2], ip[3]]) as usize;
+    let header_len = ((version_ihl & 0x0f) as usize) * 4;
+    let total_len = ip.be16(2) as usize;
     if header_len < 20 || total_len < header_len {
         return Err(ParseError::Malformed);
     }
+    let ip_proto = ip.u8(9);
     let flow = Flow::new(
-        ip[9],
+        ip_proto,
         true,
-        mapped(&ip[12..16]),
-        mapped(&ip[16..20]),
+        mapped(ip, 12),
+        mapped(ip, 16),
         counted_len(ctx, offset + total_len),
     );
-    if u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff != 0 {
-        return Ok(later_fragment(ip[9], flow));
+    if ip.be16(6) & 0x1fff != 0 {
+        return Ok(later_fragment(ip_proto, flow));
     }
     parse_l4(ctx, offset + header_len, flow)
 }
 
 #[inline(always)]
 fn parse_ipv6<C: Packet>(ctx: &C, offset: usize) -> Result<Parsed, ParseError> {
-    let ip = read::<40, C>(ctx, offset)?;
-    if ip[0] >> 4 != 6 {
+    let ip = header::<40, C>(ctx, offset)?;
+    if ip.u8(0) >> 4 != 6 {
         return Err(ParseError::Malformed);
     }
-    let mut src = [0u8; 16];
-    src.copy_from_slice(&ip[8..24]);
+    let src = ip.addr16(8);
     if is_v4_mapped(&src) {
         // No host sends these; the kernel's IPv6 stack drops them (RFC 4291 and
         // draft-itojun-v6ops-v4mapped-harmful), and so does guard, before they could be judged
         // by rules written for either family.
         return Err(ParseError::Malformed);
     }
-    let mut dst = [0u8; 16];
-    dst.copy_from_slice(&ip[24..40]);
-    let payload_len = u16::from_be_bytes([ip[4], ip[5]]) as usize;
+    let dst = ip.addr16(24);
+    let payload_len = ip.be16(4) as usize;
     // A jumbogram states 0: count what was received.
     let ip_end = if payload_len == 0 {
         0
     } else {
         offset + 40 + payload_len
     };
-    let mut next = ip[6];
+    let mut next = ip.u8(6);
     let mut offset = offset + 40;
     // One more round than headers walked: the last may only find the transport.
     for round in 0..=MAX_IPV6_EXT_HEADERS {
@@ -265,11 +316,12 @@ fn parse_ipv6<C: Packet>(ctx: &C, offset: usize) -> Result<Parsed, ParseError> {
                 if round == MAX_IPV6_EXT_HEADERS {
                     return Err(ParseError::Unsupported);
                 }
-                let ext = read::<4, C>(ctx, offset)?;
-                if next == IPV6_FRAGMENT && u16::from_be_bytes([ext[2], ext[3]]) >> 3 != 0 {
+                let ext = header::<4, C>(ctx, offset)?;
+                let ext_next = ext.u8(0);
+                if next == IPV6_FRAGMENT && ext.be16(2) >> 3 != 0 {
                     // A later fragment: judged here, without walking further (the rest of
                     // the chain, if any, is in the first fragment).
-                    return match ext[0] {
+                    return match ext_next {
                         IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT | IPV6_AH => {
                             Ok(Parsed::LaterFragment)
                         }
@@ -281,10 +333,10 @@ fn parse_ipv6<C: Packet>(ctx: &C, offset: usize) -> Result<Parsed, ParseError> {
                 }
                 let len = match next {
                     IPV6_FRAGMENT => 8,
-                    IPV6_AH => (ext[1] as usize + 2) * 4,
-                    _ => (ext[1] as usize + 1) * 8,
+                    IPV6_AH => (ext.u8(1) as usize + 2) * 4,
+                    _ => (ext.u8(1) as usize + 1) * 8,
                 };
-                next = ext[0];
+                next = ext_next;
                 len
             }
             _ => return parse_l4(ctx, offset, v6_flow(ctx, next, src, dst, ip_end)),
@@ -316,38 +368,38 @@ fn later_fragment(ip_proto: u8, flow: Flow) -> Parsed {
 /// the type of ICMP messages; nothing of other protocols.
 #[inline(always)]
 fn parse_l4<C: Packet>(ctx: &C, offset: usize, mut flow: Flow) -> Result<Parsed, ParseError> {
-    let ports = match flow.ip_proto {
+    let (sport, dport) = match flow.ip_proto {
         IPPROTO_TCP => {
-            let tcp = read::<20, C>(ctx, offset)?;
-            if tcp[12] >> 4 < 5 {
+            let tcp = header::<20, C>(ctx, offset)?;
+            if tcp.u8(12) >> 4 < 5 {
                 return Err(ParseError::Malformed);
             }
             flow.proto_idx = PROTO_IDX_TCP;
-            flow.tcp_flags = tcp[13];
-            [tcp[0], tcp[1], tcp[2], tcp[3]]
+            flow.tcp_flags = tcp.u8(13);
+            (tcp.be16(0), tcp.be16(2))
         }
         IPPROTO_UDP | IPPROTO_UDPLITE => {
-            let udp = read::<8, C>(ctx, offset)?;
+            let udp = header::<8, C>(ctx, offset)?;
             flow.proto_idx = PROTO_IDX_UDP;
-            [udp[0], udp[1], udp[2], udp[3]]
+            (udp.be16(0), udp.be16(2))
         }
         IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-            // Type, code and checksum: every ICMP message has them. (A one-byte read compiles
-            // to a bounds check the verifier does not follow.)
-            let icmp = read::<4, C>(ctx, offset)?;
+            // Type, code and checksum: every ICMP message has them. (A one-byte header
+            // compiles to a bounds check the verifier does not follow.)
+            let icmp = header::<4, C>(ctx, offset)?;
             let echo = if flow.ip_proto == IPPROTO_ICMP {
                 ICMP_ECHO_REQUEST
             } else {
                 ICMPV6_ECHO_REQUEST
             };
-            if icmp[0] != echo {
+            if icmp.u8(0) != echo {
                 return Ok(Parsed::IcmpControl);
             }
             return Ok(Parsed::Flow(flow));
         }
         _ => return Ok(Parsed::Flow(flow)),
     };
-    flow.sport = u16::from_be_bytes([ports[0], ports[1]]);
-    flow.dport = u16::from_be_bytes([ports[2], ports[3]]);
+    flow.sport = sport;
+    flow.dport = dport;
     Ok(Parsed::Flow(flow))
 }
