@@ -223,7 +223,7 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &Options) -> Result<(), Failure
             PolicySource::File(_) => Some(policy::hash(&text)),
             PolicySource::Embedded => None,
         },
-        after_apply: false,
+        after_apply: None,
         guard: None,
         state: previous,
         current: None,
@@ -263,6 +263,20 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &Options) -> Result<(), Failure
     }
     daemon.after_apply();
     serve(daemon)
+}
+
+/// An applied policy's `policy_applied` record, written once the caller has its answer.
+struct Applied {
+    how: String,
+    policy: String,
+    hash_before: Option<String>,
+    hash_after: String,
+    generation: u64,
+    switch: &'static str,
+    map_writes: usize,
+    elapsed_ms: f64,
+    /// The policy it replaced, for the summary of what changed.
+    previous: Option<policy::model::Policy>,
 }
 
 /// A policy that is running, kept for rollbacks.
@@ -320,8 +334,8 @@ struct Daemon {
     /// The sha256 of the policy file's text when it was last read: the file watch applies
     /// the file only when this changes (a change in its directory is not one of the file).
     file_seen: Option<String>,
-    /// A policy was applied and [`Daemon::after_apply`] has not run yet.
-    after_apply: bool,
+    /// A policy was applied and [`Daemon::after_apply`] has not run yet: what it records.
+    after_apply: Option<Applied>,
     /// The instance whose programs the links run; dropping an older one after the switch
     /// frees its programs and policy maps.
     guard: Option<Guard>,

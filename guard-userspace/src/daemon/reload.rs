@@ -115,10 +115,6 @@ impl Daemon {
         let before = previous.map(|s| s.policy_hash.clone());
         let generation = previous.map_or(0, |s| s.generation) + 1;
         let mode = checked.policy.mode;
-        let summary = match &self.policy {
-            Some(old) => policy::diff::summary(old, &checked.policy),
-            None => "initial".to_owned(),
-        };
         let state = State {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
@@ -154,33 +150,21 @@ impl Daemon {
             self.guard = Some(guard);
         }
         self.state = Some(state);
-        self.record(json!({
-            "ts": now_secs(),
-            "kind": "policy_applied",
-            "how": how,
-            "policy": source.label(),
-            "hash_before": before,
-            "hash_after": checked.hash,
-            "generation": generation,
-            "changes": summary,
-            "switch": if switched.is_some() { "maps" } else { "programs" },
-            "map_writes": switched.unwrap_or(0),
-            "elapsed_ms": started.elapsed().as_secs_f64() * 1e3,
-        }));
-        info!(
-            target: "guard::event",
-            kind = "policy_applied",
-            how,
-            policy = source.label(),
-            hash_before = before.as_deref().map_or("-", |h| &h[..16]),
-            hash_after = &checked.hash[..16],
+        let applied = Applied {
+            how: how.to_owned(),
+            policy: source.label(),
+            hash_before: before,
+            hash_after: checked.hash.clone(),
             generation,
-            changes = summary,
-            switch = if switched.is_some() { "maps" } else { "programs" },
-            map_writes = switched.unwrap_or(0),
-            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
-            "policy applied"
-        );
+            switch: if switched.is_some() {
+                "maps"
+            } else {
+                "programs"
+            },
+            map_writes: switched.unwrap_or(0),
+            elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+            previous: None,
+        };
         announce_mode(&checked, &interfaces, &cgroup, lowered.classes);
         self.current = Some(Current { source, text });
         // Any change ends a pending commit-confirm (the kernel's deadline was cleared by the
@@ -192,20 +176,57 @@ impl Daemon {
         self.reloads.applied += 1;
         self.notify_status(false);
         self.hold_links();
-        self.policy = Some(checked.policy);
-        // The listener audit and handing memory back wait until the caller has its answer
-        // ([`Daemon::after_apply`]): `guard apply` returns once the kernel enforces.
-        self.after_apply = true;
+        let previous = self.policy.replace(checked.policy);
+        // The audit-trail record (with its summary of what changed), the listener audit and
+        // handing memory back wait until the caller has its answer ([`Daemon::after_apply`]):
+        // `guard apply` returns once the kernel enforces.
+        self.after_apply = Some(Applied {
+            previous,
+            ..applied
+        });
         Ok(())
     }
 
-    /// What follows an applied policy once its caller has been answered: the listener audit
-    /// against the new policy, and the freed heap (tens of MiB after a large policy) handed
-    /// back to the system.
+    /// What follows an applied policy once its caller has been answered: the `policy_applied`
+    /// record with its summary of the changes (the diff of two large policies takes a while),
+    /// the listener audit against the new policy, and the freed heap (tens of MiB after a
+    /// large policy, the previous policy's among it) handed back to the system.
     pub(super) fn after_apply(&mut self) {
-        if !std::mem::take(&mut self.after_apply) {
+        let Some(applied) = self.after_apply.take() else {
             return;
-        }
+        };
+        let summary = match (&applied.previous, &self.policy) {
+            (Some(old), Some(new)) => policy::diff::summary(old, new),
+            _ => "initial".to_owned(),
+        };
+        self.record(json!({
+            "ts": now_secs(),
+            "kind": "policy_applied",
+            "how": applied.how,
+            "policy": applied.policy,
+            "hash_before": applied.hash_before,
+            "hash_after": applied.hash_after,
+            "generation": applied.generation,
+            "changes": summary,
+            "switch": applied.switch,
+            "map_writes": applied.map_writes,
+            "elapsed_ms": applied.elapsed_ms,
+        }));
+        info!(
+            target: "guard::event",
+            kind = "policy_applied",
+            how = applied.how,
+            policy = applied.policy,
+            hash_before = applied.hash_before.as_deref().map_or("-", |h| &h[..16]),
+            hash_after = &applied.hash_after[..16],
+            generation = applied.generation,
+            changes = summary,
+            switch = applied.switch,
+            map_writes = applied.map_writes,
+            elapsed_ms = applied.elapsed_ms,
+            "policy applied"
+        );
+        drop(applied);
         self.audit_listeners();
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
