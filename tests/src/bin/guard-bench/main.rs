@@ -9,6 +9,7 @@ use std::{fmt::Write as _, net::Ipv4Addr, time::Instant};
 use guard_tests::{kernel::load, require_root};
 
 mod controller;
+mod flood;
 mod xdp;
 
 /// Rounds of each measurement (the median is reported).
@@ -305,6 +306,24 @@ fn main() {
             .collect();
         drop(filter);
         xdp_report(&mut md, &rows);
+    }
+    if wants("flood") {
+        eprintln!(
+            "==> veth flood: an AF_PACKET sender pinned to one CPU, SYN and ACK floods, each filter in turn"
+        );
+        let filter = xdp::XdpFilter::load();
+        let samples = flood::run(&filter);
+        drop(filter);
+        for s in &samples {
+            eprintln!(
+                "    {}: {} {:.2} Mpps, softirq {:.0} %",
+                s.filter,
+                s.flood.label(),
+                s.mpps,
+                s.softirq
+            );
+        }
+        flood::report(&mut md, &samples);
     }
     if wants("sockets") {
         eprintln!(

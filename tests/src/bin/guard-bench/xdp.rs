@@ -259,6 +259,13 @@ impl XdpFilter {
     }
 }
 
+impl XdpFilter {
+    /// Where its program is pinned (to attach it elsewhere too).
+    pub fn pin(&self) -> &std::path::Path {
+        &self.pin
+    }
+}
+
 impl Drop for XdpFilter {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.pin);
