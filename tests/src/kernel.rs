@@ -19,6 +19,8 @@ pub struct Loaded {
     pub guard: Guard,
     pub rules: Vec<RuleInfo>,
     pub slots: Vec<PortSlot>,
+    /// The running policy's class ids (kept by the next switch, as the daemon does).
+    pub classes: policy::ClassIds,
 }
 
 /// Validates, lowers and loads `text` (panicking with the errors if it is invalid).
@@ -31,6 +33,7 @@ pub fn load(text: &str) -> Loaded {
         guard,
         rules: lowered.rules,
         slots: lowered.slots,
+        classes: lowered.class_ids,
     }
 }
 
@@ -46,7 +49,8 @@ impl Loaded {
     /// `guard::datapath::monotonic_ns`): after it the programs judge by the previous policy.
     pub fn switch_until(&mut self, text: &str, deadline_ns: Option<u64>) -> usize {
         let checked = policy::check("test.toml", text).unwrap_or_else(|e| panic!("{e}"));
-        let lowered = policy::lower_after(&checked.policy, &self.rules, &self.slots);
+        let lowered =
+            policy::lower_after_classes(&checked.policy, &self.rules, &self.slots, &self.classes);
         assert!(self.guard.fits(&lowered), "the policy fits the loaded maps");
         let writes = self
             .guard
@@ -54,6 +58,7 @@ impl Loaded {
             .unwrap_or_else(|e| panic!("switch: {e}"));
         self.rules = lowered.rules;
         self.slots = lowered.slots;
+        self.classes = lowered.class_ids;
         writes
     }
 
@@ -61,7 +66,7 @@ impl Loaded {
     /// [`Guard::verify`] compares the kernel with.
     pub fn lowered(&self, text: &str) -> policy::Lowered {
         let checked = policy::check("test.toml", text).unwrap_or_else(|e| panic!("{e}"));
-        policy::lower_after(&checked.policy, &self.rules, &self.slots)
+        policy::lower_after_classes(&checked.policy, &self.rules, &self.slots, &self.classes)
     }
 
     /// The XDP verdict for one packet.

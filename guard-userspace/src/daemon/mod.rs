@@ -224,6 +224,7 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &Options) -> Result<(), Failure
             PolicySource::Embedded => None,
         },
         after_apply: None,
+        class_ids: policy::ClassIds::new(),
         guard: None,
         state: previous,
         current: None,
@@ -334,6 +335,8 @@ struct Daemon {
     /// The sha256 of the policy file's text when it was last read: the file watch applies
     /// the file only when this changes (a change in its directory is not one of the file).
     file_seen: Option<String>,
+    /// The running policy's port classes by rule set: the next policy keeps their ids.
+    class_ids: policy::ClassIds,
     /// A policy was applied and [`Daemon::after_apply`] has not run yet: what it records.
     after_apply: Option<Applied>,
     /// The instance whose programs the links run; dropping an older one after the switch

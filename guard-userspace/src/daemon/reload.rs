@@ -59,7 +59,8 @@ impl Daemon {
             .as_ref()
             .map(|s| (s.rules.as_slice(), s.port_slots.as_slice()))
             .unwrap_or_default();
-        let lowered = policy::lower_after(&checked.policy, prev_rules, prev_slots);
+        let lowered =
+            policy::lower_after_classes(&checked.policy, prev_rules, prev_slots, &self.class_ids);
         let fits = self.guard.as_ref().is_some_and(|g| g.fits(&lowered));
         if confirm_within.is_some() && !fits {
             // The kernel's fallback lives in the running programs' maps; a change that needs
@@ -145,6 +146,7 @@ impl Daemon {
         }
         self.open_readers(fresh.as_mut());
         self.decoder.set_rules(lowered.rules.clone());
+        self.class_ids = lowered.class_ids.clone();
         if let Some(guard) = fresh {
             // Every link runs the new programs now; the previous instance can go.
             self.guard = Some(guard);
@@ -331,7 +333,13 @@ impl Daemon {
         }
         let checked = policy::check(&current.source.label(), &current.text)
             .map_err(|e| format!("the running policy no longer validates: {e}"))?;
-        let lowered = policy::lower_after(&checked.policy, &recorded.rules, &recorded.port_slots);
+        // Lowered as the running policy was: its rules, ports and classes keep their numbers.
+        let lowered = policy::lower_after_classes(
+            &checked.policy,
+            &recorded.rules,
+            &recorded.port_slots,
+            &self.class_ids,
+        );
         drift.extend(guard.verify(&lowered).map_err(|e| error_chain(&e))?);
         Ok(drift)
     }

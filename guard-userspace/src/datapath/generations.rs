@@ -433,6 +433,46 @@ tcp = [22, 80, 443]
     }
 
     #[test]
+    fn a_rule_on_a_new_low_port_keeps_the_other_classes_ids() {
+        // 200 zone rules on ports 6000-6199; then one more, on port 100, from another zone.
+        let mut text = String::from(
+            "interfaces = [\"lo\"]\nfailsafe_ports = []\n[zones]\nlan = [\"198.18.0.0/16\"]\nadmin = [\"198.18.9.0/24\"]\n",
+        );
+        for i in 0..200 {
+            text += &format!(
+                "[[ingress]]\nname = \"r{i}\"\nproto = \"tcp\"\nports = [{}]\nfrom = [\"lan\", \"10.0.{i}.0/24\"]\n",
+                6000 + i
+            );
+        }
+        let before = lowered(&text);
+        let plus = format!(
+            "{text}[[ingress]]\nname = \"low\"\nproto = \"tcp\"\nports = [100]\nfrom = [\"admin\"]\n"
+        );
+        let checked = policy::check("t.toml", &plus).unwrap();
+        let renumbered = policy::lower_after(&checked.policy, &before.rules, &before.slots);
+        let kept = policy::lower_after_classes(
+            &checked.policy,
+            &before.rules,
+            &before.slots,
+            &before.class_ids,
+        );
+        let (old, all, few) = (
+            Contents::of(&before, 0, 512),
+            Contents::of(&renumbered, 0, 512),
+            Contents::of(&kept, 0, 512),
+        );
+        let (all, few) = (
+            Delta::between(&old, &all).writes(),
+            Delta::between(&old, &few).writes(),
+        );
+        assert!(all > 400, "without the previous ids every class moves: {all}");
+        assert!(few < 10, "with them only the new port's entries: {few}");
+        // The same verdicts either way: the contents differ by class numbering only.
+        assert_eq!(kept.classes, renumbered.classes);
+        assert_eq!(kept.src_hash_v4.len(), renumbered.src_hash_v4.len());
+    }
+
+    #[test]
     fn the_zone_bits_cover_every_source_prefix_and_nothing_else() {
         let l = lowered(ZONES);
         let g = Contents::of(&l, 1, 64);

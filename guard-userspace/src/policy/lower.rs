@@ -52,8 +52,11 @@ pub struct Lowered {
     pub port_slots: Vec<(u32, u32)>,
     /// Indexed by slot: what each per-port counter counts.
     pub slots: Vec<PortSlot>,
-    /// Number of port classes (class ids are 1..=classes).
+    /// The highest class id (ids are 1..=classes; with ids kept from a previous policy
+    /// ([`lower_after_classes`]) some below it may be unused).
     pub classes: u32,
+    /// Each class's rule set (sorted rule indices) and its id, for the next policy to keep.
+    pub class_ids: ClassIds,
     /// Classes resolved to one rule for every source (no trie entries).
     pub direct_classes: u32,
 }
@@ -71,12 +74,36 @@ pub fn lower(policy: &Policy) -> Lowered {
     lower_after(policy, &[], &[])
 }
 
+/// Port classes by their rule set (sorted rule indices): class id.
+pub type ClassIds = HashMap<Vec<u32>, u32>;
+
+/// As [`lower_after`], keeping the class ids of `previous_classes` for the rule sets that
+/// stay: a change that adds a port or a rule then rewrites the entries of the classes it
+/// touches, not those of every class numbered after them.
+pub fn lower_after_classes(
+    policy: &Policy,
+    previous_rules: &[RuleInfo],
+    previous_slots: &[PortSlot],
+    previous_classes: &ClassIds,
+) -> Lowered {
+    lower_with(policy, previous_rules, previous_slots, previous_classes)
+}
+
 /// Lowers a policy that replaces one whose rules and port slots were `previous_rules` and
 /// `previous_slots`: rules and ports that stay keep their counter slots.
 pub fn lower_after(
     policy: &Policy,
     previous_rules: &[RuleInfo],
     previous_slots: &[PortSlot],
+) -> Lowered {
+    lower_with(policy, previous_rules, previous_slots, &ClassIds::new())
+}
+
+fn lower_with(
+    policy: &Policy,
+    previous_rules: &[RuleInfo],
+    previous_slots: &[PortSlot],
+    previous_classes: &ClassIds,
 ) -> Lowered {
     let all_rules = policy_rules(policy);
     let (rules, index_of, fresh_rules) = rule_catalog(policy, &all_rules, previous_rules);
@@ -90,9 +117,8 @@ pub fn lower_after(
     let egress_index = &index_of[policy.ingress.len()..egress_end];
     let protocol_index = &index_of[egress_end..];
 
-    // Port segments and their classes.
-    let mut class_of_set: HashMap<Vec<u32>, u32> = HashMap::new();
-    let mut segment_classes: Vec<(u32, PortRange, u32)> = Vec::new();
+    // Port segments and their rule sets; each distinct set is a class.
+    let mut segment_sets: Vec<(u32, PortRange, Vec<u32>)> = Vec::new();
     // (rules, their indices, protocol, port-array slot) for both directions.
     let slots = [
         (&policy.ingress, ingress_index, Proto::Tcp, PROTO_IDX_TCP),
@@ -118,9 +144,7 @@ pub fn lower_after(
             .flat_map(|(r, &index)| r.ports.iter().map(move |p| (*p, index)))
             .collect();
         for (segment, set) in segments(&ranges) {
-            let next = class_of_set.len() as u32 + 1;
-            let class = *class_of_set.entry(set).or_insert(next);
-            segment_classes.push((proto_idx, segment, class));
+            segment_sets.push((proto_idx, segment, set));
         }
     }
     // Whole protocols: the rules naming each protocol number form its class.
@@ -130,14 +154,43 @@ pub fn lower_after(
             protocol_sets.entry(number).or_default().push(index);
         }
     }
-    let mut protocol_classes: Vec<(u8, u32)> = Vec::new();
-    for (number, mut set) in protocol_sets {
+    for set in protocol_sets.values_mut() {
         set.sort_unstable();
         set.dedup();
-        let next = class_of_set.len() as u32 + 1;
-        let class = *class_of_set.entry(set).or_insert(next);
-        protocol_classes.push((number, class));
     }
+    // Class ids: a set the previous policy had keeps its id; new sets take the lowest free.
+    let mut class_of_set: ClassIds = HashMap::new();
+    let mut used: std::collections::HashSet<u32> = std::collections::HashSet::new();
+    let all_sets = segment_sets
+        .iter()
+        .map(|(_, _, set)| set)
+        .chain(protocol_sets.values());
+    for set in all_sets.clone() {
+        if let Some(&id) = previous_classes.get(set)
+            && !class_of_set.contains_key(set)
+        {
+            class_of_set.insert(set.clone(), id);
+            used.insert(id);
+        }
+    }
+    let mut next = 1;
+    for set in all_sets {
+        if !class_of_set.contains_key(set) {
+            while used.contains(&next) {
+                next += 1;
+            }
+            class_of_set.insert(set.clone(), next);
+            used.insert(next);
+        }
+    }
+    let segment_classes: Vec<(u32, PortRange, u32)> = segment_sets
+        .into_iter()
+        .map(|(proto_idx, segment, set)| (proto_idx, segment, class_of_set[&set]))
+        .collect();
+    let protocol_classes: Vec<(u8, u32)> = protocol_sets
+        .iter()
+        .map(|(&number, set)| (number, class_of_set[set]))
+        .collect();
 
     // (class, net) -> best (action, rule index).
     let mut best: BTreeMap<(u32, IpNet), (RuleAction, u32)> = BTreeMap::new();
@@ -349,8 +402,9 @@ pub fn lower_after(
         listen,
         port_slots,
         slots,
-        classes: class_of_set.len() as u32,
+        classes: class_of_set.values().copied().max().unwrap_or(0),
         direct_classes: direct.len() as u32,
+        class_ids: class_of_set,
     }
 }
 

@@ -21,7 +21,7 @@ use std::{fmt, ops::Range, path::Path};
 
 pub use catalog::{PortSlot, RuleInfo};
 pub use contexts::context_path_problem;
-pub use lower::{Lowered, lower, lower_after};
+pub use lower::{ClassIds, Lowered, lower, lower_after, lower_after_classes};
 pub use model::Policy;
 use sha2::{Digest, Sha256};
 
