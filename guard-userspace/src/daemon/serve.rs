@@ -113,6 +113,9 @@ pub(super) fn serve(mut daemon: Daemon) -> Result<(), Failure> {
                         break;
                     }
                     let _ = reply.send((answer, None));
+                    // Let the connection's task write the answer first (one thread runs
+                    // every task): the caller is not kept waiting for what follows.
+                    tokio::task::yield_now().await;
                     daemon.after_apply();
                 }
                 _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {

@@ -465,7 +465,10 @@ tcp = [22, 80, 443]
             Delta::between(&old, &all).writes(),
             Delta::between(&old, &few).writes(),
         );
-        assert!(all > 400, "without the previous ids every class moves: {all}");
+        assert!(
+            all > 400,
+            "without the previous ids every class moves: {all}"
+        );
         assert!(few < 10, "with them only the new port's entries: {few}");
         // The same verdicts either way: the contents differ by class numbering only.
         assert_eq!(kept.classes, renumbered.classes);
