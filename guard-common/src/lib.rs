@@ -398,7 +398,22 @@ pub struct EventBudget {
     /// Denies that reached the limiter code in the current window, the budgeted ones and
     /// those past the budget.
     pub used: u64,
+    /// The key the per-source limiter last held back on this CPU (a flooding source):
+    /// its next [`EVENT_HEAVY_SKIPS`] denies are held back here, at the cost of a compare,
+    /// and neither touch the limiter nor spend the budget, so a flood from one source
+    /// leaves the budget to every other source.
+    pub heavy: [u8; 16],
+    /// Denies of `heavy` still to hold back before the limiter is asked again (0: none).
+    pub heavy_skips: u64,
+    /// Denies of `heavy` held back here since its last look at the limiter: added to its
+    /// bucket's count then, so its next event reports every deny held back.
+    pub heavy_held: u64,
 }
+
+/// How many denies of a source the limiter just held back are held back without asking it
+/// again: at a flood's rate the limiter still sees the source often enough to let its
+/// rate of events through.
+pub const EVENT_HEAVY_SKIPS: u64 = 64;
 
 /// Bytes per entry of [`maps::FLOW_SEEN`].
 pub const FLOW_SEEN_CHUNK: usize = 4096;

@@ -2,8 +2,11 @@
 //! for socket events), then sent through a ring buffer, so a flood from one source costs
 //! userspace at most its rate.
 //!
-//! In front of it, a per-CPU budget: each CPU sends at most `GuardConfig::event_budget`
-//! denies per `EVENT_BUDGET_WINDOW_NS` to the limiter; the rest of the window's denies are
+//! In front of it, two cheap stages in a per-CPU array. First, the source the limiter last
+//! held back on this CPU: its next `EVENT_HEAVY_SKIPS` denies are held back after one
+//! compare (a flood from one source costs a compare, and spends nothing of the budget).
+//! Then a per-CPU budget: each CPU sends at most `GuardConfig::event_budget` denies per
+//! `EVENT_BUDGET_WINDOW_NS` to the limiter (a flood from many sources); the rest of the window's denies are
 //! counted as suppressed after one inlined array access, without the clock or the LRU
 //! lookup, so a flood costs little more than the drop itself. Over budget the clock is read
 //! on the first deny and then once per `EVENT_BUDGET_CLOCK_EVERY`, to notice the window's
@@ -17,8 +20,8 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use guard_common::{
-    EVENT_BUDGET_CLOCK_EVERY, EVENT_BUDGET_WINDOW_NS, EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED,
-    Event, EventBucket, GuardConfig,
+    EVENT_BUDGET_CLOCK_EVERY, EVENT_BUDGET_WINDOW_NS, EVENT_HEAVY_SKIPS, EVENTS_LOST, EVENTS_SENT,
+    EVENTS_SUPPRESSED, Event, EventBucket, EventBudget, GuardConfig,
 };
 
 use crate::{
@@ -56,9 +59,31 @@ pub fn send(mut event: Event, limit_key: &[u8; 16], config: &GuardConfig) {
     if interval == 0 {
         return;
     }
-    if over_budget(config.event_budget) {
-        bump(&GUARD_EVSTATS, EVENTS_SUPPRESSED);
+    let Some(budget) = GUARD_EVBUDGET.get_ptr_mut(0) else {
+        // Cannot happen (index 0 of a one-entry array).
         return;
+    };
+    // SAFETY: this CPU's value; BPF programs are not preempted on their CPU.
+    let budget = unsafe { &mut *budget };
+    if budget.heavy == *limit_key {
+        if budget.heavy_skips != 0 {
+            // The source the limiter is holding back: one compare. The count is handed to
+            // its bucket at its next look at the limiter, for its next event to report.
+            budget.heavy_skips -= 1;
+            budget.heavy_held += 1;
+            bump(&GUARD_EVSTATS, EVENTS_SUPPRESSED);
+            return;
+        }
+        // Its periodic look at the limiter spends nothing of the budget: the budget stays
+        // for the other sources.
+    } else {
+        // Another source: the flood (if it was one) is interleaved with other traffic now;
+        // the heavy source's next deny asks the limiter again.
+        budget.heavy_skips = 0;
+        if over_budget(budget, config.event_budget) {
+            bump(&GUARD_EVSTATS, EVENTS_SUPPRESSED);
+            return;
+        }
     }
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -66,6 +91,12 @@ pub fn send(mut event: Event, limit_key: &[u8; 16], config: &GuardConfig) {
         Some(bucket) => {
             // SAFETY: a live map value; concurrent updates only make the limit approximate.
             let bucket = unsafe { &mut *bucket };
+            if budget.heavy == *limit_key {
+                bucket.suppressed = bucket
+                    .suppressed
+                    .saturating_add(budget.heavy_held.min(u32::MAX as u64) as u32);
+                budget.heavy_held = 0;
+            }
             let tat = if bucket.tat_ns > now {
                 bucket.tat_ns
             } else {
@@ -74,6 +105,11 @@ pub fn send(mut event: Event, limit_key: &[u8; 16], config: &GuardConfig) {
             if tat - now > config.event_tolerance_ns {
                 bucket.suppressed += 1;
                 bump(&GUARD_EVSTATS, EVENTS_SUPPRESSED);
+                if budget.heavy != *limit_key {
+                    hand_back_held(budget);
+                    budget.heavy = *limit_key;
+                }
+                budget.heavy_skips = EVENT_HEAVY_SKIPS;
                 return;
             }
             bucket.tat_ns = tat + interval;
@@ -104,15 +140,26 @@ pub fn send(mut event: Event, limit_key: &[u8; 16], config: &GuardConfig) {
     }
 }
 
+/// Hands the denies held back for the previous heavy source to its bucket (when it is
+/// still in the LRU map), before another source takes its place.
+#[inline(always)]
+fn hand_back_held(budget: &mut EventBudget) {
+    if budget.heavy_held == 0 {
+        return;
+    }
+    if let Some(bucket) = GUARD_EVBUCKET.get_ptr_mut(&budget.heavy) {
+        // SAFETY: a live map value; concurrent updates only make the count approximate.
+        let bucket = unsafe { &mut *bucket };
+        bucket.suppressed = bucket
+            .suppressed
+            .saturating_add(budget.heavy_held.min(u32::MAX as u64) as u32);
+    }
+    budget.heavy_held = 0;
+}
+
 /// Counts a deny against this CPU's budget; true when the window's budget is spent.
 #[inline(always)]
-fn over_budget(per_window: u64) -> bool {
-    let Some(budget) = GUARD_EVBUDGET.get_ptr_mut(0) else {
-        // Cannot happen (index 0 of a one-entry array): no budget, the limiter decides.
-        return false;
-    };
-    // SAFETY: this CPU's value; BPF programs are not preempted on their CPU.
-    let budget = unsafe { &mut *budget };
+fn over_budget(budget: &mut EventBudget, per_window: u64) -> bool {
     if budget.used == 0 {
         // The first deny ever on this CPU starts the first window.
         // SAFETY: a helper without preconditions.

@@ -401,3 +401,36 @@ fn a_reply_to_a_flow_recorded_without_its_flag_passes_once_the_flags_are_seeded(
     g.guard.seed_flow_seen().unwrap();
     assert_eq!(g.verdict(&reply), XDP_PASS, "seeded from the flow map");
 }
+
+#[test]
+fn a_flood_from_one_source_does_not_hold_back_another_sources_events() {
+    pin_to_cpu0();
+    // Default [events]: 5 per second and a burst of 10 per source, a budget of 256 denies
+    // per CPU and window. One source floods 10 000 denies: after its burst the limiter
+    // holds it back, and so does the per-CPU stage in front of it, without spending the
+    // budget. Another source's denies in the same window are still logged.
+    let mut g = load(DENY_ALL);
+    let flooder = Ipv4Addr::new(203, 0, 113, 66);
+    let other = Ipv4Addr::new(203, 0, 113, 77);
+    assert_eq!(
+        g.verdict_repeat(
+            &ipv4(flooder, HOST, 0, (0, false), &tcp(40000, 81, TCP_SYN)),
+            10_000
+        ),
+        XDP_DROP
+    );
+    let c = g.counters().events;
+    assert_eq!(c.sent, 10, "the flooder's burst: {c:?}");
+    assert_eq!(c.sent + c.suppressed, 10_000, "{c:?}");
+    for _ in 0..5 {
+        assert_eq!(
+            g.verdict(&ipv4(other, HOST, 0, (0, false), &udp(40000, 9))),
+            XDP_DROP
+        );
+    }
+    let events = g.take_events();
+    let from_other = events.iter().filter(|e| e.src == IpAddr::V4(other)).count();
+    assert_eq!(from_other, 5, "every deny of the other source is logged");
+    let c = g.counters().events;
+    assert_eq!(c.sent + c.suppressed, 10_005, "{c:?}");
+}
