@@ -275,6 +275,40 @@ fn syscall_err(name: &'static str, call: &'static str) -> impl Fn(std::io::Error
     }
 }
 
+/// Whether a batch call went through: `Ok(true)` done, `Ok(false)` the kernel has no batch
+/// operations for this map (the caller writes entry by entry), `Err` any other failure.
+fn batched(
+    name: &'static str,
+    call: &'static str,
+    result: std::io::Result<()>,
+) -> Result<bool, LoadError> {
+    match result {
+        Ok(()) => Ok(true),
+        Err(e) if sys::batch_unsupported(&e) => Ok(false),
+        Err(e) => Err(syscall_err(name, call)(e)),
+    }
+}
+
+/// Sets every (key, value) of `pairs` in map `name` with BPF_MAP_UPDATE_BATCH, [`BATCH`] at
+/// a time; `Ok(false)` when the kernel has no batch operations for it.
+fn update_batched<K: Copy, V: Copy>(
+    fd: BorrowedFd<'_>,
+    name: &'static str,
+    pairs: &[(K, V)],
+) -> Result<bool, LoadError> {
+    for chunk in pairs.chunks(BATCH) {
+        let (keys, values): (Vec<K>, Vec<V>) = chunk.iter().copied().unzip();
+        if !batched(
+            name,
+            "bpf_map_update_batch",
+            sys::update_batch(fd, &keys, &values),
+        )? {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
 /// Writes `entries` (index, value) into array `name`: in batches of one call each (a
 /// 10 000-rule policy's tens of thousands of entries in a few calls, not one call each),
 /// entry by entry on a kernel without batch operations.
@@ -283,23 +317,8 @@ pub(super) fn set_array<V: aya::Pod>(
     name: &'static str,
     entries: &[(u32, V)],
 ) -> Result<(), LoadError> {
-    if entries.len() > 1 {
-        let fd = batch_fd(ebpf, name)?;
-        let mut done = true;
-        for chunk in entries.chunks(BATCH) {
-            let (keys, values): (Vec<u32>, Vec<V>) = chunk.iter().copied().unzip();
-            match sys::update_batch(fd, &keys, &values) {
-                Ok(()) => {}
-                Err(e) if sys::batch_unsupported(&e) => {
-                    done = false;
-                    break;
-                }
-                Err(e) => return Err(syscall_err(name, "bpf_map_update_batch")(e)),
-            }
-        }
-        if done {
-            return Ok(());
-        }
+    if entries.len() > 1 && update_batched(batch_fd(ebpf, name)?, name, entries)? {
+        return Ok(());
     }
     let mut array = Array::<_, V>::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
     for &(index, value) in entries {
@@ -315,26 +334,12 @@ pub(super) fn write_hash<K: aya::Pod>(
     name: &'static str,
     changes: &Changes<K>,
 ) -> Result<(), LoadError> {
-    let batched = (|| -> Result<bool, LoadError> {
-        let fd = batch_fd(ebpf, name)?;
-        for keys in changes.delete.chunks(BATCH) {
-            match sys::delete_batch(fd, keys) {
-                Ok(()) => {}
-                Err(e) if sys::batch_unsupported(&e) => return Ok(false),
-                Err(e) => return Err(syscall_err(name, "bpf_map_delete_batch")(e)),
-            }
-        }
-        for chunk in changes.insert.chunks(BATCH) {
-            let (keys, values): (Vec<K>, Vec<RuleRef>) = chunk.iter().copied().unzip();
-            match sys::update_batch(fd, &keys, &values) {
-                Ok(()) => {}
-                Err(e) if sys::batch_unsupported(&e) => return Ok(false),
-                Err(e) => return Err(syscall_err(name, "bpf_map_update_batch")(e)),
-            }
-        }
-        Ok(true)
-    })()?;
-    if batched {
+    let fd = batch_fd(ebpf, name)?;
+    let mut done = true;
+    for keys in changes.delete.chunks(BATCH) {
+        done = done && batched(name, "bpf_map_delete_batch", sys::delete_batch(fd, keys))?;
+    }
+    if done && update_batched(fd, name, &changes.insert)? {
         return Ok(());
     }
     let mut hash =
