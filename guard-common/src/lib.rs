@@ -82,11 +82,27 @@ pub mod maps {
     /// instead of an LRU lookup. Flags are never cleared (a stale flag only costs the
     /// lookup); a load sets the flags of the flows already in [`FLOWS`].
     pub const FLOW_SEEN: &str = "GUARD_FLOWSEEN";
-    /// `Array<u64>`, [`super::SRC_ZONES_LEN`] entries per generation: a bit per (address
-    /// family, first 16 bits of an address) set when some source prefix of the generation
-    /// (any class) may contain such an address ([`super::src_zone_bit`]). A source whose
-    /// bit is clear is in no zone, and the source hashes and tries are not consulted.
+    /// `Array<u64>`, [`super::SRC_ZONES_LEN`] entries per generation: a bit per first 16
+    /// bits of an IPv6 address, set when some IPv6 source prefix of the generation (any
+    /// class) may contain such an address ([`super::src_zone_bit`]). A source whose bit is
+    /// clear is in no zone, and the source hashes and tries are not consulted. (IPv4
+    /// sources use [`SRC_DIRECT16`], which says as much and more; their half stays zero.)
     pub const SRC_ZONES: &str = "GUARD_SRCZONES";
+    /// `Array<u32>`, [`super::DIRECT16_LEN`] entries per generation indexed by the first
+    /// 16 bits of an IPv4 peer: the first level of the direct source tables, which answer
+    /// "which rule of class c contains this IPv4 address" with array reads instead of hash
+    /// lookups. A [`super::DIRECT_NONE`], [`super::DIRECT_LOOKUP`], [`super::DIRECT_ROW`] or
+    /// [`super::DIRECT_BLOCK`] value.
+    pub const SRC_DIRECT16: &str = "GUARD_SRCD16";
+    /// `Array<DirectBlock>`, [`super::DIRECT_BLOCKS`] entries per generation: for a /16 that
+    /// holds prefixes longer than 16 bits, one value per /24 in it (by the third octet),
+    /// [`super::DIRECT_NONE`], [`super::DIRECT_LOOKUP`] or [`super::DIRECT_ROW`].
+    pub const SRC_DIRECT24: &str = "GUARD_SRCD24";
+    /// `Array<RuleRef>`, [`super::DIRECT_RULES_LEN`] entries per generation: rows of
+    /// `GuardConfig::direct_width` entries, one per class of the generation (by class id
+    /// minus `GuardConfig::direct_class_offset`), each the most specific rule of that class
+    /// whose prefix holds every address of the region that names the row (action 0: none).
+    pub const SRC_DIRECT_RULES: &str = "GUARD_SRCDRULE";
 
     /// `Array<u32>`, [`super::PORTS_LEN`] entries per generation indexed by
     /// [`super::port_index`]: 1 when `bind()` to that (protocol, port) is allowed
@@ -104,8 +120,11 @@ pub mod maps {
     pub const SOCKETS: &str = "GUARD_SOCKS";
 
     /// Every map the loader must find in the object.
-    pub const ALL: [&str; 25] = [
+    pub const ALL: [&str; 28] = [
         ACTIVE,
+        SRC_DIRECT16,
+        SRC_DIRECT24,
+        SRC_DIRECT_RULES,
         EVENT_BUDGET,
         FLOW_SEEN,
         SRC_ZONES,
@@ -452,6 +471,41 @@ pub const fn flow_seen_slot(key: &FlowKey) -> (u32, usize) {
 /// many for IPv6.
 pub const SRC_ZONES_LEN: u32 = 2 * 1024;
 
+/// Entries of [`maps::SRC_DIRECT16`] per generation: one per first 16 bits of an IPv4
+/// address.
+pub const DIRECT16_LEN: u32 = 1 << 16;
+/// Entries of [`maps::SRC_DIRECT24`] per generation: /16s that may hold longer prefixes and
+/// still be judged by the direct tables (others are [`DIRECT_LOOKUP`]).
+pub const DIRECT_BLOCKS: u32 = 256;
+/// Entries of [`maps::SRC_DIRECT_RULES`] per generation (rows times the row width): a
+/// policy whose rows need more is judged by the hash lookups alone.
+pub const DIRECT_RULES_LEN: u32 = 1 << 18;
+/// Direct-table value: no source prefix of the generation holds this region (the policy
+/// default applies without a lookup).
+pub const DIRECT_NONE: u32 = 0;
+/// Direct-table value: look the source up in the hashes and tries (a region holding
+/// prefixes longer than 24 bits, or a policy too large for the tables).
+pub const DIRECT_LOOKUP: u32 = 1;
+/// Direct-table flag: the rest of the value is the first entry of a row of
+/// [`maps::SRC_DIRECT_RULES`] (within the generation).
+pub const DIRECT_ROW: u32 = 1 << 31;
+/// [`maps::SRC_DIRECT16`] flag: the rest of the value is a block of [`maps::SRC_DIRECT24`]
+/// (within the generation).
+pub const DIRECT_BLOCK: u32 = 1 << 30;
+/// The index part of a [`DIRECT_ROW`] or [`DIRECT_BLOCK`] value.
+pub const DIRECT_INDEX_MASK: u32 = DIRECT_BLOCK - 1;
+
+/// Value of [`maps::SRC_DIRECT24`]: one direct-table value per /24 of a /16.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct DirectBlock(pub [u32; 256]);
+
+impl Default for DirectBlock {
+    fn default() -> Self {
+        Self([DIRECT_NONE; 256])
+    }
+}
+
 /// The word (index within a generation) and bit of [`maps::SRC_ZONES`] for addresses whose
 /// first 16 bits are `top16` (IPv4: the first two octets; IPv6: the first group).
 #[inline(always)]
@@ -517,6 +571,11 @@ pub struct GuardConfig {
     /// ([`maps::EVENT_BUDGET`]): at least [`EVENT_BUDGET_PER_WINDOW`], more when the
     /// `[events]` rate and burst ask for more.
     pub event_budget: u64,
+    /// The class id of the first entry of a row of [`maps::SRC_DIRECT_RULES`]: the
+    /// generation's class offset (the controller numbers each generation's classes apart).
+    pub direct_class_offset: u32,
+    /// Entries per row of [`maps::SRC_DIRECT_RULES`]; 0 when the generation has no rows.
+    pub direct_width: u32,
 }
 
 /// The entry of [`maps::ACTIVE`]. The programs judge by `generation`, unless `deadline_ns`
@@ -710,7 +769,7 @@ pub struct RuleStats {
     pub bytes: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<GuardConfig>() == 56);
+const _: () = assert!(core::mem::size_of::<GuardConfig>() == 64);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ClassLens>() == 24);
 const _: () = assert!(core::mem::size_of::<SrcHashKeyV4>() == 12);
@@ -726,6 +785,7 @@ const _: () = assert!(core::mem::size_of::<SrcKeyV4>() == 8);
 const _: () = assert!(core::mem::size_of::<SrcKeyV6>() == 20);
 const _: () = assert!(core::mem::size_of::<RuleStats>() == 16);
 const _: () = assert!(core::mem::size_of::<ActiveGeneration>() == 16);
+const _: () = assert!(core::mem::size_of::<DirectBlock>() == 1024);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -747,4 +807,5 @@ mod pod {
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::ConnStats {}
     unsafe impl aya::Pod for super::RttHist {}
+    unsafe impl aya::Pod for super::DirectBlock {}
 }

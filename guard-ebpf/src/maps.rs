@@ -8,12 +8,13 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 use guard_common::{
-    ActiveGeneration, ClassLens, ConnStats, EVENT_STATS_LEN, EVENTS_BYTES, EventBucket,
-    EventBudget, FLOW_SEEN_CHUNK, FLOW_SEEN_CHUNKS, FlowKey, FlowState, GENERATIONS, GuardConfig,
-    MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS, MAX_RULES, MAX_SOCKETS,
-    MAX_SRC_ENTRIES, MODE_UNSET, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats, REASONS_LEN,
-    RttHist, RuleRef, RuleStats, SRC_ZONES_LEN, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
-    flow_seen_slot, gen_index, port_index, src_zone_bit,
+    ActiveGeneration, ClassLens, ConnStats, DIRECT_BLOCK, DIRECT_BLOCKS, DIRECT_INDEX_MASK,
+    DIRECT_NONE, DIRECT_ROW, DIRECT_RULES_LEN, DIRECT16_LEN, DirectBlock, EVENT_STATS_LEN,
+    EVENTS_BYTES, EventBucket, EventBudget, FLOW_SEEN_CHUNK, FLOW_SEEN_CHUNKS, FlowKey, FlowState,
+    GENERATIONS, GuardConfig, MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS, MAX_RULES,
+    MAX_SOCKETS, MAX_SRC_ENTRIES, MODE_UNSET, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats,
+    REASONS_LEN, RttHist, RuleRef, RuleStats, SRC_ZONES_LEN, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4,
+    SrcKeyV6, flow_seen_slot, gen_index, port_index, src_zone_bit,
 };
 
 #[map]
@@ -75,6 +76,24 @@ pub static GUARD_FLOWSEEN: Array<[u8; FLOW_SEEN_CHUNK]> =
     Array::with_max_entries(FLOW_SEEN_CHUNKS, 0);
 #[map]
 pub static GUARD_SRCZONES: Array<u64> = Array::with_max_entries(GENERATIONS * SRC_ZONES_LEN, 0);
+#[map]
+pub static GUARD_SRCD16: Array<u32> = Array::with_max_entries(GENERATIONS * DIRECT16_LEN, 0);
+#[map]
+pub static GUARD_SRCD24: Array<DirectBlock> =
+    Array::with_max_entries(GENERATIONS * DIRECT_BLOCKS, 0);
+#[map]
+pub static GUARD_SRCDRULE: Array<RuleRef> =
+    Array::with_max_entries(GENERATIONS * DIRECT_RULES_LEN, 0);
+
+/// What the direct source tables say of an IPv4 peer and a class ([`Policy::direct_v4`]).
+pub enum Direct {
+    /// No rule of the class holds the peer: the caller's default applies.
+    NoRule,
+    /// The class's most specific rule holding the peer.
+    Rule(RuleRef),
+    /// The tables do not know: look the peer up in the hashes and tries.
+    Lookup,
+}
 
 /// Sets `key`'s flag in [`GUARD_FLOWSEEN`] (a plain byte store: racing writers store the
 /// same value).
@@ -193,6 +212,51 @@ impl Policy {
         }
     }
 
+    /// The most specific rule of `class` whose prefix holds the IPv4 address `addr`, from
+    /// the direct tables: two or three inlined array reads, no hash. Any value the tables
+    /// cannot vouch for (a region they leave to the lookups, an index out of range, a class
+    /// outside the rows) answers [`Direct::Lookup`], so the exact path decides: the tables
+    /// can only make a verdict faster, never different.
+    #[inline(always)]
+    pub fn direct_v4(&self, class: u32, addr: u32) -> Direct {
+        let index = gen_index(self.generation, DIRECT16_LEN, addr >> 16);
+        let Some(&first) = GUARD_SRCD16.get(index) else {
+            return Direct::Lookup;
+        };
+        let value = if first & DIRECT_BLOCK != 0 {
+            let block = first & DIRECT_INDEX_MASK;
+            if block >= DIRECT_BLOCKS {
+                return Direct::Lookup;
+            }
+            match GUARD_SRCD24.get(gen_index(self.generation, DIRECT_BLOCKS, block)) {
+                Some(values) => values.0[((addr >> 8) & 0xff) as usize],
+                None => return Direct::Lookup,
+            }
+        } else {
+            first
+        };
+        if value == DIRECT_NONE {
+            return Direct::NoRule;
+        }
+        if value & DIRECT_ROW == 0 {
+            return Direct::Lookup;
+        }
+        let start = value & DIRECT_INDEX_MASK;
+        let column = class.wrapping_sub(self.config.direct_class_offset);
+        if column >= self.config.direct_width
+            || start >= DIRECT_RULES_LEN
+            || column >= DIRECT_RULES_LEN - start
+        {
+            return Direct::Lookup;
+        }
+        let index = gen_index(self.generation, DIRECT_RULES_LEN, start + column);
+        match GUARD_SRCDRULE.get(index) {
+            Some(hit) if hit.action != 0 => Direct::Rule(*hit),
+            Some(_) => Direct::NoRule,
+            None => Direct::Lookup,
+        }
+    }
+
     /// True when `[listen]` allows `bind()` to (protocol, port).
     #[inline(always)]
     pub fn listen_allowed(&self, proto_idx: u32, port: u16) -> bool {
@@ -254,4 +318,7 @@ named_as!(
     GUARD_EVBUDGET = EVENT_BUDGET,
     GUARD_FLOWSEEN = FLOW_SEEN,
     GUARD_SRCZONES = SRC_ZONES,
+    GUARD_SRCD16 = SRC_DIRECT16,
+    GUARD_SRCD24 = SRC_DIRECT24,
+    GUARD_SRCDRULE = SRC_DIRECT_RULES,
 );

@@ -10,7 +10,7 @@ use guard_common::{
 };
 
 use crate::maps::{
-    GUARD_CLASSLEN, GUARD_REASONS, GUARD_RULES, GUARD_SRC_V4, GUARD_SRC_V6, GUARD_SRCH_V4,
+    Direct, GUARD_CLASSLEN, GUARD_REASONS, GUARD_RULES, GUARD_SRC_V4, GUARD_SRC_V6, GUARD_SRCH_V4,
     GUARD_SRCH_V6, Policy, bump,
 };
 
@@ -53,9 +53,19 @@ pub fn judge(
         )
     } else {
         let class = entry & PORT_VALUE_MASK;
-        // A peer in no zone of the generation skips the source lookups: one inlined array
-        // access instead of a hash lookup per prefix length.
-        let hit = if class == 0 || !policy.peer_in_some_zone(v4, peer) {
+        // IPv4: the direct tables answer most peers with inlined array reads (a peer in no
+        // zone with one). IPv6: a peer in no zone of the generation skips the source
+        // lookups after one inlined array read.
+        let hit = if class == 0 {
+            None
+        } else if v4 {
+            let addr = u32::from_be_bytes([peer[12], peer[13], peer[14], peer[15]]);
+            match policy.direct_v4(class, addr) {
+                Direct::Rule(hit) => Some(hit),
+                Direct::NoRule => None,
+                Direct::Lookup => lookup_peer(class, v4, peer),
+            }
+        } else if !policy.peer_in_some_zone(v4, peer) {
             None
         } else {
             lookup_peer(class, v4, peer)

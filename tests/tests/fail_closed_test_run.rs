@@ -7,8 +7,8 @@ use std::net::Ipv4Addr;
 
 use aya::maps::{Array, HashMap};
 use guard_common::{
-    GuardConfig, POLICY_PORTS_LEN, PORT_ACTION_MASK, PORT_DIRECT, PROTO_IDX_TCP, RuleRef,
-    SrcHashKeyV4, gen_index, maps, port_index,
+    DIRECT_RULES_LEN, GuardConfig, POLICY_PORTS_LEN, PORT_ACTION_MASK, PORT_DIRECT, PROTO_IDX_TCP,
+    RuleRef, SrcHashKeyV4, gen_index, maps, port_index,
 };
 use guard_tests::{
     kernel::{Loaded, XDP_DROP, XDP_PASS, load},
@@ -81,8 +81,37 @@ fn a_zeroed_action_in_a_direct_entry_drops_and_counts_bad_action() {
 }
 
 #[test]
-fn a_corrupt_action_in_a_source_entry_drops_and_counts_bad_action() {
+fn a_corrupt_action_in_a_direct_row_drops_and_counts_bad_action() {
     let mut g = load(&policy("enforce"));
+    let office = tcp4(ip4("192.0.2.7"), 8443);
+    assert_eq!(g.verdict(&office), XDP_PASS);
+    let map = g
+        .guard
+        .raw_map_mut(maps::SRC_DIRECT_RULES)
+        .expect("direct rows");
+    let mut rows = Array::<_, RuleRef>::try_from(map).expect("array");
+    let mut corrupted = 0;
+    for index in 0..DIRECT_RULES_LEN {
+        let mut value = rows.get(&index, 0).expect("value");
+        if value.action != 0 {
+            value.action = 7;
+            rows.set(index, value, 0).expect("write value");
+            corrupted += 1;
+        }
+    }
+    assert!(corrupted > 0, "IPv4 zone rules have direct rows");
+    assert_eq!(
+        g.verdict(&office),
+        XDP_DROP,
+        "an unknown action fails closed"
+    );
+    assert_eq!(g.counters().reason("bad_action"), 1);
+}
+
+#[test]
+fn a_corrupt_action_in_a_source_entry_drops_and_counts_bad_action() {
+    // A /32 source: its /24 is left to the source hash.
+    let mut g = load(&policy("enforce").replace("\"192.0.2.0/24\"", "\"192.0.2.7/32\""));
     let office = tcp4(ip4("192.0.2.7"), 8443);
     assert_eq!(g.verdict(&office), XDP_PASS);
     let map = g.guard.raw_map_mut(maps::SRC_HASH_V4).expect("source map");

@@ -280,3 +280,82 @@ fn a_provisional_policy_ends_at_its_deadline_in_the_kernel() {
     assert_eq!(g.verdict(&to_81), XDP_PASS);
     assert!(g.guard.verify(&g.lowered(&opened)).unwrap().is_empty());
 }
+
+/// IPv4 sources are judged by the direct tables (array reads per /16 and /24) where they
+/// can be, and by the source hashes where a /24 holds longer prefixes or the tables are
+/// full. Every prefix length from /0 to /32, nested around one address, a switch that
+/// moves the rows, and more split /16s than the tables hold: the kernel's verdict is the
+/// policy's (userspace evaluator) for sources on every boundary.
+#[test]
+fn direct_source_tables_give_the_policys_verdict_on_every_boundary() {
+    use guard::policy::{self, eval, model::Proto};
+    let nested = |extra: &str| {
+        let mut s = String::from(
+            "interfaces = [\"unused0\"]\ndefault = \"deny\"\nfailsafe_ports = []\n[[ingress]]\nname = \"all\"\nproto = \"tcp\"\nports = [7000]\nfrom = [\"0.0.0.0/0\"]\naction = \"deny\"\n",
+        );
+        for len in [4u8, 8, 12, 15, 16, 17, 20, 23, 24, 25, 28, 31, 32] {
+            let net = ipnet::Ipv4Net::new(ip4("10.1.2.3"), len).unwrap().trunc();
+            let action = if len % 2 == 0 { "allow" } else { "deny" };
+            s += &format!(
+                "[[ingress]]\nname = \"n{len}\"\nproto = \"tcp\"\nports = [7000, 7001]\nfrom = [\"{net}\"]\naction = \"{action}\"\n"
+            );
+        }
+        s + extra
+    };
+    // 300 /16s split by a /24 each: more than the tables' blocks.
+    let mut many = String::new();
+    for i in 0..300u32 {
+        many += &format!(
+            "[[ingress]]\nname = \"m{i}\"\nproto = \"tcp\"\nports = [7002]\nfrom = [\"172.{}.{}.0/24\", \"172.{}.0.0/16\"]\n",
+            16 + i / 256,
+            i % 256,
+            16 + i / 256,
+        );
+    }
+    let probes = |text: &str| -> Vec<(Ipv4Addr, u16)> {
+        let mut out = Vec::new();
+        for net in text
+            .split('"')
+            .filter_map(|s| s.parse::<ipnet::Ipv4Net>().ok())
+        {
+            let (lo, hi) = (u32::from(net.network()), u32::from(net.broadcast()));
+            for a in [
+                lo.wrapping_sub(1),
+                lo,
+                lo + 1,
+                hi.wrapping_sub(1),
+                hi,
+                hi.wrapping_add(1),
+            ] {
+                for port in [7000, 7001, 7002] {
+                    out.push((Ipv4Addr::from(a), port));
+                }
+            }
+        }
+        out
+    };
+    let first = nested("");
+    let second = nested(&many).replace("\"10.1.2.0/24\"", "\"10.1.0.0/24\"");
+    let mut g = load(&first);
+    for (i, text) in [&first, &second, &first].into_iter().enumerate() {
+        if i > 0 {
+            g.switch(text);
+        }
+        let checked = policy::check("t.toml", text).unwrap().policy;
+        let mut checked_count = 0;
+        for (src, port) in probes(text) {
+            let want = if eval::inbound(&checked, Proto::Tcp, port, src.into()).passes() {
+                XDP_PASS
+            } else {
+                XDP_DROP
+            };
+            assert_eq!(
+                g.verdict(&tcp4(src, port)),
+                want,
+                "policy {i}: {src} -> {port}"
+            );
+            checked_count += 1;
+        }
+        assert!(checked_count > 100);
+    }
+}

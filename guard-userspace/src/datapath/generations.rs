@@ -10,9 +10,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use guard_common::{
-    CLASS_BITS, ClassLens, GuardConfig, POLICY_PORTS_LEN, PORT_DIRECT, PORT_VALUE_MASK, PORTS_LEN,
-    PROTOS_LEN, RuleRef, SRC_ZONES_LEN, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index,
-    src_zone_bit,
+    CLASS_BITS, ClassLens, DIRECT_BLOCKS, DIRECT_RULES_LEN, DIRECT16_LEN, DirectBlock, GuardConfig,
+    POLICY_PORTS_LEN, PORT_DIRECT, PORT_VALUE_MASK, PORTS_LEN, PROTOS_LEN, RuleRef, SRC_ZONES_LEN,
+    SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index, src_zone_bit,
 };
 
 use crate::policy::Lowered;
@@ -35,6 +35,11 @@ pub struct Contents {
     /// The words of [`guard_common::maps::SRC_ZONES`]: which first-16-bit blocks of each
     /// family some source prefix of the generation may contain.
     pub src_zones: BTreeMap<u32, u64>,
+    /// The direct source tables ([`guard_common::maps::SRC_DIRECT16`], `SRC_DIRECT24`,
+    /// `SRC_DIRECT_RULES`).
+    pub direct16: BTreeMap<u32, u32>,
+    pub direct24: BTreeMap<u32, DirectBlock>,
+    pub direct_rules: BTreeMap<u32, RuleRef>,
 }
 
 /// Sets, in `words` (generation `generation` of `SRC_ZONES`), the bit of every first-16-bit
@@ -54,26 +59,13 @@ fn mark_zone(words: &mut BTreeMap<u32, u64>, generation: u32, v4: bool, top16: u
     }
 }
 
-/// The `SRC_ZONES` words of generation `generation` for `lowered`'s source prefixes.
+/// The `SRC_ZONES` words of generation `generation` for `lowered`'s IPv6 source prefixes
+/// (IPv4 peers are sorted by the direct tables).
 fn src_zones(lowered: &Lowered, generation: u32) -> BTreeMap<u32, u64> {
     let mut words = BTreeMap::new();
-    for (k, _) in &lowered.src_hash_v4 {
-        let top16 = u16::from_be_bytes([k.addr[0], k.addr[1]]);
-        mark_zone(&mut words, generation, true, top16, k.prefix_len);
-    }
     for (k, _) in &lowered.src_hash_v6 {
         let top16 = u16::from_be_bytes([k.addr[0], k.addr[1]]);
         mark_zone(&mut words, generation, false, top16, k.prefix_len);
-    }
-    for (len, k, _) in &lowered.src_v4 {
-        let top16 = u16::from_be_bytes([k.addr[0], k.addr[1]]);
-        mark_zone(
-            &mut words,
-            generation,
-            true,
-            top16,
-            len.saturating_sub(CLASS_BITS),
-        );
     }
     for (len, k, _) in &lowered.src_v6 {
         let top16 = u16::from_be_bytes([k.addr[0], k.addr[1]]);
@@ -102,8 +94,12 @@ impl Contents {
                 value
             }
         };
+        let direct = &lowered.direct_v4;
         Self {
-            config: lowered.config,
+            config: GuardConfig {
+                direct_class_offset: offset,
+                ..lowered.config
+            },
             ports: lowered
                 .ports
                 .iter()
@@ -168,6 +164,22 @@ impl Contents {
                 })
                 .collect(),
             src_zones: src_zones(lowered, generation),
+            direct16: direct
+                .first
+                .iter()
+                .map(|&(b, v)| (gen_index(generation, DIRECT16_LEN, b), v))
+                .collect(),
+            direct24: direct
+                .blocks
+                .iter()
+                .enumerate()
+                .map(|(i, &block)| (gen_index(generation, DIRECT_BLOCKS, i as u32), block))
+                .collect(),
+            direct_rules: direct
+                .rules
+                .iter()
+                .map(|&(i, r)| (gen_index(generation, DIRECT_RULES_LEN, i), r))
+                .collect(),
         }
     }
 
@@ -180,6 +192,9 @@ impl Contents {
         c.port_slots.retain(|_, v| *v != 0);
         c.class_lens.retain(|_, v| *v != ClassLens::default());
         c.src_zones.retain(|_, v| *v != 0);
+        c.direct16.retain(|_, v| *v != 0);
+        c.direct24.retain(|_, v| *v != DirectBlock::default());
+        c.direct_rules.retain(|_, v| *v != RuleRef::default());
         c
     }
 
@@ -209,6 +224,9 @@ pub struct Delta {
     pub trie_v4: Changes<(u32, SrcKeyV4)>,
     pub trie_v6: Changes<(u32, SrcKeyV6)>,
     pub src_zones: Vec<(u32, u64)>,
+    pub direct16: Vec<(u32, u32)>,
+    pub direct24: Vec<(u32, DirectBlock)>,
+    pub direct_rules: Vec<(u32, RuleRef)>,
 }
 
 /// Deletions and insertions (or updates) for one keyed map.
@@ -273,6 +291,9 @@ impl Delta {
             (maps::PORT_SLOTS, self.port_slots.len()),
             (maps::CLASS_LENS, self.class_lens.len()),
             (maps::SRC_ZONES, self.src_zones.len()),
+            (maps::SRC_DIRECT16, self.direct16.len()),
+            (maps::SRC_DIRECT24, self.direct24.len()),
+            (maps::SRC_DIRECT_RULES, self.direct_rules.len()),
             (
                 maps::SRC_HASH_V4,
                 keyed(self.hash_v4.delete.len(), self.hash_v4.insert.len()),
@@ -311,6 +332,9 @@ impl Delta {
             trie_v4: keyed_changes(&old.trie_v4, &new.trie_v4),
             trie_v6: keyed_changes(&old.trie_v6, &new.trie_v6),
             src_zones: array_changes(&old.src_zones, &new.src_zones),
+            direct16: array_changes(&old.direct16, &new.direct16),
+            direct24: array_changes(&old.direct24, &new.direct24),
+            direct_rules: array_changes(&old.direct_rules, &new.direct_rules),
         }
     }
 
@@ -323,6 +347,9 @@ impl Delta {
             + self.port_slots.len()
             + self.class_lens.len()
             + self.src_zones.len()
+            + self.direct16.len()
+            + self.direct24.len()
+            + self.direct_rules.len()
             + self.hash_v4.delete.len()
             + self.hash_v4.insert.len()
             + self.hash_v6.delete.len()
@@ -381,7 +408,17 @@ tcp = [22, 80, 443]
     fn generation_one_is_offset_from_generation_zero() {
         let l = lowered(ZONES);
         let (g0, g1) = (Contents::of(&l, 0, 100), Contents::of(&l, 1, 100));
-        assert_eq!(g0.config, g1.config);
+        assert_eq!(
+            (g0.config.direct_class_offset, g1.config.direct_class_offset),
+            (0, 100)
+        );
+        assert_eq!(
+            GuardConfig {
+                direct_class_offset: 100,
+                ..g0.config
+            },
+            g1.config
+        );
         assert_eq!(g0.ports.len(), g1.ports.len());
         for ((i0, v0), (i1, v1)) in g0.ports.iter().zip(&g1.ports) {
             assert_eq!(i1 - i0, POLICY_PORTS_LEN);
@@ -424,7 +461,11 @@ tcp = [22, 80, 443]
                 + g.src_zones.len()
                 + g.hash_v4.len()
                 + g.hash_v6.len()
+                + g.direct16.len()
+                + g.direct24.len()
+                + g.direct_rules.len()
         );
+        assert!(!g.direct_rules.is_empty(), "the zones have direct rows");
         let clear = Delta::between(&g, &Contents::of(&Lowered::default(), 1, 64));
         assert!(clear.ports.iter().all(|&(_, v)| v == 0));
         assert_eq!(clear.hash_v4.delete.len(), g.hash_v4.len());
@@ -461,15 +502,17 @@ tcp = [22, 80, 443]
             Contents::of(&renumbered, 0, 512),
             Contents::of(&kept, 0, 512),
         );
-        let (all, few) = (
-            Delta::between(&old, &all).writes(),
-            Delta::between(&old, &few).writes(),
-        );
+        let (all, few) = (Delta::between(&old, &all), Delta::between(&old, &few));
         assert!(
-            all > 400,
-            "without the previous ids every class moves: {all}"
+            all.writes() > 400,
+            "without the previous ids every class moves: {}",
+            all.writes()
         );
-        assert!(few < 10, "with them only the new port's entries: {few}");
+        // With them only the new port's entries, and the direct row of the region the new
+        // zone makes (198.18.9.0/24: lan's 200 classes and the new one).
+        let rows = few.direct_rules.len();
+        assert!(rows <= 201, "one new row: {rows}");
+        assert!(few.writes() - rows < 10, "{few:?}");
         // The same verdicts either way: the contents differ by class numbering only.
         assert_eq!(kept.classes, renumbered.classes);
         assert_eq!(kept.src_hash_v4.len(), renumbered.src_hash_v4.len());
@@ -485,10 +528,9 @@ tcp = [22, 80, 443]
                 .get(&gen_index(1, SRC_ZONES_LEN, word))
                 .is_some_and(|w| w & (1 << bit) != 0)
         };
-        // admin = 198.18.1.0/24 and 2001:db8::/32; lan = 198.18.0.0/16.
-        assert!(bit(true, u16::from_be_bytes([198, 18])));
-        assert!(!bit(true, u16::from_be_bytes([198, 19])));
-        assert!(!bit(true, u16::from_be_bytes([10, 0])));
+        // admin = 198.18.1.0/24 and 2001:db8::/32; lan = 198.18.0.0/16. IPv4 sources are
+        // sorted by the direct tables: their half stays clear.
+        assert!(!bit(true, u16::from_be_bytes([198, 18])));
         assert!(bit(false, 0x2001));
         assert!(!bit(false, 0x2002));
         // A prefix shorter than 16 bits marks every block it spans; /0 marks all.
@@ -504,8 +546,19 @@ tcp = [22, 80, 443]
                 })
                 .count()
         };
-        assert_eq!(count(true), 256 + 1, "10.0.0.0/8 and 198.18.1.0/24");
+        assert_eq!(count(true), 0, "IPv4: the direct tables");
         assert_eq!(count(false), 65536, "::/0");
+        // The direct tables' first level names exactly the /16s IPv4 prefixes touch.
+        let touched = |c: &Contents, g: u32| {
+            (0..=u16::MAX)
+                .filter(|&t| {
+                    c.direct16
+                        .contains_key(&gen_index(g, DIRECT16_LEN, u32::from(t)))
+                })
+                .count()
+        };
+        assert_eq!(touched(&g, 1), 1, "198.18/16");
+        assert_eq!(touched(&w, 0), 256 + 1, "10.0.0.0/8 and 198.18.1.0/24");
     }
 
     #[test]
@@ -610,6 +663,18 @@ tcp = [22, 80, 443]
         keyed(&mut model.hash_v6, delta.hash_v6);
         keyed(&mut model.trie_v4, delta.trie_v4);
         keyed(&mut model.trie_v6, delta.trie_v6);
+        fn set<V: Copy + Default + PartialEq>(map: &mut BTreeMap<u32, V>, changes: Vec<(u32, V)>) {
+            for (i, v) in changes {
+                if v == V::default() {
+                    map.remove(&i);
+                } else {
+                    map.insert(i, v);
+                }
+            }
+        }
+        set(&mut model.direct16, delta.direct16);
+        set(&mut model.direct24, delta.direct24);
+        set(&mut model.direct_rules, delta.direct_rules);
         model
     }
 

@@ -38,10 +38,11 @@ use aya::{
     util::KernelVersion,
 };
 use guard_common::{
-    ActiveGeneration, ClassLens, ConnStats, FLOW_SEEN_CHUNK, FlowKey, FlowState, GENERATIONS,
-    GuardConfig, MAX_CLASSES, MAX_RULES, MAX_SRC_ENTRIES, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN,
-    PortStats, RttHist, RuleRef, RuleStats, SRC_ZONES_LEN, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4,
-    SrcKeyV6, flow_seen_slot, gen_index, maps, programs,
+    ActiveGeneration, ClassLens, ConnStats, DIRECT_BLOCKS, DIRECT_RULES_LEN, DIRECT16_LEN,
+    FLOW_SEEN_CHUNK, FlowKey, FlowState, GENERATIONS, GuardConfig, MAX_CLASSES, MAX_RULES,
+    MAX_SRC_ENTRIES, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats, RttHist, RuleRef,
+    RuleStats, SRC_ZONES_LEN, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, flow_seen_slot,
+    gen_index, maps, programs,
 };
 
 use crate::{

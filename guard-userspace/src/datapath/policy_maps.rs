@@ -144,10 +144,18 @@ impl Guard {
             name: &'static str,
             len: u32,
         ) -> Result<BTreeMap<u32, V>, LoadError> {
-            let a = Array::<_, V>::try_from(guard.map(name)?).map_err(map_err(name))?;
+            let first = gen_index(generation, len, 0);
             let mut out = BTreeMap::new();
-            for i in 0..len {
-                let index = gen_index(generation, len, i);
+            if let Some(values) = read_batched::<V>(guard, name, first, len)? {
+                for (i, v) in values.into_iter().enumerate() {
+                    if v != V::default() {
+                        out.insert(first + i as u32, v);
+                    }
+                }
+                return Ok(out);
+            }
+            let a = Array::<_, V>::try_from(guard.map(name)?).map_err(map_err(name))?;
+            for index in first..first + len {
                 let v = a.get(&index, 0).map_err(map_err(name))?;
                 if v != V::default() {
                     out.insert(index, v);
@@ -194,6 +202,9 @@ impl Guard {
                 own_class(u32::from_be_bytes(k.class))
             })?,
             src_zones: read_array::<u64>(self, generation, maps::SRC_ZONES, SRC_ZONES_LEN)?,
+            direct16: array(maps::SRC_DIRECT16, DIRECT16_LEN)?,
+            direct24: read_array(self, generation, maps::SRC_DIRECT24, DIRECT_BLOCKS)?,
+            direct_rules: read_array(self, generation, maps::SRC_DIRECT_RULES, DIRECT_RULES_LEN)?,
         })
     }
 
@@ -251,6 +262,10 @@ pub(super) fn write_delta(
     // After the sources: a bit set before its prefixes are in only sends a lookup that
     // finds nothing yet; cleared bits belong to prefixes already deleted.
     set_array(ebpf, maps::SRC_ZONES, &delta.src_zones)?;
+    set_array(ebpf, maps::SRC_DIRECT24, &delta.direct24)?;
+    set_array(ebpf, maps::SRC_DIRECT_RULES, &delta.direct_rules)?;
+    // Last: its values name the blocks and rows written above.
+    set_array(ebpf, maps::SRC_DIRECT16, &delta.direct16)?;
     if let Some(config) = delta.config {
         set_array(ebpf, maps::CONFIG, &[(generation, config)])?;
     }
@@ -287,6 +302,31 @@ fn batched(
         Err(e) if sys::batch_unsupported(&e) => Ok(false),
         Err(e) => Err(syscall_err(name, call)(e)),
     }
+}
+
+/// The values at indices `first..first + len` of array `name`, read with
+/// BPF_MAP_LOOKUP_BATCH a few megabytes at a time; `Ok(None)` when the kernel has no batch
+/// operations for it (the caller reads entry by entry).
+fn read_batched<V: aya::Pod + Default>(
+    guard: &Guard,
+    name: &'static str,
+    first: u32,
+    len: u32,
+) -> Result<Option<Vec<V>>, LoadError> {
+    let fd = batch_fd(&guard.ebpf, name)?;
+    let per_call = (4 << 20) / size_of::<V>().max(1);
+    let mut values = vec![V::default(); len as usize];
+    for (n, chunk) in values.chunks_mut(per_call.max(1)).enumerate() {
+        let start = first + (n * per_call) as u32;
+        if !batched(
+            name,
+            "bpf_map_lookup_batch",
+            sys::lookup_batch_array(fd, start, chunk),
+        )? {
+            return Ok(None);
+        }
+    }
+    Ok(Some(values))
 }
 
 /// Sets every (key, value) of `pairs` in map `name` with BPF_MAP_UPDATE_BATCH, [`BATCH`] at

@@ -177,3 +177,38 @@ pub fn delete_batch<K>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
     attr.batch.count = keys.len() as u32;
     bpf(bpf_cmd::BPF_MAP_DELETE_BATCH, &mut attr).map(drop)
 }
+
+/// BPF_MAP_LOOKUP_BATCH over an array map: fills `values` with the values at indices
+/// `first..first + values.len()` (`V` is the map's value type). Fails with `ENOENT` when the
+/// range runs past the map's end.
+pub fn lookup_batch_array<V>(map: BorrowedFd<'_>, first: u32, values: &mut [V]) -> io::Result<()> {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let count = u32::try_from(values.len()).map_err(io::Error::other)?;
+    let mut keys = vec![0u32; values.len()];
+    // The batch starts after the key `in_batch` points at (none: from the first).
+    let previous: u32 = first.wrapping_sub(1);
+    let mut out_batch: u32 = 0;
+    let mut attr = zeroed_attr();
+    attr.batch.map_fd = map.as_raw_fd() as u32;
+    attr.batch.in_batch = if first == 0 {
+        0
+    } else {
+        &previous as *const u32 as u64
+    };
+    attr.batch.out_batch = &mut out_batch as *mut u32 as u64;
+    attr.batch.keys = keys.as_mut_ptr() as u64;
+    attr.batch.values = values.as_mut_ptr() as u64;
+    attr.batch.count = count;
+    bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr)?;
+    // SAFETY: reading back the union field the kernel wrote.
+    let got = unsafe { attr.batch.count };
+    if got != count || keys.first() != Some(&first) {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("batch lookup returned {got} of {count} entries"),
+        ));
+    }
+    Ok(())
+}

@@ -19,6 +19,7 @@ use ipnet::IpNet;
 
 use super::{
     catalog::{PortSlot, RuleInfo, policy_rules, port_slots, rule_catalog},
+    direct::{DirectRows, DirectV4, direct_v4},
     model::{DefaultAction, Mode, Policy, PortRange, Proto, RuleAction},
 };
 
@@ -59,6 +60,8 @@ pub struct Lowered {
     pub class_ids: ClassIds,
     /// Classes resolved to one rule for every source (no trie entries).
     pub direct_classes: u32,
+    /// The direct source tables for IPv4 peers (every class's answer per region).
+    pub direct_v4: DirectV4,
 }
 
 const fn action_code(action: RuleAction) -> u32 {
@@ -74,8 +77,21 @@ pub fn lower(policy: &Policy) -> Lowered {
     lower_after(policy, &[], &[])
 }
 
-/// Port classes by their rule set (sorted rule indices): class id.
-pub type ClassIds = HashMap<Vec<u32>, u32>;
+/// The numbering a policy's lowering chose, for the next policy to keep where it can, so a
+/// small change rewrites few map entries.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClassIds {
+    /// Port classes by their rule set (sorted rule indices): class id.
+    pub classes: HashMap<Vec<u32>, u32>,
+    /// The rows of the direct source tables.
+    pub rows: DirectRows,
+}
+
+impl ClassIds {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
 
 /// As [`lower_after`], keeping the class ids of `previous_classes` for the rule sets that
 /// stay: a change that adds a port or a rule then rewrites the entries of the classes it
@@ -159,14 +175,14 @@ fn lower_with(
         set.dedup();
     }
     // Class ids: a set the previous policy had keeps its id; new sets take the lowest free.
-    let mut class_of_set: ClassIds = HashMap::new();
+    let mut class_of_set: HashMap<Vec<u32>, u32> = HashMap::new();
     let mut used: std::collections::HashSet<u32> = std::collections::HashSet::new();
     let all_sets = segment_sets
         .iter()
         .map(|(_, _, set)| set)
         .chain(protocol_sets.values());
     for set in all_sets.clone() {
-        if let Some(&id) = previous_classes.get(set)
+        if let Some(&id) = previous_classes.classes.get(set)
             && !class_of_set.contains_key(set)
         {
             class_of_set.insert(set.clone(), id);
@@ -363,8 +379,20 @@ fn lower_with(
     } else {
         1_000_000_000 / u64::from(events.rate_per_second)
     };
+    let classes = class_of_set.values().copied().max().unwrap_or(0);
+    let v4_sources = src_hash_v4
+        .iter()
+        .map(|(k, r)| (k.class, k.prefix_len, u32::from_be_bytes(k.addr), *r))
+        .chain(src_v4.iter().map(|(len, k, r)| {
+            let class = u32::from_be_bytes(k.class);
+            (class, len - CLASS_BITS, u32::from_be_bytes(k.addr), *r)
+        }));
+    let (direct_v4, rows) = direct_v4(v4_sources, classes, &previous_classes.rows);
     Lowered {
         config: GuardConfig {
+            direct_width: direct_v4.width,
+            // Set per generation (`Contents::of`).
+            direct_class_offset: 0,
             mode: match policy.mode {
                 Mode::Enforce => MODE_ENFORCE,
                 Mode::Audit => MODE_AUDIT,
@@ -402,9 +430,13 @@ fn lower_with(
         listen,
         port_slots,
         slots,
-        classes: class_of_set.values().copied().max().unwrap_or(0),
+        classes,
         direct_classes: direct.len() as u32,
-        class_ids: class_of_set,
+        direct_v4,
+        class_ids: ClassIds {
+            classes: class_of_set,
+            rows,
+        },
     }
 }
 

@@ -7,6 +7,7 @@ mod addresses;
 pub mod catalog;
 mod contexts;
 pub mod diff;
+pub mod direct;
 pub mod eval;
 mod lint;
 pub mod lower;
