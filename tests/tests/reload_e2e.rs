@@ -203,6 +203,9 @@ fn apply_with_confirm_rolls_back_unless_confirmed() {
     let status = guard_cmd(&daemon, &["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["pending_confirm"], true);
+    // The rule count, not the rules (they are in `guard stats`).
+    assert!(status.get("rules").is_none(), "{status}");
+    assert!(status["rules_total"].as_u64().unwrap() > 4, "{status}");
     // The rollback is due 2 s after the apply; loading it takes a moment more.
     let deadline = Instant::now() + Duration::from_secs(5);
     while open(&net, b) {

@@ -18,6 +18,10 @@ pub struct StatusReply {
     pub state: State,
     /// False when the CLI read the state file of a daemon that is gone.
     pub running: bool,
+    /// How many rules the policy has (counters included: `default`, `failsafe`, ...). The
+    /// rules themselves are in `guard stats`.
+    #[serde(default)]
+    pub rules_total: usize,
     /// Seconds since the daemon started (a running daemon only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_seconds: Option<u64>,
@@ -38,6 +42,26 @@ pub struct StatusReply {
     pub rolled_back_by_kernel: Option<bool>,
 }
 
+/// `state` without its rule and counter-slot lists and its `pending_confirm`, cloned.
+fn without_rules(state: &State) -> State {
+    State {
+        version: state.version.clone(),
+        pid: state.pid,
+        started_at: state.started_at,
+        policy: state.policy.clone(),
+        policy_hash: state.policy_hash.clone(),
+        generation: state.generation,
+        mode: state.mode,
+        interfaces: state.interfaces.clone(),
+        cgroup: state.cgroup.clone(),
+        pin_dir: state.pin_dir.clone(),
+        rules: Vec::new(),
+        port_slots: Vec::new(),
+        metrics_addr: state.metrics_addr.clone(),
+        pending_confirm: None,
+    }
+}
+
 /// [`StatusReply::pending_confirm`]: a flag from a running daemon, the record from the state
 /// file of one that is gone.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,10 +80,8 @@ impl StatusReply {
         enforcement: Result<(), String>,
     ) -> Self {
         Self {
-            state: State {
-                pending_confirm: None,
-                ..state.clone()
-            },
+            state: without_rules(state),
+            rules_total: state.rules.len(),
             running: true,
             uptime_seconds: Some(now_unix.saturating_sub(state.started_at)),
             pending_confirm: Some(PendingStatus::Awaiting(awaiting_confirm)),
@@ -72,10 +94,8 @@ impl StatusReply {
     /// The status read from the state file of a daemon that is gone.
     pub fn gone(state: &State, now_unix: u64, enforcing: bool) -> Self {
         Self {
-            state: State {
-                pending_confirm: None,
-                ..state.clone()
-            },
+            state: without_rules(state),
+            rules_total: state.rules.len(),
             running: false,
             uptime_seconds: None,
             pending_confirm: state.pending_confirm.clone().map(PendingStatus::Recorded),

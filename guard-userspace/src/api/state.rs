@@ -34,8 +34,13 @@ pub struct State {
     /// The cgroup v2 directory the cgroup programs are attached to.
     pub cgroup: PathBuf,
     pub pin_dir: PathBuf,
+    /// Every rule with its counter index. (Left out of `status` replies, which carry
+    /// [`crate::api::replies::StatusReply::rules_total`] instead: a policy of a million rules
+    /// would make each status call, every readiness probe among them, move ~100 MB.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rules: Vec<RuleInfo>,
-    /// What each per-port counter slot counts.
+    /// What each per-port counter slot counts (left out of `status` replies too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub port_slots: Vec<PortSlot>,
     /// Where /metrics and /health are served (the bound address), if they are.
     #[serde(default)]

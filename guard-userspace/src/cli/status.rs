@@ -116,7 +116,7 @@ pub fn status(run_dir: &Path, json: bool) -> Result<(), Failure> {
             st.started_at
         ),
     }
-    println!("rules      {}", st.rules.len());
+    println!("rules      {}", reply.rules_total);
     if reply.awaiting_confirm() {
         println!("pending    a policy applied with --confirm-within awaits `guard confirm`");
     }

@@ -140,13 +140,20 @@ pub struct Checked {
 
 /// Parses and validates a policy text; `file` names it in messages.
 pub fn check(file: &str, text: &str) -> Result<Checked, PolicyErrors> {
-    let raw = raw::parse(text).map_err(|e| PolicyErrors {
+    let parse_error = |e: toml::de::Error| PolicyErrors {
         lines: vec![
             Diagnostic::new(e.span().unwrap_or(0..0), e.message().trim_end()).render(file, text),
         ],
-    })?;
+    };
+    let raw = raw::parse(text).map_err(parse_error)?;
+    let pieces_failed = raw.more_rules.failed();
+    let mut validated = validate::validate(raw);
+    if pieces_failed.get() {
+        // A large text whose pieces did not parse alone: the one-document parse decides.
+        validated = validate::validate(raw::parse_whole(text).map_err(parse_error)?);
+    }
     let index = LineIndex::new(text);
-    match validate::validate(raw) {
+    match validated {
         Ok((policy, warnings)) => Ok(Checked {
             policy,
             warnings: warnings

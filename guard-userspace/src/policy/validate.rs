@@ -40,7 +40,7 @@ impl Findings {
 }
 
 /// The validated policy and its warnings, or every error found.
-pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnostic>> {
+pub fn validate(mut raw: RawPolicy<'_>) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnostic>> {
     let mut f = Findings::default();
 
     if let Some(version) = &raw.version
@@ -122,13 +122,24 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
     };
     let mut ingress: Vec<Rule> = Vec::new();
     let mut protocols: Vec<ProtocolRule> = Vec::new();
-    for r in &raw.ingress {
+    // Each raw rule is dropped once checked, so the raw and the validated forms of a large
+    // policy are not both whole in memory.
+    // The rules of a large policy come a parsed piece at a time, and each raw rule is
+    // dropped once checked: the raw and the validated forms are never both whole in memory.
+    let mut more = std::mem::take(&mut raw.more_rules);
+    let mut ingress_spans: Vec<Range<usize>> = Vec::new();
+    for r in std::mem::take(&mut raw.ingress)
+        .into_iter()
+        .chain(more.by_ref().flatten())
+    {
+        ingress_spans.push(r.get_ref().name.span());
         match checked(r.get_ref().into(), &mut f) {
             Some(CheckedRule::Ports(rule)) => ingress.push(rule),
             Some(CheckedRule::Protocol(rule)) => protocols.push(rule),
             None => {}
         }
     }
+    raw.egress.extend(more.egress());
     let egress: Vec<Rule> = raw
         .egress
         .iter()
@@ -196,11 +207,6 @@ pub fn validate(raw: RawPolicy) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnos
     let contexts = super::contexts::contexts(&raw, &mut f);
 
     if f.errors.is_empty() {
-        let ingress_spans: Vec<Range<usize>> = raw
-            .ingress
-            .iter()
-            .map(|r| r.get_ref().name.span())
-            .collect();
         let egress_spans: Vec<Range<usize>> =
             raw.egress.iter().map(|r| r.get_ref().name.span()).collect();
         suspicious(&ingress, &ingress_spans, &mut f);

@@ -318,3 +318,74 @@ fn the_identity_server_preset_opens_only_what_a_node_needs() {
     assert!(passes(22, outside), "the failsafe port stays open");
     assert_eq!(p.mode, Mode::Enforce);
 }
+
+// ---- large policies, parsed in pieces ----
+
+/// `n` zone rules, over a megabyte of text: parsed a piece at a time.
+fn large(n: usize) -> String {
+    let mut s = String::from(
+        "mode = \"enforce\"\ninterfaces = [\"eth0\"]\nfailsafe_ports = []\n[zones]\nlan = [\"10.0.0.0/8\"]\n",
+    );
+    for i in 0..n {
+        s += &format!(
+            "[[ingress]]\nname = \"r{i}\"\nproto = \"tcp\"\nports = [{}]\nfrom = [\"lan\", \"192.0.{}.{}/32\"]\n",
+            1000 + i % 5000,
+            i / 256 % 256,
+            i % 256
+        );
+    }
+    assert!(s.len() > 1 << 20);
+    s
+}
+
+#[test]
+fn a_large_policy_checks_the_same_in_pieces_and_whole() {
+    let text = large(20_000);
+    let pieces = check("p.toml", &text).unwrap();
+    // Pieces fail on a table after the rules: the whole text is parsed instead, with the same
+    // rules; so is a policy that holds every rule in the first piece.
+    let moved = text.replacen("[zones]\nlan = [\"10.0.0.0/8\"]\n", "", 1)
+        + "[zones]\nlan = [\"10.0.0.0/8\"]\n";
+    let whole = check("p.toml", &moved).unwrap();
+    assert_eq!(pieces.policy, whole.policy);
+    assert_eq!(pieces.policy.ingress.len(), 20_000);
+}
+
+#[test]
+fn errors_in_a_later_piece_name_their_place_in_the_whole_text() {
+    let text = large(20_000);
+    // A bad address in rule 15 000 (a later piece): validation's error, placed in the text.
+    let bad = text.replace("\"192.0.58.152/32\"", "\"192.0.58.300/32\"");
+    let line = bad
+        .lines()
+        .position(|l| l.contains("192.0.58.300"))
+        .unwrap()
+        + 1;
+    let e = errors(&bad);
+    assert_eq!(e.len(), 1, "{e:?}");
+    assert!(e[0].starts_with(&format!("p.toml:{line}:")), "{e:?}");
+    assert!(e[0].contains("192.0.58.300"), "{e:?}");
+    // A TOML error there: the one-document parse reports it, as it would in a small file.
+    let broken = text.replace("name = \"r15000\"", "name = r15000");
+    let line = broken.lines().position(|l| l == "name = r15000").unwrap() + 1;
+    let e = errors(&broken);
+    assert!(e[0].starts_with(&format!("p.toml:{line}:")), "{e:?}");
+    // A duplicate name across pieces.
+    let dup = text.replace("name = \"r19999\"", "name = \"r3\"");
+    let line = dup.lines().position(|l| l == "name = \"r3\"").map(|_| {
+        dup.lines()
+            .enumerate()
+            .filter(|(_, l)| *l == "name = \"r3\"")
+            .nth(1)
+            .unwrap()
+            .0
+            + 1
+    });
+    let e = errors(&dup);
+    assert!(
+        e.iter()
+            .any(|m| m.starts_with(&format!("p.toml:{}:", line.unwrap()))
+                && m.contains("duplicate rule name `r3`")),
+        "{e:?}"
+    );
+}
