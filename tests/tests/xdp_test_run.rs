@@ -359,3 +359,30 @@ fn direct_source_tables_give_the_policys_verdict_on_every_boundary() {
         assert!(checked_count > 100);
     }
 }
+
+/// A rule or port that a new policy names takes over the counter slot of one the old policy
+/// had: it starts at zero, on every CPU (the slots are zeroed in one batch).
+#[test]
+fn counters_of_new_rules_and_ports_start_at_zero() {
+    let policy = |rule: &str, port: u16| {
+        format!(
+            "interfaces = [\"unused0\"]\ndefault = \"deny\"\nfailsafe_ports = []\n[[ingress]]\nname = \"{rule}\"\nproto = \"tcp\"\nports = [{port}]\n"
+        )
+    };
+    let mut g = load(&policy("old", 8080));
+    for _ in 0..3 {
+        assert_eq!(g.verdict(&tcp4(ip4("192.0.2.1"), 8080)), XDP_PASS);
+    }
+    let c = g.counters();
+    assert_eq!(c.rule("old").unwrap().packets, 3);
+    assert_eq!(c.port("tcp", "8080").unwrap().attempted, 3);
+    g.switch(&policy("new", 9090));
+    let c = g.counters();
+    assert!(c.rule("old").is_none());
+    assert_eq!(c.rule("new").unwrap().packets, 0, "{:?}", c.rules);
+    assert_eq!(c.port("tcp", "9090").unwrap().attempted, 0, "{:?}", c.ports);
+    assert_eq!(g.verdict(&tcp4(ip4("192.0.2.1"), 9090)), XDP_PASS);
+    let c = g.counters();
+    assert_eq!(c.rule("new").unwrap().packets, 1);
+    assert_eq!(c.port("tcp", "9090").unwrap().attempted, 1);
+}

@@ -212,35 +212,52 @@ impl Guard {
     /// (they may hold a removed rule's counts).
     pub fn zero_fresh(&mut self, lowered: &Lowered) -> Result<(), LoadError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| LoadError::Cpus(e))?;
-        let mut rules =
-            PerCpuArray::<_, RuleStats>::try_from(map_mut(&mut self.ebpf, maps::RULE_STATS)?)
-                .map_err(map_err(maps::RULE_STATS))?;
-        for &index in &lowered.fresh_rules {
-            if index >= rules.len() {
-                return Err(LoadError::Capacity {
-                    map: maps::RULE_STATS,
-                    capacity: rules.len(),
-                    needed: index,
-                });
-            }
-            let zero = aya::maps::PerCpuValues::try_from(vec![RuleStats::default(); cpus])
-                .map_err(LoadError::Cpus)?;
-            rules
-                .set(index, zero, 0)
-                .map_err(map_err(maps::RULE_STATS))?;
+        let capacity = PerCpuArray::<_, RuleStats>::try_from(self.map(maps::RULE_STATS)?)
+            .map_err(map_err(maps::RULE_STATS))?
+            .len();
+        if let Some(&index) = lowered.fresh_rules.iter().find(|&&i| i >= capacity) {
+            return Err(LoadError::Capacity {
+                map: maps::RULE_STATS,
+                capacity,
+                needed: index,
+            });
         }
-        let mut ports =
-            PerCpuArray::<_, PortStats>::try_from(map_mut(&mut self.ebpf, maps::PORT_STATS)?)
-                .map_err(map_err(maps::PORT_STATS))?;
-        for &slot in &lowered.fresh_slots {
-            let zero = aya::maps::PerCpuValues::try_from(vec![PortStats::default(); cpus])
-                .map_err(LoadError::Cpus)?;
-            ports
-                .set(slot, zero, 0)
-                .map_err(map_err(maps::PORT_STATS))?;
-        }
-        Ok(())
+        zero_per_cpu::<RuleStats>(&mut self.ebpf, maps::RULE_STATS, &lowered.fresh_rules, cpus)?;
+        zero_per_cpu::<PortStats>(&mut self.ebpf, maps::PORT_STATS, &lowered.fresh_slots, cpus)
     }
+}
+
+/// Zeroes entries `indices` of per-CPU array `name` on every CPU: in batches
+/// (`BPF_MAP_UPDATE_BATCH`), entry by entry where the kernel has none.
+fn zero_per_cpu<V: aya::Pod + Default>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    indices: &[u32],
+    cpus: usize,
+) -> Result<(), LoadError> {
+    let fd = match ebpf.map(name).ok_or(LoadError::MissingMap(name))? {
+        Map::PerCpuArray(data) => data.fd().as_fd(),
+        _ => return Err(LoadError::MissingMap(name)),
+    };
+    let zeros = vec![V::default(); BATCH.min(indices.len()) * cpus];
+    let mut all_batched = true;
+    for chunk in indices.chunks(BATCH) {
+        let result = sys::update_batch_per_cpu(fd, chunk, &zeros[..chunk.len() * cpus], cpus);
+        if !batched(name, "bpf_map_update_batch", result)? {
+            all_batched = false;
+            break;
+        }
+    }
+    if all_batched {
+        return Ok(());
+    }
+    let mut array = PerCpuArray::<_, V>::try_from(map_mut(ebpf, name)?).map_err(map_err(name))?;
+    for &index in indices {
+        let zero =
+            aya::maps::PerCpuValues::try_from(vec![V::default(); cpus]).map_err(LoadError::Cpus)?;
+        array.set(index, zero, 0).map_err(map_err(name))?;
+    }
+    Ok(())
 }
 
 /// Performs `delta` on generation `generation` of the policy maps: deletions before

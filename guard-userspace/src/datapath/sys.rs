@@ -212,3 +212,25 @@ pub fn lookup_batch_array<V>(map: BorrowedFd<'_>, first: u32, values: &mut [V]) 
     }
     Ok(())
 }
+
+/// BPF_MAP_UPDATE_BATCH on a per-CPU map: `values` holds `cpus` values per key, key after
+/// key (`V` is the map's value type, 8-byte aligned in size, as the kernel lays out per-CPU
+/// values).
+pub fn update_batch_per_cpu<K, V>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+    cpus: usize,
+) -> io::Result<()> {
+    assert_eq!(keys.len() * cpus, values.len(), "cpus values per key");
+    assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are 8-byte aligned");
+    if keys.is_empty() {
+        return Ok(());
+    }
+    let mut attr = zeroed_attr();
+    attr.batch.map_fd = map.as_raw_fd() as u32;
+    attr.batch.keys = keys.as_ptr() as u64;
+    attr.batch.values = values.as_ptr() as u64;
+    attr.batch.count = keys.len() as u32;
+    bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr).map(drop)
+}

@@ -10,6 +10,57 @@ use super::{
     validate::Findings,
 };
 
+/// The port ranges of the rules that name one (protocol, network), sorted by first port,
+/// with the two largest last ports of distinct rules among each prefix: enough to tell in
+/// a binary search whether a rule other than a given one may hold a range containing a
+/// given one.
+struct Reach {
+    firsts: Vec<u16>,
+    /// For each prefix of `firsts`: the largest last port and its rule, and the largest of
+    /// any other rule.
+    best: Vec<[(i32, usize); 2]>,
+}
+
+impl Reach {
+    fn new(rules: &[Rule], group: &[usize]) -> Self {
+        let mut ranges: Vec<(u16, u16, usize)> = group
+            .iter()
+            .flat_map(|&j| rules[j].ports.iter().map(move |p| (p.first, p.last, j)))
+            .collect();
+        ranges.sort_unstable();
+        let mut best = Vec::with_capacity(ranges.len());
+        let mut top: [(i32, usize); 2] = [(-1, usize::MAX), (-1, usize::MAX)];
+        for &(_, last, j) in &ranges {
+            let last = i32::from(last);
+            if j == top[0].1 {
+                top[0].0 = top[0].0.max(last);
+            } else if last > top[0].0 {
+                top = [(last, j), top[0]];
+            } else if j == top[1].1 {
+                top[1].0 = top[1].0.max(last);
+            } else if last > top[1].0 {
+                top[1] = (last, j);
+            }
+            best.push(top);
+        }
+        Self {
+            firsts: ranges.iter().map(|&(first, _, _)| first).collect(),
+            best,
+        }
+    }
+
+    /// False when no rule but `rule` has a range from at most `first` to at least `last`.
+    fn may_contain(&self, rule: usize, first: u16, last: u16) -> bool {
+        let k = self.firsts.partition_point(|&f| f <= first);
+        if k == 0 {
+            return false;
+        }
+        let [a, b] = self.best[k - 1];
+        let other = if a.1 == rule { b.0 } else { a.0 };
+        other >= i32::from(last)
+    }
+}
+
 /// Warnings for rules (of one direction) that are legal but probably not what was meant.
 /// Rules are grouped by (protocol, network), so the cost follows the overlaps, not the
 /// square of the rule count.
@@ -27,6 +78,10 @@ pub(super) fn suspicious(rules: &[Rule], spans: &[Range<usize>], f: &mut Finding
             by_net.entry((r.proto, *n)).or_default().push(i);
         }
     }
+    let reach: BTreeMap<&(Proto, IpNet), Reach> = by_net
+        .iter()
+        .map(|(key, group)| (key, Reach::new(rules, group)))
+        .collect();
     let mut shadowed = vec![false; rules.len()];
     for (i, r) in rules.iter().enumerate() {
         // Fully shadowed: for every port range and network, another rule names the same
@@ -34,8 +89,13 @@ pub(super) fn suspicious(rules: &[Rule], spans: &[Range<usize>], f: &mut Finding
         let wins = |j: usize| rules[j].action > r.action || (rules[j].action == r.action && j < i);
         let mut by: Vec<&str> = Vec::new();
         let covered = r.nets.iter().all(|n| {
+            let key = (r.proto, *n);
             r.ports.iter().all(|p| {
-                by_net[&(r.proto, *n)].iter().any(|&j| {
+                // Most rules sharing a network share no port: settled without the scan.
+                if !reach[&key].may_contain(i, p.first, p.last) {
+                    return false;
+                }
+                by_net[&key].iter().any(|&j| {
                     let hit = j != i
                         && wins(j)
                         && rules[j]
