@@ -208,43 +208,37 @@ fn lower_with(
         .map(|(&number, set)| (number, class_of_set[set]))
         .collect();
 
-    // (class, net) -> best (action, rule index).
-    let mut best: BTreeMap<(u32, IpNet), (RuleAction, u32)> = BTreeMap::new();
+    // (class, net) -> best (action, rule index): every pair, sorted by (class, net), then
+    // the stronger action, then the earlier rule; the first of each (class, net) wins.
+    let mut best: Vec<((u32, IpNet), (RuleAction, u32))> = Vec::new();
     for (set, &class) in &class_of_set {
         for &rule in set {
             let (action, nets) = rule_by_index[&rule];
-            for net in nets {
-                best.entry((class, *net))
-                    .and_modify(|cur| {
-                        // Stronger action wins; at equal action the earlier rule keeps it.
-                        if action > cur.0 {
-                            *cur = (action, rule);
-                        }
-                    })
-                    .or_insert((action, rule));
-            }
+            best.extend(nets.iter().map(|net| ((class, *net), (action, rule))));
         }
     }
+    best.sort_unstable_by(|a, b| {
+        (a.0)
+            .cmp(&b.0)
+            .then(b.1.0.cmp(&a.1.0))
+            .then(a.1.1.cmp(&b.1.1))
+    });
+    best.dedup_by(|later, first| later.0 == first.0);
+    // Each class's entries, in class order.
+    let by_class = || best.chunk_by(|a, b| a.0.0 == b.0.0);
 
     // Classes where every source resolves to one rule: encoded in the ports array directly.
     let mut direct: HashMap<u32, u32> = HashMap::new();
-    for &class in class_of_set.values() {
-        let entries: Vec<(&IpNet, &(RuleAction, u32))> = best
-            .range((class, IpNet::V4(Default::default()))..)
-            .take_while(|((c, _), _)| *c == class)
-            .map(|((_, n), v)| (n, v))
-            .collect();
+    for entries in by_class() {
+        let class = entries[0].0.0;
         let covers_all = entries
             .iter()
-            .any(|(n, _)| matches!(n, IpNet::V4(_)) && n.prefix_len() == 0)
+            .any(|((_, n), _)| matches!(n, IpNet::V4(_)) && n.prefix_len() == 0)
             && entries
                 .iter()
-                .any(|(n, _)| matches!(n, IpNet::V6(_)) && n.prefix_len() == 0);
-        let first = entries.first().map(|(_, v)| **v);
-        if let Some((action, rule)) = first
-            && covers_all
-            && entries.iter().all(|(_, v)| **v == (action, rule))
-        {
+                .any(|((_, n), _)| matches!(n, IpNet::V6(_)) && n.prefix_len() == 0);
+        let (action, rule) = entries[0].1;
+        if covers_all && entries.iter().all(|(_, v)| *v == (action, rule)) {
             debug_assert!(rule <= PORT_VALUE_MASK);
             direct.insert(
                 class,
@@ -277,23 +271,27 @@ fn lower_with(
 
     // Per class and family: the distinct prefix lengths, longest first. Up to
     // MAX_CLASS_PREFIX_LENS of them are judged by hash lookups; more go to the LPM trie.
-    let mut lens: BTreeMap<u32, (Vec<u8>, Vec<u8>)> = BTreeMap::new();
-    for (class, net) in best.keys() {
-        let entry = lens.entry(*class).or_default();
-        match net {
-            IpNet::V4(_) => entry.0.push(net.prefix_len()),
-            IpNet::V6(_) => entry.1.push(net.prefix_len()),
-        }
-    }
     let fits = |l: &[u8]| l.len() <= MAX_CLASS_PREFIX_LENS;
     let mut class_lens = Vec::new();
-    for (class, (v4, v6)) in &mut lens {
-        for l in [&mut *v4, &mut *v6] {
+    let mut src_hash_v4 = Vec::new();
+    let mut src_hash_v6 = Vec::new();
+    let mut src_v4 = Vec::new();
+    let mut src_v6 = Vec::new();
+    for entries in by_class() {
+        let class = entries[0].0.0;
+        if direct.contains_key(&class) {
+            continue;
+        }
+        let (mut v4_lens, mut v6_lens) = (Vec::new(), Vec::new());
+        for ((_, net), _) in entries {
+            match net {
+                IpNet::V4(_) => v4_lens.push(net.prefix_len()),
+                IpNet::V6(_) => v6_lens.push(net.prefix_len()),
+            }
+        }
+        for l in [&mut v4_lens, &mut v6_lens] {
             l.sort_unstable_by(|a, b| b.cmp(a));
             l.dedup();
-        }
-        if direct.contains_key(class) {
-            continue;
         }
         let mut value = ClassLens::default();
         let pack = |l: &[u8], count: &mut u8, out: &mut [u8; MAX_CLASS_PREFIX_LENS]| {
@@ -304,58 +302,49 @@ fn lower_with(
                 *count = CLASS_LENS_USE_TRIE;
             }
         };
-        pack(v4, &mut value.v4_count, &mut value.v4);
-        pack(v6, &mut value.v6_count, &mut value.v6);
-        class_lens.push((*class, value));
-    }
-
-    let mut src_hash_v4 = Vec::new();
-    let mut src_hash_v6 = Vec::new();
-    let mut src_v4 = Vec::new();
-    let mut src_v6 = Vec::new();
-    for ((class, net), (action, rule)) in best {
-        if direct.contains_key(&class) {
-            continue;
-        }
-        let value = RuleRef {
-            rule,
-            action: action_code(action),
-        };
-        let (v4_lens, v6_lens) = &lens[&class];
-        let prefix_len = u32::from(net.prefix_len());
-        match net {
-            IpNet::V4(n) if fits(v4_lens) => src_hash_v4.push((
-                SrcHashKeyV4 {
-                    class,
-                    prefix_len,
-                    addr: n.addr().octets(),
-                },
-                value,
-            )),
-            IpNet::V6(n) if fits(v6_lens) => src_hash_v6.push((
-                SrcHashKeyV6 {
-                    class,
-                    prefix_len,
-                    addr: n.addr().octets(),
-                },
-                value,
-            )),
-            IpNet::V4(n) => src_v4.push((
-                CLASS_BITS + prefix_len,
-                SrcKeyV4 {
-                    class: class.to_be_bytes(),
-                    addr: n.addr().octets(),
-                },
-                value,
-            )),
-            IpNet::V6(n) => src_v6.push((
-                CLASS_BITS + prefix_len,
-                SrcKeyV6 {
-                    class: class.to_be_bytes(),
-                    addr: n.addr().octets(),
-                },
-                value,
-            )),
+        pack(&v4_lens, &mut value.v4_count, &mut value.v4);
+        pack(&v6_lens, &mut value.v6_count, &mut value.v6);
+        class_lens.push((class, value));
+        for &((_, net), (action, rule)) in entries {
+            let value = RuleRef {
+                rule,
+                action: action_code(action),
+            };
+            let prefix_len = u32::from(net.prefix_len());
+            match net {
+                IpNet::V4(n) if fits(&v4_lens) => src_hash_v4.push((
+                    SrcHashKeyV4 {
+                        class,
+                        prefix_len,
+                        addr: n.addr().octets(),
+                    },
+                    value,
+                )),
+                IpNet::V6(n) if fits(&v6_lens) => src_hash_v6.push((
+                    SrcHashKeyV6 {
+                        class,
+                        prefix_len,
+                        addr: n.addr().octets(),
+                    },
+                    value,
+                )),
+                IpNet::V4(n) => src_v4.push((
+                    CLASS_BITS + prefix_len,
+                    SrcKeyV4 {
+                        class: class.to_be_bytes(),
+                        addr: n.addr().octets(),
+                    },
+                    value,
+                )),
+                IpNet::V6(n) => src_v6.push((
+                    CLASS_BITS + prefix_len,
+                    SrcKeyV6 {
+                        class: class.to_be_bytes(),
+                        addr: n.addr().octets(),
+                    },
+                    value,
+                )),
+            }
         }
     }
 
