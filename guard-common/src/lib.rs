@@ -439,33 +439,30 @@ pub const FLOW_SEEN_CHUNK: usize = 4096;
 /// Entries of [`maps::FLOW_SEEN`]: 2^18 flags in all (256 KiB).
 pub const FLOW_SEEN_CHUNKS: u32 = 64;
 
-/// The flag of a flow in [`maps::FLOW_SEEN`]: (entry, byte). A multiplicative hash of the
-/// whole key; the TC egress program and the XDP filter compute it from the same key (the
-/// egress key of an outbound packet equals the ingress key of its reply).
+/// The flag of a flow in [`maps::FLOW_SEEN`]: (entry, byte). One multiplicative hash of
+/// the address's last 8 bytes (an IPv4 address whole, an IPv6 interface identifier), the
+/// ports and the protocol: cheap enough for every packet of a flood (the XDP filter computes
+/// it for each packet no rule passes, from bytes, as BPF reads them). The TC egress program
+/// and the XDP filter compute it from the same key (the egress key of an outbound packet
+/// equals the ingress key of its reply). Keys that differ only in the address's first 8
+/// bytes share a flag: a shared flag costs a flow lookup, never a verdict.
 #[inline(always)]
 pub const fn flow_seen_slot(key: &FlowKey) -> (u32, usize) {
     let r = &key.remote;
-    let mut h: u32 = 0x9E37_79B9;
-    let words = [
-        u32::from_ne_bytes([r[0], r[1], r[2], r[3]]),
-        u32::from_ne_bytes([r[4], r[5], r[6], r[7]]),
-        u32::from_ne_bytes([r[8], r[9], r[10], r[11]]),
-        u32::from_ne_bytes([r[12], r[13], r[14], r[15]]),
-        (key.local_port as u32) << 16 | key.remote_port as u32,
-        key.proto as u32,
-    ];
-    let mut i = 0;
-    while i < words.len() {
-        h = (h ^ words[i]).wrapping_mul(0x85EB_CA6B);
-        h ^= h >> 15;
-        i += 1;
-    }
-    let slot = h % (FLOW_SEEN_CHUNKS * FLOW_SEEN_CHUNK as u32);
+    let high = u32::from_ne_bytes([r[8], r[9], r[10], r[11]]);
+    let low = u32::from_ne_bytes([r[12], r[13], r[14], r[15]]);
+    let ports = (key.local_port as u32) << 16 | key.remote_port as u32;
+    let x = ((low ^ high.rotate_left(13)) as u64) << 32 | (ports ^ (key.proto as u32) << 24) as u64;
+    let slot = (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - FLOW_SEEN_BITS)) as u32;
     (
         slot / FLOW_SEEN_CHUNK as u32,
         (slot % FLOW_SEEN_CHUNK as u32) as usize,
     )
 }
+
+/// log2 of the flags in [`maps::FLOW_SEEN`].
+const FLOW_SEEN_BITS: u32 = 18;
+const _: () = assert!(1 << FLOW_SEEN_BITS == FLOW_SEEN_CHUNKS as usize * FLOW_SEEN_CHUNK);
 
 /// Entries of [`maps::SRC_ZONES`] per generation: 1 024 words of 64 bits for IPv4, then as
 /// many for IPv6.
@@ -808,4 +805,52 @@ mod pod {
     unsafe impl aya::Pod for super::ConnStats {}
     unsafe impl aya::Pod for super::RttHist {}
     unsafe impl aya::Pod for super::DirectBlock {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::{collections::HashSet, vec::Vec};
+
+    fn v4(a: u32, local_port: u16, remote_port: u16) -> FlowKey {
+        let mut remote = [0u8; 16];
+        remote[10] = 0xff;
+        remote[11] = 0xff;
+        remote[12..].copy_from_slice(&a.to_be_bytes());
+        FlowKey {
+            remote,
+            local_port,
+            remote_port,
+            proto: IPPROTO_TCP,
+            ..FlowKey::default()
+        }
+    }
+
+    #[test]
+    fn flow_flags_spread_over_the_whole_map() {
+        // 20 000 flows of one host to sequential addresses and ports, as a busy client makes:
+        // nearly all in flags of their own (2^18 flags: ~4% collide by chance).
+        let keys: Vec<FlowKey> = (0..20_000u32)
+            .map(|i| v4(0xc612_0000 + i / 7, 40_000 + (i % 7) as u16, 443))
+            .collect();
+        let slots: HashSet<(u32, usize)> = keys.iter().map(flow_seen_slot).collect();
+        assert!(slots.len() > 19_000, "{} distinct of 20 000", slots.len());
+        for &(chunk, byte) in &slots {
+            assert!(chunk < FLOW_SEEN_CHUNKS && byte < FLOW_SEEN_CHUNK);
+        }
+        let chunks: HashSet<u32> = slots.iter().map(|&(c, _)| c).collect();
+        assert_eq!(chunks.len(), FLOW_SEEN_CHUNKS as usize, "every chunk used");
+        // Protocol and ports are part of the key.
+        let k = v4(0xc612_0001, 40_000, 443);
+        let udp = FlowKey {
+            proto: IPPROTO_UDP,
+            ..k
+        };
+        assert_ne!(flow_seen_slot(&k), flow_seen_slot(&udp));
+        assert_ne!(
+            flow_seen_slot(&k),
+            flow_seen_slot(&v4(0xc612_0001, 40_001, 443))
+        );
+    }
 }
