@@ -33,8 +33,9 @@ use crate::{
 /// limited per source address.
 #[inline(always)]
 pub fn report_packet(ctx: &XdpContext, flow: &Flow, kind: u32, rule: u32, config: &GuardConfig) {
-    send(
-        Event {
+    // The event is built only when it is sent: a flood's denies, held back, never build it.
+    send_with(
+        || Event {
             kind,
             rule,
             src: flow.src,
@@ -54,7 +55,13 @@ pub fn report_packet(ctx: &XdpContext, flow: &Flow, kind: u32, rule: u32, config
 /// Sends `event` (its timestamp and suppressed count are filled in here) unless `limit_key`
 /// is over its rate.
 #[inline(always)]
-pub fn send(mut event: Event, limit_key: &[u8; 16], config: &GuardConfig) {
+pub fn send(event: Event, limit_key: &[u8; 16], config: &GuardConfig) {
+    send_with(|| event, limit_key, config);
+}
+
+/// As [`send`], the event built by `make` once it is to be sent.
+#[inline(always)]
+fn send_with(make: impl FnOnce() -> Event, limit_key: &[u8; 16], config: &GuardConfig) {
     let interval = config.event_interval_ns;
     if interval == 0 {
         return;
@@ -128,6 +135,7 @@ pub fn send(mut event: Event, limit_key: &[u8; 16], config: &GuardConfig) {
             0
         }
     };
+    let mut event = make();
     event.ts_ns = now;
     event.suppressed = suppressed;
     match GUARD_EVENTS.reserve::<Event>(0) {
