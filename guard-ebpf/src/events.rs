@@ -26,7 +26,7 @@ use guard_common::{
 
 use crate::{
     maps::{GUARD_EVBUCKET, GUARD_EVBUDGET, GUARD_EVENTS, GUARD_EVSTATS, bump},
-    packet::Flow,
+    packet::{Flow, addr_bytes},
 };
 
 /// Reports a packet deny (`kind` = `EVENT_DROP` or `EVENT_AUDIT_DROP`) of `flow` by `rule`,
@@ -38,8 +38,8 @@ pub fn report_packet(ctx: &XdpContext, flow: &Flow, kind: u32, rule: u32, config
         || Event {
             kind,
             rule,
-            src: flow.src,
-            dst: flow.dst,
+            src: *addr_bytes(&flow.src),
+            dst: *addr_bytes(&flow.dst),
             sport: flow.sport,
             dport: flow.dport,
             family: if flow.v4 { 4 } else { 6 },
@@ -47,7 +47,7 @@ pub fn report_packet(ctx: &XdpContext, flow: &Flow, kind: u32, rule: u32, config
             ifindex: ctx.ingress_ifindex() as u32,
             ..Event::default()
         },
-        &flow.src,
+        addr_bytes(&flow.src),
         config,
     );
 }

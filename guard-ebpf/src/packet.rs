@@ -64,6 +64,22 @@ impl Packet for TcContext {
     }
 }
 
+/// An IP address as four 32-bit words holding its 16 bytes in order (IPv4 addresses
+/// IPv4-mapped): words, not bytes, so the compiler moves, compares and spills it four
+/// words at a time (BPF cannot load a packet's unaligned words, so each is assembled once,
+/// in the parse).
+pub type Addr = [u32; 4];
+
+/// The bytes of `a`, in order.
+#[inline(always)]
+pub fn addr_bytes(a: &Addr) -> &[u8; 16] {
+    // SAFETY: [u32; 4] and [u8; 16] have the same size, and u8's alignment is 1.
+    unsafe { &*(a.as_ptr() as *const [u8; 16]) }
+}
+
+/// The third word of every IPv4-mapped address (`::ffff:0:0/96`).
+const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
 /// A judged packet's facts. Addresses are 16 bytes, IPv4 ones IPv4-mapped.
 pub struct Flow {
     /// [`PROTO_IDX_TCP`] or [`PROTO_IDX_UDP`] (UDP-Lite too) for protocols judged by port,
@@ -73,8 +89,8 @@ pub struct Flow {
     pub ip_proto: u8,
     /// True for IPv4. (IPv6 packets with an IPv4-mapped source are malformed.)
     pub v4: bool,
-    pub src: [u8; 16],
-    pub dst: [u8; 16],
+    pub src: Addr,
+    pub dst: Addr,
     /// 0 for protocols without ports.
     pub sport: u16,
     pub dport: u16,
@@ -89,7 +105,7 @@ pub struct Flow {
 impl Flow {
     /// A packet's facts before its transport header is read (no ports, no flags).
     #[inline(always)]
-    const fn new(ip_proto: u8, v4: bool, src: [u8; 16], dst: [u8; 16], len: u32) -> Self {
+    const fn new(ip_proto: u8, v4: bool, src: Addr, dst: Addr, len: u32) -> Self {
         Self {
             proto_idx: PROTO_IDX_NONE,
             ip_proto,
@@ -109,7 +125,7 @@ impl Flow {
     /// The flow key of an inbound packet: the remote end is the source.
     pub fn ingress_key(&self) -> FlowKey {
         FlowKey {
-            remote: self.src,
+            remote: *addr_bytes(&self.src),
             local_port: self.dport,
             remote_port: self.sport,
             proto: self.ip_proto,
@@ -121,7 +137,7 @@ impl Flow {
     /// The flow key of an outbound packet: the remote end is the destination.
     pub fn egress_key(&self) -> FlowKey {
         FlowKey {
-            remote: self.dst,
+            remote: *addr_bytes(&self.dst),
             local_port: self.sport,
             remote_port: self.dport,
             proto: self.ip_proto,
@@ -174,14 +190,21 @@ impl<const N: usize> Header<N> {
         u16::from_be_bytes([self.u8(i), self.u8(i + 1)])
     }
 
+    /// Bytes `i..i + 4`, as the word that holds them in memory order.
+    #[inline(always)]
+    fn word(self, i: usize) -> u32 {
+        u32::from_ne_bytes([self.u8(i), self.u8(i + 1), self.u8(i + 2), self.u8(i + 3)])
+    }
+
     /// Bytes `i..i + 16` (an IPv6 address).
     #[inline(always)]
-    fn addr16(self, i: usize) -> [u8; 16] {
-        let mut a = [0u8; 16];
-        for (k, b) in a.iter_mut().enumerate() {
-            *b = self.u8(i + k);
-        }
-        a
+    fn addr16(self, i: usize) -> Addr {
+        [
+            self.word(i),
+            self.word(i + 4),
+            self.word(i + 8),
+            self.word(i + 12),
+        ]
     }
 }
 
@@ -221,25 +244,8 @@ pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, ParseError> {
 
 /// The IPv4 address at bytes `i..i + 4` of `ip`, IPv4-mapped (`::ffff:a.b.c.d`).
 #[inline(always)]
-fn mapped(ip: Header<20>, i: usize) -> [u8; 16] {
-    [
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0xff,
-        0xff,
-        ip.u8(i),
-        ip.u8(i + 1),
-        ip.u8(i + 2),
-        ip.u8(i + 3),
-    ]
+fn mapped(ip: Header<20>, i: usize) -> Addr {
+    [0, 0, V4_MAPPED_WORD, ip.word(i)]
 }
 
 /// True for `::ffff:a.b.c.d`.
@@ -293,7 +299,7 @@ fn parse_ipv6<C: Packet>(ctx: &C, offset: usize) -> Result<Parsed, ParseError> {
         return Err(ParseError::Malformed);
     }
     let src = ip.addr16(8);
-    if is_v4_mapped(&src) {
+    if src[0] == 0 && src[1] == 0 && src[2] == V4_MAPPED_WORD {
         // No host sends these; the kernel's IPv6 stack drops them (RFC 4291 and
         // draft-itojun-v6ops-v4mapped-harmful), and so does guard, before they could be judged
         // by rules written for either family.
@@ -348,7 +354,7 @@ fn parse_ipv6<C: Packet>(ctx: &C, offset: usize) -> Result<Parsed, ParseError> {
 
 /// The flow of an IPv6 packet before its transport is read.
 #[inline(always)]
-fn v6_flow<C: Packet>(ctx: &C, ip_proto: u8, src: [u8; 16], dst: [u8; 16], ip_end: usize) -> Flow {
+fn v6_flow<C: Packet>(ctx: &C, ip_proto: u8, src: Addr, dst: Addr, ip_end: usize) -> Flow {
     Flow::new(ip_proto, false, src, dst, counted_len(ctx, ip_end))
 }
 

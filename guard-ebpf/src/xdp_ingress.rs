@@ -82,7 +82,13 @@ pub fn run(ctx: &XdpContext) -> u32 {
     } else {
         policy.protocol_entry(flow.ip_proto)
     };
-    let (mut rule, mut action) = verdict::judge(&policy, entry, flow.v4, &flow.src, default);
+    let (mut rule, mut action) = verdict::judge(
+        &policy,
+        entry,
+        flow.v4,
+        packet::addr_bytes(&flow.src),
+        default,
+    );
     if action != ACTION_ALLOW && flow.has_ports() && is_reply(&flow, config) {
         bump(&GUARD_REASONS, REASON_REPLY_PASSED);
         (rule, action) = (RULE_REPLY, ACTION_ALLOW);
