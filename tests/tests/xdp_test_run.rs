@@ -386,3 +386,38 @@ fn counters_of_new_rules_and_ports_start_at_zero() {
     assert_eq!(c.rule("new").unwrap().packets, 1);
     assert_eq!(c.port("tcp", "9090").unwrap().attempted, 1);
 }
+
+/// The drift check reads the direct tables back: an entry changed behind guard's back is
+/// named, and the verdict it changes is the one the check warns of.
+#[test]
+fn the_drift_check_sees_a_direct_table_changed_behind_guards_back() {
+    use aya::maps::Array;
+    use guard_common::{DIRECT_NONE, DIRECT16_LEN, gen_index, maps};
+    let text = r#"
+interfaces = ["unused0"]
+default = "deny"
+failsafe_ports = []
+[[ingress]]
+name = "lab"
+proto = "tcp"
+ports = [7000]
+from = ["10.1.0.0/16"]
+"#;
+    let mut g = load(text);
+    let src = tcp4(ip4("10.1.2.3"), 7000);
+    assert_eq!(g.verdict(&src), XDP_PASS);
+    assert!(g.guard.verify(&g.lowered(text)).unwrap().is_empty());
+    let generation = g.guard.active_record().unwrap().generation & 1;
+    let map = g
+        .guard
+        .raw_map_mut(maps::SRC_DIRECT16)
+        .expect("direct tables");
+    let mut first = Array::<_, u32>::try_from(map).expect("array");
+    let index = gen_index(generation, DIRECT16_LEN, 0x0a01);
+    assert_ne!(first.get(&index, 0).unwrap(), DIRECT_NONE);
+    first.set(index, DIRECT_NONE, 0).unwrap();
+    assert_eq!(g.verdict(&src), XDP_DROP, "the changed table answers");
+    let found = g.guard.verify(&g.lowered(text)).unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert!(found[0].starts_with(maps::SRC_DIRECT16), "{found:?}");
+}
