@@ -103,6 +103,12 @@ pub mod maps {
     /// minus `GuardConfig::direct_class_offset`), each the most specific rule of that class
     /// whose prefix holds every address of the region that names the row (action 0: none).
     pub const SRC_DIRECT_RULES: &str = "GUARD_SRCDRULE";
+    /// `Array<SrcBucketV6>`, `2^GuardConfig::table_v6_bits` buckets per generation (the
+    /// loader sizes it): the entries of [`SRC_HASH_V6`] of the generation again, in a
+    /// two-choice table of [`super::TABLE_V6_WAYS`]-slot buckets ([`super::table_v6_buckets`])
+    /// the kernel reads with two inlined array accesses instead of a call into the hash
+    /// table. `table_v6_bits` 0: the generation has no table, [`SRC_HASH_V6`] answers.
+    pub const SRC_TABLE_V6: &str = "GUARD_SRCT6";
 
     /// `Array<u32>`, [`super::PORTS_LEN`] entries per generation indexed by
     /// [`super::port_index`]: 1 when `bind()` to that (protocol, port) is allowed
@@ -120,8 +126,9 @@ pub mod maps {
     pub const SOCKETS: &str = "GUARD_SOCKS";
 
     /// Every map the loader must find in the object.
-    pub const ALL: [&str; 28] = [
+    pub const ALL: [&str; 29] = [
         ACTIVE,
+        SRC_TABLE_V6,
         SRC_DIRECT16,
         SRC_DIRECT24,
         SRC_DIRECT_RULES,
@@ -492,6 +499,45 @@ pub const DIRECT_BLOCK: u32 = 1 << 30;
 /// The index part of a [`DIRECT_ROW`] or [`DIRECT_BLOCK`] value.
 pub const DIRECT_INDEX_MASK: u32 = DIRECT_BLOCK - 1;
 
+/// Slots per bucket of [`maps::SRC_TABLE_V6`].
+pub const TABLE_V6_WAYS: usize = 4;
+/// Largest [`GuardConfig::table_v6_bits`] the kernel accepts.
+pub const TABLE_V6_MAX_BITS: u32 = 20;
+
+/// A slot of [`maps::SRC_TABLE_V6`]: a [`maps::SRC_HASH_V6`] entry. `class` 0: empty.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SrcSlotV6 {
+    pub class: u32,
+    pub prefix_len: u32,
+    pub addr: [u8; 16],
+    pub rule: RuleRef,
+}
+
+/// Value of [`maps::SRC_TABLE_V6`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SrcBucketV6(pub [SrcSlotV6; TABLE_V6_WAYS]);
+
+/// The two buckets (within a generation of `2^bits` buckets) where `key` may be in
+/// [`maps::SRC_TABLE_V6`]. Kernel and controller compute them alike.
+#[inline(always)]
+pub const fn table_v6_buckets(key: &SrcHashKeyV6, bits: u32) -> (u32, u32) {
+    let a = &key.addr;
+    let w0 = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
+    let w1 = u32::from_ne_bytes([a[4], a[5], a[6], a[7]]);
+    let w2 = u32::from_ne_bytes([a[8], a[9], a[10], a[11]]);
+    let w3 = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
+    let x = ((w0 ^ w2.rotate_left(16)) as u64) << 32 | (w1 ^ w3.rotate_left(16)) as u64;
+    let x = x ^ ((key.class as u64) << 8 | key.prefix_len as u64).rotate_left(40);
+    // splitmix64's finaliser: every input bit reaches both halves.
+    let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    let z = z ^ (z >> 31);
+    let mask = (1u32 << bits) - 1;
+    (z as u32 & mask, (z >> 32) as u32 & mask)
+}
+
 /// Value of [`maps::SRC_DIRECT24`]: one direct-table value per /24 of a /16.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -573,6 +619,9 @@ pub struct GuardConfig {
     pub direct_class_offset: u32,
     /// Entries per row of [`maps::SRC_DIRECT_RULES`]; 0 when the generation has no rows.
     pub direct_width: u32,
+    /// log2 of the buckets of [`maps::SRC_TABLE_V6`] per generation; 0: no table.
+    pub table_v6_bits: u32,
+    pub _pad: u32,
 }
 
 /// The entry of [`maps::ACTIVE`]. The programs judge by `generation`, unless `deadline_ns`
@@ -766,7 +815,7 @@ pub struct RuleStats {
     pub bytes: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<GuardConfig>() == 64);
+const _: () = assert!(core::mem::size_of::<GuardConfig>() == 72);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 24);
 const _: () = assert!(core::mem::size_of::<ClassLens>() == 24);
 const _: () = assert!(core::mem::size_of::<SrcHashKeyV4>() == 12);
@@ -783,6 +832,8 @@ const _: () = assert!(core::mem::size_of::<SrcKeyV6>() == 20);
 const _: () = assert!(core::mem::size_of::<RuleStats>() == 16);
 const _: () = assert!(core::mem::size_of::<ActiveGeneration>() == 16);
 const _: () = assert!(core::mem::size_of::<DirectBlock>() == 1024);
+const _: () = assert!(core::mem::size_of::<SrcSlotV6>() == 32);
+const _: () = assert!(core::mem::size_of::<SrcBucketV6>() == 32 * TABLE_V6_WAYS);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -805,6 +856,7 @@ mod pod {
     unsafe impl aya::Pod for super::ConnStats {}
     unsafe impl aya::Pod for super::RttHist {}
     unsafe impl aya::Pod for super::DirectBlock {}
+    unsafe impl aya::Pod for super::SrcBucketV6 {}
 }
 
 #[cfg(test)]

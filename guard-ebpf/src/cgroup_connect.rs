@@ -29,12 +29,24 @@ use crate::{
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;
 
+/// `verdict` returned as a value the verifier can bound. The compiler may otherwise return a
+/// register it knows equals the constant (the rule's action, which is 1 when it allows);
+/// the verifier, which learnt that only of a copy, then rejects the program ("R0 ...
+/// should have been in [0, 1]"). A value stored and read back volatile is a known constant
+/// to the verifier.
+#[inline(always)]
+fn ret(verdict: i32) -> i32 {
+    let v = verdict;
+    // SAFETY: a read of a local.
+    unsafe { core::ptr::read_volatile(&v) }
+}
+
 #[inline(always)]
 pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
     let Some(policy) = Policy::current() else {
         // No active policy: proceed (anti-lockout), counted as `unconfigured`.
         bump(&GUARD_REASONS, REASON_UNCONFIGURED);
-        return ALLOW;
+        return ret(ALLOW);
     };
     let config = policy.config;
     // SAFETY: the context pointer the kernel passed in.
@@ -42,7 +54,7 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
     let slot = match port_proto_idx(sa.protocol) {
         Some(PROTO_IDX_TCP) => PROTO_IDX_EGRESS_TCP,
         Some(_) => PROTO_IDX_EGRESS_UDP,
-        None => return ALLOW,
+        None => return ret(ALLOW),
     };
     let proto = event_proto(sa.protocol);
     let (peer, port) = sock_addr::user_addr(ctx, v6);
@@ -58,7 +70,7 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
     verdict::count_rule(rule, 0);
     // The action is matched explicitly; `decide` has already turned a corrupt value into deny.
     let deny = match action {
-        ACTION_ALLOW => return ALLOW,
+        ACTION_ALLOW => return ret(ALLOW),
         ACTION_AUDIT => false,
         _ => config.mode == MODE_ENFORCE,
     };
@@ -79,5 +91,5 @@ pub fn run(ctx: &SockAddrContext, v6: bool) -> i32 {
         &limit_key,
         config,
     );
-    if deny { DENY } else { ALLOW }
+    ret(if deny { DENY } else { ALLOW })
 }

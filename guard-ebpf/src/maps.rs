@@ -13,8 +13,9 @@ use guard_common::{
     EVENTS_BYTES, EventBucket, EventBudget, FLOW_SEEN_CHUNK, FLOW_SEEN_CHUNKS, FlowKey, FlowState,
     GENERATIONS, GuardConfig, MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS, MAX_RULES,
     MAX_SOCKETS, MAX_SRC_ENTRIES, MODE_UNSET, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats,
-    REASONS_LEN, RttHist, RuleRef, RuleStats, SRC_ZONES_LEN, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4,
-    SrcKeyV6, flow_seen_slot, gen_index, port_index, src_zone_bit,
+    REASONS_LEN, RttHist, RuleRef, RuleStats, SRC_ZONES_LEN, SrcBucketV6, SrcHashKeyV4,
+    SrcHashKeyV6, SrcKeyV4, SrcKeyV6, TABLE_V6_MAX_BITS, flow_seen_slot, gen_index, port_index,
+    src_zone_bit, table_v6_buckets,
 };
 
 #[map]
@@ -76,6 +77,9 @@ pub static GUARD_FLOWSEEN: Array<[u8; FLOW_SEEN_CHUNK]> =
     Array::with_max_entries(FLOW_SEEN_CHUNKS, 0);
 #[map]
 pub static GUARD_SRCZONES: Array<u64> = Array::with_max_entries(GENERATIONS * SRC_ZONES_LEN, 0);
+/// Resized by the loader (`GuardConfig::table_v6_bits`).
+#[map]
+pub static GUARD_SRCT6: Array<SrcBucketV6> = Array::with_max_entries(2, 0);
 #[map]
 pub static GUARD_SRCD16: Array<u32> = Array::with_max_entries(GENERATIONS * DIRECT16_LEN, 0);
 #[map]
@@ -257,6 +261,31 @@ impl Policy {
         }
     }
 
+    /// The rule of `key` from the generation's two-choice table of IPv6 source entries:
+    /// `Some(None)` when the table does not hold it, `None` when the generation has no
+    /// table or a bucket cannot be read (the caller asks the hash map, which holds the same
+    /// entries). Two inlined array accesses, no call.
+    #[inline(always)]
+    pub fn table_v6(&self, key: &SrcHashKeyV6) -> Option<Option<RuleRef>> {
+        let bits = self.config.table_v6_bits;
+        if bits == 0 || bits > TABLE_V6_MAX_BITS {
+            return None;
+        }
+        let (first, second) = table_v6_buckets(key, bits);
+        for bucket in [first, second] {
+            let slots = GUARD_SRCT6.get((self.generation << bits) | bucket)?;
+            for slot in &slots.0 {
+                if slot.class == key.class
+                    && slot.prefix_len == key.prefix_len
+                    && slot.addr == key.addr
+                {
+                    return Some(Some(slot.rule));
+                }
+            }
+        }
+        Some(None)
+    }
+
     /// True when `[listen]` allows `bind()` to (protocol, port).
     #[inline(always)]
     pub fn listen_allowed(&self, proto_idx: u32, port: u16) -> bool {
@@ -321,4 +350,5 @@ named_as!(
     GUARD_SRCD16 = SRC_DIRECT16,
     GUARD_SRCD24 = SRC_DIRECT24,
     GUARD_SRCDRULE = SRC_DIRECT_RULES,
+    GUARD_SRCT6 = SRC_TABLE_V6,
 );

@@ -63,12 +63,12 @@ pub fn judge(
             match policy.direct_v4(class, addr) {
                 Direct::Rule(hit) => Some(hit),
                 Direct::NoRule => None,
-                Direct::Lookup => lookup_peer(class, v4, peer),
+                Direct::Lookup => lookup_peer(policy, class, v4, peer),
             }
         } else if !policy.peer_in_some_zone(v4, peer) {
             None
         } else {
-            lookup_peer(class, v4, peer)
+            lookup_peer(policy, class, v4, peer)
         };
         match hit {
             Some(hit) => (hit.rule, hit.action),
@@ -119,7 +119,7 @@ fn mask_v6(addr: &[u8; 16], len: u32) -> [u8; 16] {
 /// prefix length the class uses, longest first; the LPM trie for classes with more lengths
 /// than that.
 #[inline(always)]
-fn lookup_peer(class: u32, v4: bool, peer: &[u8; 16]) -> Option<RuleRef> {
+fn lookup_peer(policy: &Policy, class: u32, v4: bool, peer: &[u8; 16]) -> Option<RuleRef> {
     let lens = GUARD_CLASSLEN.get(class)?;
     if v4 {
         if lens.v4_count == CLASS_LENS_USE_TRIE {
@@ -178,6 +178,11 @@ fn lookup_peer(class: u32, v4: bool, peer: &[u8; 16]) -> Option<RuleRef> {
                 prefix_len: len,
                 addr,
             };
+            match policy.table_v6(&key) {
+                Some(Some(hit)) => return Some(hit),
+                Some(None) => continue,
+                None => {}
+            }
             if let Some(hit) = GUARD_SRCH_V6.get_ptr(&key) {
                 // SAFETY: a live map value, copied out.
                 return Some(unsafe { *hit });

@@ -421,3 +421,82 @@ from = ["10.1.0.0/16"]
     assert_eq!(found.len(), 1, "{found:?}");
     assert!(found[0].starts_with(maps::SRC_DIRECT16), "{found:?}");
 }
+
+/// IPv6 sources in a zone are found in the generation's two-choice table (two inlined array
+/// reads), which holds the source hash's entries again. Nested prefixes from /16 to /128,
+/// a switch that rewrites the table, and many prefixes: the kernel's verdict is the
+/// policy's on every boundary.
+#[test]
+fn the_ipv6_source_table_gives_the_policys_verdict_on_every_boundary() {
+    use guard::policy::{self, eval, model::Proto};
+    let nested = |shift: u16, many: usize| {
+        let mut s =
+            String::from("interfaces = [\"unused0\"]\ndefault = \"deny\"\nfailsafe_ports = []\n");
+        for (i, len) in [16u8, 32, 40, 48, 56, 64, 96, 127, 128]
+            .into_iter()
+            .enumerate()
+        {
+            let addr: Ipv6Addr = format!("2001:db8:{shift:x}:4::9").parse().unwrap();
+            let net = ipnet::Ipv6Net::new(addr, len).unwrap().trunc();
+            let action = if i % 2 == 0 { "allow" } else { "deny" };
+            s += &format!(
+                "[[ingress]]\nname = \"n{len}\"\nproto = \"tcp\"\nports = [7000, 7001]\nfrom = [\"{net}\"]\naction = \"{action}\"\n"
+            );
+        }
+        for i in 0..many {
+            s += &format!(
+                "[[ingress]]\nname = \"m{i}\"\nproto = \"tcp\"\nports = [{}]\nfrom = [\"fd00:{:x}:{:x}::/48\"]\n",
+                7002 + i % 3,
+                i / 256,
+                i % 256
+            );
+        }
+        s
+    };
+    let probes = |text: &str| -> Vec<(Ipv6Addr, u16)> {
+        let mut out = Vec::new();
+        for net in text
+            .split('"')
+            .filter_map(|s| s.parse::<ipnet::Ipv6Net>().ok())
+        {
+            let (lo, hi) = (u128::from(net.network()), u128::from(net.broadcast()));
+            for a in [
+                lo.wrapping_sub(1),
+                lo,
+                lo + 1,
+                hi.wrapping_sub(1),
+                hi,
+                hi.wrapping_add(1),
+            ] {
+                for port in [7000, 7001, 7002, 7003] {
+                    out.push((Ipv6Addr::from(a), port));
+                }
+            }
+        }
+        out
+    };
+    let (first, second) = (nested(1, 300), nested(2, 2000));
+    let mut g = load(&first);
+    for (i, text) in [&first, &second, &first].into_iter().enumerate() {
+        if i > 0 {
+            g.switch(text);
+        }
+        let checked = policy::check("t.toml", text).unwrap().policy;
+        for (src, port) in probes(text) {
+            let want = if eval::inbound(&checked, Proto::Tcp, port, src.into()).passes() {
+                XDP_PASS
+            } else {
+                XDP_DROP
+            };
+            assert_eq!(
+                g.verdict(&tcp6(src, port)),
+                want,
+                "policy {i}: {src} -> {port}"
+            );
+        }
+        assert!(
+            g.guard.verify(&g.lowered(text)).unwrap().is_empty(),
+            "policy {i}: no drift"
+        );
+    }
+}

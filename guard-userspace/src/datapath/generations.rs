@@ -12,7 +12,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use guard_common::{
     CLASS_BITS, ClassLens, DIRECT_BLOCKS, DIRECT_RULES_LEN, DIRECT16_LEN, DirectBlock, GuardConfig,
     POLICY_PORTS_LEN, PORT_DIRECT, PORT_VALUE_MASK, PORTS_LEN, PROTOS_LEN, RuleRef, SRC_ZONES_LEN,
-    SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, gen_index, src_zone_bit,
+    SrcBucketV6, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, SrcSlotV6, TABLE_V6_MAX_BITS,
+    TABLE_V6_WAYS, gen_index, src_zone_bit, table_v6_buckets,
 };
 
 use crate::policy::Lowered;
@@ -40,6 +41,77 @@ pub struct Contents {
     pub direct16: BTreeMap<u32, u32>,
     pub direct24: BTreeMap<u32, DirectBlock>,
     pub direct_rules: BTreeMap<u32, RuleRef>,
+    /// The buckets of [`guard_common::maps::SRC_TABLE_V6`] that hold entries.
+    pub table_v6: BTreeMap<u32, SrcBucketV6>,
+}
+
+/// The two-choice table ([`table_v6_buckets`]) of `entries` as generation `generation` of
+/// `2^bits` buckets: the non-empty buckets, or `None` when the entries do not all fit (the
+/// generation then has no table, and the hash map answers).
+pub fn table_v6(
+    entries: &HashMap<SrcHashKeyV6, RuleRef>,
+    generation: u32,
+    bits: u32,
+) -> Option<BTreeMap<u32, SrcBucketV6>> {
+    if bits == 0 || bits > TABLE_V6_MAX_BITS {
+        return None;
+    }
+    let buckets_len = 1usize << bits;
+    if entries.len() > buckets_len * TABLE_V6_WAYS * 9 / 10 {
+        return None;
+    }
+    let mut buckets = vec![SrcBucketV6::default(); buckets_len];
+    // In key order, so a policy always gets the same table.
+    let mut sorted: Vec<(&SrcHashKeyV6, &RuleRef)> = entries.iter().collect();
+    sorted.sort_unstable_by_key(|(k, _)| (k.class, k.prefix_len, k.addr));
+    let key_of = |s: &SrcSlotV6| SrcHashKeyV6 {
+        class: s.class,
+        prefix_len: s.prefix_len,
+        addr: s.addr,
+    };
+    let place = |buckets: &mut [SrcBucketV6], b: u32, slot: SrcSlotV6| match buckets[b as usize]
+        .0
+        .iter_mut()
+        .find(|s| s.class == 0)
+    {
+        Some(free) => {
+            *free = slot;
+            true
+        }
+        None => false,
+    };
+    let mut walk: u32 = 0x2545_F491;
+    'keys: for (key, rule) in sorted {
+        let mut slot = SrcSlotV6 {
+            class: key.class,
+            prefix_len: key.prefix_len,
+            addr: key.addr,
+            rule: *rule,
+        };
+        // Cuckoo insertion: a full pair of buckets gives up one of its slots, which moves
+        // to its own other bucket; a few hundred moves at most.
+        for _ in 0..500 {
+            let (a, b) = table_v6_buckets(&key_of(&slot), bits);
+            if place(&mut buckets, a, slot) || place(&mut buckets, b, slot) {
+                continue 'keys;
+            }
+            walk ^= walk << 13;
+            walk ^= walk >> 17;
+            walk ^= walk << 5;
+            let bucket = if walk & 1 == 0 { a } else { b };
+            let way = (walk >> 1) as usize % TABLE_V6_WAYS;
+            std::mem::swap(&mut slot, &mut buckets[bucket as usize].0[way]);
+        }
+        return None;
+    }
+    Some(
+        buckets
+            .into_iter()
+            .enumerate()
+            .filter(|(_, b)| *b != SrcBucketV6::default())
+            .map(|(i, b)| (gen_index(generation, buckets_len as u32, i as u32), b))
+            .collect(),
+    )
 }
 
 /// Sets, in `words` (generation `generation` of `SRC_ZONES`), the bit of every first-16-bit
@@ -180,11 +252,30 @@ impl Contents {
                 .iter()
                 .map(|&(i, r)| (gen_index(generation, DIRECT_RULES_LEN, i), r))
                 .collect(),
+            // Added by [`Contents::with_table_v6`], which knows the instance's table size.
+            table_v6: BTreeMap::new(),
         }
     }
 
     /// The same contents without array entries whose value is zero (what reading the
     /// kernel's arrays back yields: a zero entry is indistinguishable from an unset one).
+    /// These contents with generation `generation`'s two-choice table of IPv6 source
+    /// entries, `2^bits` buckets; without one (`table_v6_bits` 0) when `bits` is 0 or the
+    /// entries do not fit.
+    pub fn with_table_v6(mut self, generation: u32, bits: u32) -> Self {
+        match table_v6(&self.hash_v6, generation, bits) {
+            Some(table) => {
+                self.table_v6 = table;
+                self.config.table_v6_bits = bits;
+            }
+            None => {
+                self.table_v6.clear();
+                self.config.table_v6_bits = 0;
+            }
+        }
+        self
+    }
+
     pub fn without_zeros(&self) -> Self {
         let mut c = self.clone();
         c.ports.retain(|_, v| *v != 0);
@@ -195,6 +286,7 @@ impl Contents {
         c.direct16.retain(|_, v| *v != 0);
         c.direct24.retain(|_, v| *v != DirectBlock::default());
         c.direct_rules.retain(|_, v| *v != RuleRef::default());
+        c.table_v6.retain(|_, v| *v != SrcBucketV6::default());
         c
     }
 
@@ -227,6 +319,7 @@ pub struct Delta {
     pub direct16: Vec<(u32, u32)>,
     pub direct24: Vec<(u32, DirectBlock)>,
     pub direct_rules: Vec<(u32, RuleRef)>,
+    pub table_v6: Vec<(u32, SrcBucketV6)>,
 }
 
 /// Deletions and insertions (or updates) for one keyed map.
@@ -294,6 +387,7 @@ impl Delta {
             (maps::SRC_DIRECT16, self.direct16.len()),
             (maps::SRC_DIRECT24, self.direct24.len()),
             (maps::SRC_DIRECT_RULES, self.direct_rules.len()),
+            (maps::SRC_TABLE_V6, self.table_v6.len()),
             (
                 maps::SRC_HASH_V4,
                 keyed(self.hash_v4.delete.len(), self.hash_v4.insert.len()),
@@ -335,6 +429,7 @@ impl Delta {
             direct16: array_changes(&old.direct16, &new.direct16),
             direct24: array_changes(&old.direct24, &new.direct24),
             direct_rules: array_changes(&old.direct_rules, &new.direct_rules),
+            table_v6: array_changes(&old.table_v6, &new.table_v6),
         }
     }
 
@@ -350,6 +445,7 @@ impl Delta {
             + self.direct16.len()
             + self.direct24.len()
             + self.direct_rules.len()
+            + self.table_v6.len()
             + self.hash_v4.delete.len()
             + self.hash_v4.insert.len()
             + self.hash_v6.delete.len()
@@ -675,6 +771,7 @@ tcp = [22, 80, 443]
         set(&mut model.direct16, delta.direct16);
         set(&mut model.direct24, delta.direct24);
         set(&mut model.direct_rules, delta.direct_rules);
+        set(&mut model.table_v6, delta.table_v6);
         model
     }
 
@@ -716,5 +813,84 @@ tcp = [22, 80, 443]
             "only what changed is written"
         );
         assert_eq!(replay(&old, delta), new);
+    }
+
+    /// What the kernel's `Policy::table_v6` reads: both buckets of the key, every slot.
+    fn table_answer(
+        table: &BTreeMap<u32, SrcBucketV6>,
+        generation: u32,
+        bits: u32,
+        key: &SrcHashKeyV6,
+    ) -> Option<RuleRef> {
+        let (a, b) = table_v6_buckets(key, bits);
+        [a, b].into_iter().find_map(|bucket| {
+            table
+                .get(&((generation << bits) | bucket))?
+                .0
+                .iter()
+                .find(|s| {
+                    s.class == key.class && s.prefix_len == key.prefix_len && s.addr == key.addr
+                })
+                .map(|s| s.rule)
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_ipv6_table_answers_as_the_hash_map(
+            raw in proptest::collection::vec((1u32..40, 0u32..=128, proptest::prelude::any::<u128>(), 1u32..9), 1..3000),
+            probes in proptest::collection::vec((1u32..40, 0u32..=128, proptest::prelude::any::<u128>()), 100),
+            generation in 0u32..2,
+        ) {
+            let bits = 10;
+            let entries: HashMap<SrcHashKeyV6, RuleRef> = raw
+                .iter()
+                .map(|&(class, prefix_len, addr, rule)| {
+                    (
+                        SrcHashKeyV6 { class, prefix_len, addr: addr.to_be_bytes() },
+                        RuleRef { rule, action: 1 + rule % 3 },
+                    )
+                })
+                .collect();
+            let table = table_v6(&entries, generation, bits).expect("fits at under half full");
+            for (key, rule) in &entries {
+                proptest::prop_assert_eq!(table_answer(&table, generation, bits, key), Some(*rule));
+            }
+            for &(class, prefix_len, addr) in &probes {
+                let key = SrcHashKeyV6 { class, prefix_len, addr: addr.to_be_bytes() };
+                proptest::prop_assert_eq!(table_answer(&table, generation, bits, &key), entries.get(&key).copied());
+            }
+            for &index in table.keys() {
+                proptest::prop_assert_eq!(index >> bits, generation, "the generation's own buckets");
+            }
+        }
+    }
+
+    #[test]
+    fn an_ipv6_table_too_full_is_not_made() {
+        let entries: HashMap<SrcHashKeyV6, RuleRef> = (0..4000u32)
+            .map(|i| {
+                let mut addr = [0u8; 16];
+                addr[..4].copy_from_slice(&i.to_be_bytes());
+                (
+                    SrcHashKeyV6 {
+                        class: 1,
+                        prefix_len: 32,
+                        addr,
+                    },
+                    RuleRef { rule: 1, action: 1 },
+                )
+            })
+            .collect();
+        // 4 000 entries in 2^10 buckets of 4 slots: over 90 % full.
+        assert!(table_v6(&entries, 0, 10).is_none());
+        assert!(table_v6(&entries, 0, 11).is_some());
+        let l = lowered(ZONES);
+        let c = Contents::of(&l, 1, 64).with_table_v6(1, 10);
+        assert_eq!(c.config.table_v6_bits, 10);
+        assert!(!c.table_v6.is_empty(), "the IPv6 zones are in the table");
+        let none = Contents::of(&l, 1, 64).with_table_v6(1, 0);
+        assert_eq!(none.config.table_v6_bits, 0);
+        assert!(none.table_v6.is_empty());
     }
 }

@@ -41,8 +41,8 @@ use guard_common::{
     ActiveGeneration, ClassLens, ConnStats, DIRECT_BLOCKS, DIRECT_RULES_LEN, DIRECT16_LEN,
     FLOW_SEEN_CHUNK, FlowKey, FlowState, GENERATIONS, GuardConfig, MAX_CLASSES, MAX_RULES,
     MAX_SRC_ENTRIES, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats, RttHist, RuleRef,
-    RuleStats, SRC_ZONES_LEN, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, flow_seen_slot,
-    gen_index, maps, programs,
+    RuleStats, SRC_ZONES_LEN, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, TABLE_V6_MAX_BITS,
+    TABLE_V6_WAYS, flow_seen_slot, gen_index, maps, programs,
 };
 
 use crate::{
@@ -262,6 +262,9 @@ struct Capacity {
     classes_per_generation: u32,
     /// Source hash v4, v6, trie v4, v6: entries of both generations together.
     sources: [u32; 4],
+    /// log2 of the buckets per generation of the IPv6 source table: as many slots as the
+    /// IPv6 source hash holds entries, so a generation's table is at most that full.
+    table_v6_bits: u32,
 }
 
 impl Capacity {
@@ -277,6 +280,12 @@ impl Capacity {
                 room(lowered.src_v4.len(), MAX_SRC_ENTRIES),
                 room(lowered.src_v6.len(), MAX_SRC_ENTRIES),
             ],
+            table_v6_bits: {
+                let slots = room(lowered.src_hash_v6.len(), MAX_SRC_ENTRIES).next_power_of_two();
+                (slots / TABLE_V6_WAYS as u32)
+                    .trailing_zeros()
+                    .min(TABLE_V6_MAX_BITS)
+            },
         }
     }
 }
@@ -397,6 +406,7 @@ impl Guard {
             )
             .map_max_entries(maps::SRC_HASH_V4, capacity.sources[0])
             .map_max_entries(maps::SRC_HASH_V6, capacity.sources[1])
+            .map_max_entries(maps::SRC_TABLE_V6, 2 << capacity.table_v6_bits)
             .map_max_entries(maps::SRC_V4, capacity.sources[2])
             .map_max_entries(maps::SRC_V6, capacity.sources[3])
             .load(EBPF_OBJECT)?;
@@ -410,7 +420,8 @@ impl Guard {
             map_mut(&mut ebpf, name)?;
         }
         // Generation 0 of fresh maps, which are all zero: everything is written.
-        let contents = Contents::of(lowered, 0, capacity.classes_per_generation);
+        let contents = Contents::of(lowered, 0, capacity.classes_per_generation)
+            .with_table_v6(0, capacity.table_v6_bits);
         write_delta(
             &mut ebpf,
             0,

@@ -47,7 +47,8 @@ impl Guard {
         deadline_ns: Option<u64>,
     ) -> Result<usize, LoadError> {
         let target = 1 - self.active;
-        let contents = Contents::of(lowered, target, self.capacity.classes_per_generation);
+        let contents = Contents::of(lowered, target, self.capacity.classes_per_generation)
+            .with_table_v6(target, self.capacity.table_v6_bits);
         let old = self.generations[target as usize]
             .take()
             .expect("Guard::fits checked both generations");
@@ -123,7 +124,8 @@ impl Guard {
                 self.active
             ));
         }
-        let expected = Contents::of(recorded, self.active, self.capacity.classes_per_generation);
+        let expected = Contents::of(recorded, self.active, self.capacity.classes_per_generation)
+            .with_table_v6(self.active, self.capacity.table_v6_bits);
         let read = self.read_generation(self.active)?;
         for (map, count) in Delta::between(&expected.without_zeros(), &read).counts() {
             found.push(format!(
@@ -205,6 +207,12 @@ impl Guard {
             direct16: array(maps::SRC_DIRECT16, DIRECT16_LEN)?,
             direct24: read_array(self, generation, maps::SRC_DIRECT24, DIRECT_BLOCKS)?,
             direct_rules: read_array(self, generation, maps::SRC_DIRECT_RULES, DIRECT_RULES_LEN)?,
+            table_v6: read_array(
+                self,
+                generation,
+                maps::SRC_TABLE_V6,
+                1 << self.capacity.table_v6_bits,
+            )?,
         })
     }
 
@@ -279,6 +287,7 @@ pub(super) fn write_delta(
     // After the sources: a bit set before its prefixes are in only sends a lookup that
     // finds nothing yet; cleared bits belong to prefixes already deleted.
     set_array(ebpf, maps::SRC_ZONES, &delta.src_zones)?;
+    set_array(ebpf, maps::SRC_TABLE_V6, &delta.table_v6)?;
     set_array(ebpf, maps::SRC_DIRECT24, &delta.direct24)?;
     set_array(ebpf, maps::SRC_DIRECT_RULES, &delta.direct_rules)?;
     // Last: its values name the blocks and rows written above.

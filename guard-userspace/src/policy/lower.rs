@@ -380,8 +380,10 @@ fn lower_with(
     Lowered {
         config: GuardConfig {
             direct_width: direct_v4.width,
-            // Set per generation (`Contents::of`).
+            // Set per generation (`Contents::of`, `Contents::with_table_v6`).
             direct_class_offset: 0,
+            table_v6_bits: 0,
+            _pad: 0,
             mode: match policy.mode {
                 Mode::Enforce => MODE_ENFORCE,
                 Mode::Audit => MODE_AUDIT,
