@@ -504,13 +504,15 @@ pub const TABLE_V6_WAYS: usize = 4;
 /// Largest [`GuardConfig::table_v6_bits`] the kernel accepts.
 pub const TABLE_V6_MAX_BITS: u32 = 20;
 
-/// A slot of [`maps::SRC_TABLE_V6`]: a [`maps::SRC_HASH_V6`] entry. `class` 0: empty.
+/// A slot of [`maps::SRC_TABLE_V6`]: a [`maps::SRC_HASH_V6`] entry, its masked address as
+/// two big-endian halves. `class` 0: empty.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SrcSlotV6 {
     pub class: u32,
     pub prefix_len: u32,
-    pub addr: [u8; 16],
+    pub hi: u64,
+    pub lo: u64,
     pub rule: RuleRef,
 }
 
@@ -519,23 +521,24 @@ pub struct SrcSlotV6 {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SrcBucketV6(pub [SrcSlotV6; TABLE_V6_WAYS]);
 
-/// The two buckets (within a generation of `2^bits` buckets) where `key` may be in
-/// [`maps::SRC_TABLE_V6`]. Kernel and controller compute them alike.
+/// The two buckets (within a generation of `2^bits` buckets, `bits` 1 to
+/// [`TABLE_V6_MAX_BITS`]) where (class, prefix length, masked address as big-endian
+/// halves) may be in [`maps::SRC_TABLE_V6`]: two multiplicative hashes of one 64-bit fold,
+/// their top bits. Kernel and controller compute them alike.
 #[inline(always)]
-pub const fn table_v6_buckets(key: &SrcHashKeyV6, bits: u32) -> (u32, u32) {
-    let a = &key.addr;
-    let w0 = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
-    let w1 = u32::from_ne_bytes([a[4], a[5], a[6], a[7]]);
-    let w2 = u32::from_ne_bytes([a[8], a[9], a[10], a[11]]);
-    let w3 = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
-    let x = ((w0 ^ w2.rotate_left(16)) as u64) << 32 | (w1 ^ w3.rotate_left(16)) as u64;
-    let x = x ^ ((key.class as u64) << 8 | key.prefix_len as u64).rotate_left(40);
-    // splitmix64's finaliser: every input bit reaches both halves.
-    let z = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    let z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    let z = z ^ (z >> 31);
-    let mask = (1u32 << bits) - 1;
-    (z as u32 & mask, (z >> 32) as u32 & mask)
+pub const fn table_v6_buckets(
+    class: u32,
+    prefix_len: u32,
+    hi: u64,
+    lo: u64,
+    bits: u32,
+) -> (u32, u32) {
+    let x = hi ^ lo.rotate_left(29) ^ ((class as u64) << 8 | prefix_len as u64).rotate_left(45);
+    let shift = 64 - bits;
+    (
+        (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as u32,
+        (x.wrapping_mul(0xC2B2_AE3D_27D4_EB4F) >> shift) as u32,
+    )
 }
 
 /// Value of [`maps::SRC_DIRECT24`]: one direct-table value per /24 of a /16.

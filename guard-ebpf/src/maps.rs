@@ -261,23 +261,31 @@ impl Policy {
         }
     }
 
-    /// The rule of `key` from the generation's two-choice table of IPv6 source entries:
-    /// `Some(None)` when the table does not hold it, `None` when the generation has no
-    /// table or a bucket cannot be read (the caller asks the hash map, which holds the same
-    /// entries). Two inlined array accesses, no call.
+    /// The rule of (class, prefix length, masked address as big-endian halves) from the
+    /// generation's two-choice table of IPv6 source entries: `Some(None)` when the table
+    /// does not hold it, `None` when the generation has no table or a bucket cannot be read
+    /// (the caller asks the hash map, which holds the same entries). Two inlined array
+    /// accesses, no call.
     #[inline(always)]
-    pub fn table_v6(&self, key: &SrcHashKeyV6) -> Option<Option<RuleRef>> {
+    pub fn table_v6(
+        &self,
+        class: u32,
+        prefix_len: u32,
+        hi: u64,
+        lo: u64,
+    ) -> Option<Option<RuleRef>> {
         let bits = self.config.table_v6_bits;
         if bits == 0 || bits > TABLE_V6_MAX_BITS {
             return None;
         }
-        let (first, second) = table_v6_buckets(key, bits);
+        let (first, second) = table_v6_buckets(class, prefix_len, hi, lo, bits);
         for bucket in [first, second] {
             let slots = GUARD_SRCT6.get((self.generation << bits) | bucket)?;
             for slot in &slots.0 {
-                if slot.class == key.class
-                    && slot.prefix_len == key.prefix_len
-                    && slot.addr == key.addr
+                if slot.class == class
+                    && slot.prefix_len == prefix_len
+                    && slot.hi == hi
+                    && slot.lo == lo
                 {
                     return Some(Some(slot.rule));
                 }

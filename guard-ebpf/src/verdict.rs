@@ -84,10 +84,10 @@ pub fn judge(
     }
 }
 
-/// `addr` with all but its first `len` bits cleared, as two big-endian words (few branches:
-/// the verifier walks this once per prefix length a class uses).
+/// `addr` with all but its first `len` bits cleared, as two big-endian halves (few
+/// branches: the verifier walks this once per prefix length a class uses).
 #[inline(always)]
-fn mask_v6(addr: &[u8; 16], len: u32) -> [u8; 16] {
+fn mask_v6(addr: &[u8; 16], len: u32) -> (u64, u64) {
     let hi = u64::from_be_bytes([
         addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
     ]);
@@ -108,7 +108,13 @@ fn mask_v6(addr: &[u8; 16], len: u32) -> [u8; 16] {
     } else {
         u64::MAX << (128 - len)
     };
-    let (hi, lo) = ((hi & hi_mask).to_be_bytes(), (lo & lo_mask).to_be_bytes());
+    (hi & hi_mask, lo & lo_mask)
+}
+
+/// The bytes of an address given as two big-endian halves.
+#[inline(always)]
+fn v6_bytes(hi: u64, lo: u64) -> [u8; 16] {
+    let (hi, lo) = (hi.to_be_bytes(), lo.to_be_bytes());
     [
         hi[0], hi[1], hi[2], hi[3], hi[4], hi[5], hi[6], hi[7], lo[0], lo[1], lo[2], lo[3], lo[4],
         lo[5], lo[6], lo[7],
@@ -172,17 +178,17 @@ fn lookup_peer(policy: &Policy, class: u32, v4: bool, peer: &[u8; 16]) -> Option
                 break;
             }
             let len = u32::from(lens.v6[i]) & 255;
-            let addr = mask_v6(peer, len);
-            let key = SrcHashKeyV6 {
-                class,
-                prefix_len: len,
-                addr,
-            };
-            match policy.table_v6(&key) {
+            let (hi, lo) = mask_v6(peer, len);
+            match policy.table_v6(class, len, hi, lo) {
                 Some(Some(hit)) => return Some(hit),
                 Some(None) => continue,
                 None => {}
             }
+            let key = SrcHashKeyV6 {
+                class,
+                prefix_len: len,
+                addr: v6_bytes(hi, lo),
+            };
             if let Some(hit) = GUARD_SRCH_V6.get_ptr(&key) {
                 // SAFETY: a live map value, copied out.
                 return Some(unsafe { *hit });

@@ -45,6 +45,15 @@ pub struct Contents {
     pub table_v6: BTreeMap<u32, SrcBucketV6>,
 }
 
+/// An IPv6 address as two big-endian halves.
+pub fn halves(addr: &[u8; 16]) -> (u64, u64) {
+    let (hi, lo) = addr.split_at(8);
+    (
+        u64::from_be_bytes(hi.try_into().expect("8 bytes")),
+        u64::from_be_bytes(lo.try_into().expect("8 bytes")),
+    )
+}
+
 /// The two-choice table ([`table_v6_buckets`]) of `entries` as generation `generation` of
 /// `2^bits` buckets: the non-empty buckets, or `None` when the entries do not all fit (the
 /// generation then has no table, and the hash map answers).
@@ -64,11 +73,6 @@ pub fn table_v6(
     // In key order, so a policy always gets the same table.
     let mut sorted: Vec<(&SrcHashKeyV6, &RuleRef)> = entries.iter().collect();
     sorted.sort_unstable_by_key(|(k, _)| (k.class, k.prefix_len, k.addr));
-    let key_of = |s: &SrcSlotV6| SrcHashKeyV6 {
-        class: s.class,
-        prefix_len: s.prefix_len,
-        addr: s.addr,
-    };
     let place = |buckets: &mut [SrcBucketV6], b: u32, slot: SrcSlotV6| match buckets[b as usize]
         .0
         .iter_mut()
@@ -82,16 +86,18 @@ pub fn table_v6(
     };
     let mut walk: u32 = 0x2545_F491;
     'keys: for (key, rule) in sorted {
+        let (hi, lo) = halves(&key.addr);
         let mut slot = SrcSlotV6 {
             class: key.class,
             prefix_len: key.prefix_len,
-            addr: key.addr,
+            hi,
+            lo,
             rule: *rule,
         };
         // Cuckoo insertion: a full pair of buckets gives up one of its slots, which moves
         // to its own other bucket; a few hundred moves at most.
         for _ in 0..500 {
-            let (a, b) = table_v6_buckets(&key_of(&slot), bits);
+            let (a, b) = table_v6_buckets(slot.class, slot.prefix_len, slot.hi, slot.lo, bits);
             if place(&mut buckets, a, slot) || place(&mut buckets, b, slot) {
                 continue 'keys;
             }
@@ -822,14 +828,17 @@ tcp = [22, 80, 443]
         bits: u32,
         key: &SrcHashKeyV6,
     ) -> Option<RuleRef> {
-        let (a, b) = table_v6_buckets(key, bits);
+        let (hi, lo) = halves(&key.addr);
+        let (a, b) = table_v6_buckets(key.class, key.prefix_len, hi, lo, bits);
         [a, b].into_iter().find_map(|bucket| {
             table
                 .get(&((generation << bits) | bucket))?
                 .0
                 .iter()
                 .find(|s| {
-                    s.class == key.class && s.prefix_len == key.prefix_len && s.addr == key.addr
+                    s.class == key.class
+                        && s.prefix_len == key.prefix_len
+                        && (s.hi, s.lo) == (hi, lo)
                 })
                 .map(|s| s.rule)
         })
