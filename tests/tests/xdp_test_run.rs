@@ -1,7 +1,7 @@
 //! Tier 2: the XDP program's verdicts and counters on crafted packets, through
 //! BPF_PROG_TEST_RUN. Nothing is attached anywhere; needs root to load programs.
 
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use guard_tests::{
     kernel::{XDP_DROP, XDP_PASS, load},
@@ -288,7 +288,6 @@ fn a_provisional_policy_ends_at_its_deadline_in_the_kernel() {
 /// policy's (userspace evaluator) for sources on every boundary.
 #[test]
 fn direct_source_tables_give_the_policys_verdict_on_every_boundary() {
-    use guard::policy::{self, eval, model::Proto};
     let nested = |extra: &str| {
         let mut s = String::from(
             "interfaces = [\"unused0\"]\ndefault = \"deny\"\nfailsafe_ports = []\n[[ingress]]\nname = \"all\"\nproto = \"tcp\"\nports = [7000]\nfrom = [\"0.0.0.0/0\"]\naction = \"deny\"\n",
@@ -336,27 +335,43 @@ fn direct_source_tables_give_the_policys_verdict_on_every_boundary() {
     };
     let first = nested("");
     let second = nested(&many).replace("\"10.1.2.0/24\"", "\"10.1.0.0/24\"");
-    let mut g = load(&first);
-    for (i, text) in [&first, &second, &first].into_iter().enumerate() {
+    verdicts_follow_the_evaluator(&[&first, &second, &first], |text| {
+        probes(text)
+            .into_iter()
+            .map(|(a, port)| (IpAddr::V4(a), port))
+            .collect()
+    });
+}
+
+/// Loads `texts[0]`, switches through the rest, and under each policy checks the kernel's
+/// verdict against the policy evaluator's for every (source, TCP port) of `probes(text)`,
+/// and that the maps hold what the policy says (no drift).
+fn verdicts_follow_the_evaluator(texts: &[&str], probes: impl Fn(&str) -> Vec<(IpAddr, u16)>) {
+    use guard::policy::{self, eval, model::Proto};
+    let mut g = load(texts[0]);
+    for (i, text) in texts.iter().enumerate() {
         if i > 0 {
             g.switch(text);
         }
         let checked = policy::check("t.toml", text).unwrap().policy;
-        let mut checked_count = 0;
-        for (src, port) in probes(text) {
-            let want = if eval::inbound(&checked, Proto::Tcp, port, src.into()).passes() {
+        let probes = probes(text);
+        assert!(probes.len() > 100);
+        for (src, port) in probes {
+            let want = if eval::inbound(&checked, Proto::Tcp, port, src).passes() {
                 XDP_PASS
             } else {
                 XDP_DROP
             };
-            assert_eq!(
-                g.verdict(&tcp4(src, port)),
-                want,
-                "policy {i}: {src} -> {port}"
-            );
-            checked_count += 1;
+            let packet = match src {
+                IpAddr::V4(a) => tcp4(a, port),
+                IpAddr::V6(a) => tcp6(a, port),
+            };
+            assert_eq!(g.verdict(&packet), want, "policy {i}: {src} -> {port}");
         }
-        assert!(checked_count > 100);
+        assert!(
+            g.guard.verify(&g.lowered(text)).unwrap().is_empty(),
+            "policy {i}: no drift"
+        );
     }
 }
 
@@ -428,7 +443,6 @@ from = ["10.1.0.0/16"]
 /// policy's on every boundary.
 #[test]
 fn the_ipv6_source_table_gives_the_policys_verdict_on_every_boundary() {
-    use guard::policy::{self, eval, model::Proto};
     let nested = |shift: u16, many: usize| {
         let mut s =
             String::from("interfaces = [\"unused0\"]\ndefault = \"deny\"\nfailsafe_ports = []\n");
@@ -476,27 +490,10 @@ fn the_ipv6_source_table_gives_the_policys_verdict_on_every_boundary() {
         out
     };
     let (first, second) = (nested(1, 300), nested(2, 2000));
-    let mut g = load(&first);
-    for (i, text) in [&first, &second, &first].into_iter().enumerate() {
-        if i > 0 {
-            g.switch(text);
-        }
-        let checked = policy::check("t.toml", text).unwrap().policy;
-        for (src, port) in probes(text) {
-            let want = if eval::inbound(&checked, Proto::Tcp, port, src.into()).passes() {
-                XDP_PASS
-            } else {
-                XDP_DROP
-            };
-            assert_eq!(
-                g.verdict(&tcp6(src, port)),
-                want,
-                "policy {i}: {src} -> {port}"
-            );
-        }
-        assert!(
-            g.guard.verify(&g.lowered(text)).unwrap().is_empty(),
-            "policy {i}: no drift"
-        );
-    }
+    verdicts_follow_the_evaluator(&[&first, &second, &first], |text| {
+        probes(text)
+            .into_iter()
+            .map(|(a, port)| (IpAddr::V6(a), port))
+            .collect()
+    });
 }

@@ -153,6 +153,12 @@ pub fn batch_unsupported(e: &io::Error) -> bool {
 /// `values` are the map's own key and value types, so the element sizes match the map's).
 pub fn update_batch<K, V>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
     assert_eq!(keys.len(), values.len(), "one value per key");
+    update_batch_raw(map, keys, values.as_ptr() as u64)
+}
+
+/// BPF_MAP_UPDATE_BATCH of `keys`, their values at `values` (as many as the map takes per
+/// key). The caller keeps the values alive until the call returns.
+fn update_batch_raw<K>(map: BorrowedFd<'_>, keys: &[K], values: u64) -> io::Result<()> {
     if keys.is_empty() {
         return Ok(());
     }
@@ -161,7 +167,7 @@ pub fn update_batch<K, V>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::
     // pointers, which live until the call returns.
     attr.batch.map_fd = map.as_raw_fd() as u32;
     attr.batch.keys = keys.as_ptr() as u64;
-    attr.batch.values = values.as_ptr() as u64;
+    attr.batch.values = values;
     attr.batch.count = keys.len() as u32;
     bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr).map(drop)
 }
@@ -224,13 +230,5 @@ pub fn update_batch_per_cpu<K, V>(
 ) -> io::Result<()> {
     assert_eq!(keys.len() * cpus, values.len(), "cpus values per key");
     assert_eq!(size_of::<V>() % 8, 0, "per-CPU values are 8-byte aligned");
-    if keys.is_empty() {
-        return Ok(());
-    }
-    let mut attr = zeroed_attr();
-    attr.batch.map_fd = map.as_raw_fd() as u32;
-    attr.batch.keys = keys.as_ptr() as u64;
-    attr.batch.values = values.as_ptr() as u64;
-    attr.batch.count = keys.len() as u32;
-    bpf(bpf_cmd::BPF_MAP_UPDATE_BATCH, &mut attr).map(drop)
+    update_batch_raw(map, keys, values.as_ptr() as u64)
 }
