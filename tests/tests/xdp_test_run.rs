@@ -497,3 +497,93 @@ fn the_ipv6_source_table_gives_the_policys_verdict_on_every_boundary() {
             .collect()
     });
 }
+
+/// Without its IPv6 table (a generation whose entries did not fit has none), a generation's
+/// IPv6 sources are judged by the source hash, alike; and a table slot whose rule was
+/// corrupted behind guard's back fails closed.
+#[test]
+fn ipv6_sources_are_judged_alike_without_the_table_and_a_corrupt_slot_fails_closed() {
+    use aya::maps::Array;
+    use guard_common::{GuardConfig, SrcBucketV6, maps};
+    let text = r#"
+interfaces = ["unused0"]
+default = "deny"
+failsafe_ports = []
+[[ingress]]
+name = "lab"
+proto = "tcp"
+ports = [7000]
+from = ["2001:db8:1::/48"]
+[[ingress]]
+name = "no-lab-host"
+proto = "tcp"
+ports = [7000]
+from = ["2001:db8:1::66/128"]
+action = "deny"
+"#;
+    let mut g = load(text);
+    let inside = tcp6(ip6("2001:db8:1::5"), 7000);
+    let host = tcp6(ip6("2001:db8:1::66"), 7000);
+    let outside = tcp6(ip6("2001:db8:2::5"), 7000);
+    let verdicts =
+        |g: &guard_tests::kernel::Loaded| [&inside, &host, &outside].map(|p| g.verdict(p));
+    assert_eq!(verdicts(&g), [XDP_PASS, XDP_DROP, XDP_DROP]);
+    // Every filled slot's action corrupted behind guard's back.
+    let map = g.guard.raw_map_mut(maps::SRC_TABLE_V6).expect("table");
+    let mut table = Array::<_, SrcBucketV6>::try_from(map).expect("table array");
+    let mut corrupted = 0;
+    for index in 0..table.len() {
+        let mut bucket = table.get(&index, 0).unwrap();
+        let mut changed = false;
+        for slot in &mut bucket.0 {
+            if slot.class != 0 {
+                slot.rule.action = 9;
+                changed = true;
+            }
+        }
+        if changed {
+            table.set(index, bucket, 0).unwrap();
+            corrupted += 1;
+        }
+    }
+    assert!(corrupted > 0);
+    // The generation without its table: the hash map answers, the corrupt table unread.
+    let generation = g.guard.active_record().unwrap().generation & 1;
+    let set_bits = |g: &mut guard_tests::kernel::Loaded, bits: Option<u32>| {
+        let map = g.guard.raw_map_mut(maps::CONFIG).expect("config map");
+        let mut config = Array::<_, GuardConfig>::try_from(map).expect("config array");
+        let current = config.get(&generation, 0).unwrap();
+        let bits = bits.unwrap_or(current.table_v6_bits);
+        config
+            .set(
+                generation,
+                GuardConfig {
+                    table_v6_bits: bits,
+                    ..current
+                },
+                0,
+            )
+            .unwrap();
+        current.table_v6_bits
+    };
+    let bits = set_bits(&mut g, Some(0));
+    assert_ne!(bits, 0, "the generation had a table");
+    assert_eq!(
+        verdicts(&g),
+        [XDP_PASS, XDP_DROP, XDP_DROP],
+        "the hash map answers"
+    );
+    assert_eq!(g.counters().reason("bad_action"), 0);
+    // With it: the corrupt slot's unknown action fails closed.
+    set_bits(&mut g, Some(bits));
+    assert_eq!(
+        g.verdict(&inside),
+        XDP_DROP,
+        "an unknown action fails closed"
+    );
+    assert!(g.counters().reason("bad_action") > 0);
+    assert!(
+        !g.guard.verify(&g.lowered(text)).unwrap().is_empty(),
+        "and the drift check sees it"
+    );
+}
