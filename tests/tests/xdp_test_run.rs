@@ -311,36 +311,54 @@ fn direct_source_tables_give_the_policys_verdict_on_every_boundary() {
             16 + i / 256,
         );
     }
-    let probes = |text: &str| -> Vec<(Ipv4Addr, u16)> {
-        let mut out = Vec::new();
-        for net in text
-            .split('"')
-            .filter_map(|s| s.parse::<ipnet::Ipv4Net>().ok())
-        {
-            let (lo, hi) = (u32::from(net.network()), u32::from(net.broadcast()));
-            for a in [
-                lo.wrapping_sub(1),
-                lo,
-                lo + 1,
-                hi.wrapping_sub(1),
-                hi,
-                hi.wrapping_add(1),
-            ] {
-                for port in [7000, 7001, 7002] {
-                    out.push((Ipv4Addr::from(a), port));
-                }
-            }
-        }
-        out
-    };
     let first = nested("");
     let second = nested(&many).replace("\"10.1.2.0/24\"", "\"10.1.0.0/24\"");
     verdicts_follow_the_evaluator(&[&first, &second, &first], |text| {
-        probes(text)
-            .into_iter()
-            .map(|(a, port)| (IpAddr::V4(a), port))
-            .collect()
+        boundaries(text, &[7000, 7001, 7002])
     });
+}
+
+/// Sources on every boundary of every network written in `text` (the first and last two
+/// addresses of each, and those just outside it), each with every port of `ports`.
+fn boundaries(text: &str, ports: &[u16]) -> Vec<(IpAddr, u16)> {
+    let mut out = Vec::new();
+    for net in text
+        .split('"')
+        .filter_map(|s| s.parse::<ipnet::IpNet>().ok())
+    {
+        let edges: Vec<IpAddr> = match net {
+            ipnet::IpNet::V4(n) => {
+                let (lo, hi) = (u32::from(n.network()), u32::from(n.broadcast()));
+                [
+                    lo.wrapping_sub(1),
+                    lo,
+                    lo + 1,
+                    hi.wrapping_sub(1),
+                    hi,
+                    hi.wrapping_add(1),
+                ]
+                .map(|a| IpAddr::V4(Ipv4Addr::from(a)))
+                .to_vec()
+            }
+            ipnet::IpNet::V6(n) => {
+                let (lo, hi) = (u128::from(n.network()), u128::from(n.broadcast()));
+                [
+                    lo.wrapping_sub(1),
+                    lo,
+                    lo + 1,
+                    hi.wrapping_sub(1),
+                    hi,
+                    hi.wrapping_add(1),
+                ]
+                .map(|a| IpAddr::V6(Ipv6Addr::from(a)))
+                .to_vec()
+            }
+        };
+        for a in edges {
+            out.extend(ports.iter().map(|&port| (a, port)));
+        }
+    }
+    out
 }
 
 /// Loads `texts[0]`, switches through the rest, and under each policy checks the kernel's
@@ -467,34 +485,9 @@ fn the_ipv6_source_table_gives_the_policys_verdict_on_every_boundary() {
         }
         s
     };
-    let probes = |text: &str| -> Vec<(Ipv6Addr, u16)> {
-        let mut out = Vec::new();
-        for net in text
-            .split('"')
-            .filter_map(|s| s.parse::<ipnet::Ipv6Net>().ok())
-        {
-            let (lo, hi) = (u128::from(net.network()), u128::from(net.broadcast()));
-            for a in [
-                lo.wrapping_sub(1),
-                lo,
-                lo + 1,
-                hi.wrapping_sub(1),
-                hi,
-                hi.wrapping_add(1),
-            ] {
-                for port in [7000, 7001, 7002, 7003] {
-                    out.push((Ipv6Addr::from(a), port));
-                }
-            }
-        }
-        out
-    };
     let (first, second) = (nested(1, 300), nested(2, 2000));
     verdicts_follow_the_evaluator(&[&first, &second, &first], |text| {
-        probes(text)
-            .into_iter()
-            .map(|(a, port)| (IpAddr::V6(a), port))
-            .collect()
+        boundaries(text, &[7000, 7001, 7002, 7003])
     });
 }
 
