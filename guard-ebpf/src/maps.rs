@@ -198,16 +198,12 @@ impl Policy {
         GUARD_PORTSLOT.get(index).copied().unwrap_or(0)
     }
 
-    /// Whether some source prefix of this generation may contain `peer` (the first 16 bits
-    /// of the address decide): false means no class's hash or trie can match it.
+    /// Whether some IPv6 source prefix of this generation may contain `peer` (its first 16
+    /// bits decide): false means no class's hash, table or trie can match it. (IPv4 peers
+    /// are sorted by the direct tables, [`Policy::direct_v4`].)
     #[inline(always)]
-    pub fn peer_in_some_zone(&self, v4: bool, peer: &[u8; 16]) -> bool {
-        let top16 = if v4 {
-            u16::from_be_bytes([peer[12], peer[13]])
-        } else {
-            u16::from_be_bytes([peer[0], peer[1]])
-        };
-        let (word, bit) = src_zone_bit(v4, top16);
+    pub fn v6_peer_in_some_zone(&self, peer: &[u8; 16]) -> bool {
+        let (word, bit) = src_zone_bit(false, u16::from_be_bytes([peer[0], peer[1]]));
         let index = gen_index(self.generation, SRC_ZONES_LEN, word);
         match GUARD_SRCZONES.get(index) {
             Some(bits) => bits & (1 << bit) != 0,

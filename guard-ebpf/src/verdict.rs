@@ -65,7 +65,7 @@ pub fn judge(
                 Direct::NoRule => None,
                 Direct::Lookup => lookup_peer(policy, class, v4, peer),
             }
-        } else if !policy.peer_in_some_zone(v4, peer) {
+        } else if !policy.v6_peer_in_some_zone(peer) {
             None
         } else {
             lookup_peer(policy, class, v4, peer)

@@ -258,7 +258,8 @@ impl Contents {
                 .iter()
                 .map(|&(i, r)| (gen_index(generation, DIRECT_RULES_LEN, i), r))
                 .collect(),
-            // Added by [`Contents::with_table_v6`], which knows the instance's table size.
+            // Added by [`Contents::with_table_v6`], which knows the instance's table size
+            // (`Capacity::contents` does both).
             table_v6: BTreeMap::new(),
         }
     }

@@ -268,6 +268,14 @@ struct Capacity {
 }
 
 impl Capacity {
+    /// What generation `generation` of an instance of this size holds for `lowered`: the
+    /// one way every write and every drift check derives a generation's entries (classes
+    /// numbered apart per generation, the IPv6 table at this instance's size).
+    fn contents(&self, lowered: &Lowered, generation: u32) -> Contents {
+        Contents::of(lowered, generation, self.classes_per_generation)
+            .with_table_v6(generation, self.table_v6_bits)
+    }
+
     /// Room for `lowered` in each generation, with headroom for policies that grow.
     fn for_policy(lowered: &Lowered) -> Self {
         let room = |n: usize, floor: u32| floor.max((n as u32).next_power_of_two() * 2);
@@ -420,8 +428,7 @@ impl Guard {
             map_mut(&mut ebpf, name)?;
         }
         // Generation 0 of fresh maps, which are all zero: everything is written.
-        let contents = Contents::of(lowered, 0, capacity.classes_per_generation)
-            .with_table_v6(0, capacity.table_v6_bits);
+        let contents = capacity.contents(lowered, 0);
         write_delta(
             &mut ebpf,
             0,

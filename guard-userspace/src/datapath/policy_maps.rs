@@ -47,8 +47,7 @@ impl Guard {
         deadline_ns: Option<u64>,
     ) -> Result<usize, LoadError> {
         let target = 1 - self.active;
-        let contents = Contents::of(lowered, target, self.capacity.classes_per_generation)
-            .with_table_v6(target, self.capacity.table_v6_bits);
+        let contents = self.capacity.contents(lowered, target);
         let old = self.generations[target as usize]
             .take()
             .expect("Guard::fits checked both generations");
@@ -124,8 +123,7 @@ impl Guard {
                 self.active
             ));
         }
-        let expected = Contents::of(recorded, self.active, self.capacity.classes_per_generation)
-            .with_table_v6(self.active, self.capacity.table_v6_bits);
+        let expected = self.capacity.contents(recorded, self.active);
         let read = self.read_generation(self.active)?;
         for (map, count) in Delta::between(&expected.without_zeros(), &read).counts() {
             found.push(format!(
