@@ -1,6 +1,6 @@
 //! A veth flood: a small AF_PACKET sender (sendmmsg, qdisc bypass) in one namespace,
 //! pinned to one CPU, floods 64-byte TCP SYNs or ACKs from one source to a closed port of a
-//! second namespace, whose filter drops them. Each filter is measured in turn: the packets
+//! second namespace, whose filter drops them. Rounds measure each filter in turn: the packets
 //! per second the receiver took off the wire (sent minus what the veth dropped before the
 //! receiver saw it) and the CPU's softirq time. On a veth the receiver's work runs on the
 //! sender's CPU (the transmit runs the peer's receive inline), so the rate is one CPU's
@@ -26,8 +26,10 @@ const EMPTY: &str = "empty XDP_DROP";
 const NFT_INPUT: &str = "nftables inet input";
 const IPTABLES: &str = "iptables INPUT";
 
-/// Seconds each filter is flooded for.
-const SECONDS: f64 = 2.0;
+/// Seconds of each flood.
+const SECONDS: f64 = 1.0;
+/// Rounds, each flooding every filter in turn.
+const ROUNDS: usize = 5;
 /// Frames per sendmmsg call.
 const BATCH: usize = 64;
 /// The CPU the sender (and so the veth receive path) runs on.
@@ -269,87 +271,215 @@ fn iptables_counter(ns: &str) -> Option<u64> {
     text.lines().nth(2)?.split_whitespace().next()?.parse().ok()
 }
 
-/// Floods the receiver with each filter in place, in turn.
+/// The filters compared, in the order each round measures them.
+#[derive(Clone, Copy)]
+enum Filter {
+    None,
+    EmptyDrop,
+    Guard,
+    XdpFilterProgram,
+    NftNetdev,
+    NftInput,
+    Iptables,
+}
+
+impl Filter {
+    const ALL: [Filter; 7] = [
+        Filter::None,
+        Filter::EmptyDrop,
+        Filter::Guard,
+        Filter::XdpFilterProgram,
+        Filter::NftNetdev,
+        Filter::NftInput,
+        Filter::Iptables,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Filter::None => "no filter",
+            Filter::EmptyDrop => EMPTY,
+            Filter::Guard => GUARD,
+            Filter::XdpFilterProgram => "xdp-filter",
+            Filter::NftNetdev => "nftables netdev ingress",
+            Filter::NftInput => NFT_INPUT,
+            Filter::Iptables => IPTABLES,
+        }
+    }
+}
+
+const NFT_NETDEV_RULES: &str = "table netdev guardbench {\n chain c {\n  type filter hook ingress device eth0 priority 0\n  tcp dport 2000 counter drop\n }\n}\n";
+const NFT_INPUT_RULES: &str = "table inet guardbench {\n chain c {\n  type filter hook input priority 0\n  tcp dport 2000 counter drop\n }\n}\n";
+
+/// The receiver's filters, loaded once; each round installs one at a time.
+struct Filters<'a> {
+    pair: &'a NsPair,
+    empty: Xdp,
+    empty_pin: std::path::PathBuf,
+    guard: guard_tests::kernel::Loaded,
+    xdp_filter: Xdp,
+}
+
+impl Filters<'_> {
+    /// Puts `filter` in place in the receiver's namespace; returns what `remove` takes.
+    fn install(&mut self, filter: Filter) -> Option<aya::programs::xdp::XdpLinkId> {
+        let a = self.pair.a.name.clone();
+        match filter {
+            Filter::None => None,
+            Filter::EmptyDrop => Some(self.pair.a.run(|| {
+                self.empty
+                    .attach("eth0", XdpMode::Driver)
+                    .expect("attach the empty program")
+            })),
+            Filter::XdpFilterProgram => Some(self.pair.a.run(|| {
+                self.xdp_filter
+                    .attach("eth0", XdpMode::Driver)
+                    .expect("attach xdp-filter")
+            })),
+            Filter::Guard => {
+                self.pair
+                    .a
+                    .run(|| self.guard.guard.attach("eth0", None).expect("attach guard"));
+                None
+            }
+            Filter::NftNetdev => {
+                nft(&a, NFT_NETDEV_RULES);
+                None
+            }
+            Filter::NftInput => {
+                nft(&a, NFT_INPUT_RULES);
+                None
+            }
+            Filter::Iptables => {
+                sh(&[
+                    "ip", "netns", "exec", &a, "iptables", "-A", "INPUT", "-p", "tcp", "--dport",
+                    "2000", "-j", "DROP",
+                ]);
+                None
+            }
+        }
+    }
+
+    fn remove(&mut self, filter: Filter, link: Option<aya::programs::xdp::XdpLinkId>) {
+        let a = self.pair.a.name.clone();
+        match filter {
+            Filter::None => {}
+            Filter::EmptyDrop => self
+                .empty
+                .detach(link.expect("a link"))
+                .expect("detach the empty program"),
+            Filter::XdpFilterProgram => self
+                .xdp_filter
+                .detach(link.expect("a link"))
+                .expect("detach xdp-filter"),
+            Filter::Guard => self.guard.guard.detach_all(),
+            Filter::NftNetdev => nft(&a, "delete table netdev guardbench"),
+            Filter::NftInput => nft(&a, "delete table inet guardbench"),
+            Filter::Iptables => {
+                sh(&["ip", "netns", "exec", &a, "iptables", "-F", "INPUT"]);
+            }
+        }
+    }
+
+    /// Packets the filter's own rule counted, where it has one to read.
+    fn counted(&self, filter: Filter) -> Option<u64> {
+        let a = &self.pair.a.name;
+        match filter {
+            Filter::NftNetdev => nft_counter(a, "netdev"),
+            Filter::NftInput => nft_counter(a, "inet"),
+            Filter::Iptables => iptables_counter(a),
+            _ => None,
+        }
+    }
+}
+
+impl Drop for Filters<'_> {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.empty_pin);
+    }
+}
+
+/// One flood of SECONDS with whatever filter is in place.
+fn flood_once(
+    pair: &NsPair,
+    frame: &[u8],
+    counted: &dyn Fn() -> Option<u64>,
+) -> (f64, f64, Option<f64>) {
+    let b = &pair.b.name;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 };
+    let (drops0, backlog0, soft0, counted0) = (
+        tx_dropped(b),
+        backlog_dropped(),
+        cpu_softirq_ticks(CPU),
+        counted(),
+    );
+    let (sent, secs) = send(pair, frame);
+    let (drops1, backlog1, soft1, counted1) = (
+        tx_dropped(b),
+        backlog_dropped(),
+        cpu_softirq_ticks(CPU),
+        counted(),
+    );
+    let delivered = sent.saturating_sub((drops1 - drops0) + (backlog1 - backlog0));
+    (
+        delivered as f64 / secs / 1e6,
+        (soft1 - soft0) as f64 / hz / secs * 100.0,
+        counted0
+            .zip(counted1)
+            .map(|(c0, c1)| (c1 - c0) as f64 / delivered.max(1) as f64),
+    )
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Floods the receiver with each filter in place: ROUNDS rounds, each measuring every filter
+/// in turn (so a drift of the machine's speed reaches them all alike); the medians.
 pub fn run(filter: &XdpFilter) -> Vec<Sample> {
     let pair = NsPair::new();
-    let (a, b) = (pair.a.name.clone(), pair.b.name.clone());
-    let (dst, src) = (mac(&a, "eth0"), mac(&b, "eth0"));
-    let hz = {
-        // SAFETY: sysconf has no preconditions.
-        unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
+    let (dst, src) = (mac(&pair.a.name, "eth0"), mac(&pair.b.name, "eth0"));
+    let (empty, empty_pin) = empty_drop();
+    let mut filters = Filters {
+        pair: &pair,
+        empty,
+        empty_pin,
+        guard: load(&crate::xdp::policy(1_000, true).replace("unused0", "eth0")),
+        xdp_filter: Xdp::from_pin(filter.pin(), XdpAttachType::Interface).expect("xdp-filter"),
     };
+    let floods = [Flood::Syn, Flood::Ack];
+    // Per filter and flood: Mpps, softirq and counted share of every round.
+    let mut rounds: Vec<Vec<(f64, f64, Option<f64>)>> =
+        vec![Vec::new(); Filter::ALL.len() * floods.len()];
+    for _ in 0..ROUNDS {
+        for (i, &f) in Filter::ALL.iter().enumerate() {
+            let link = filters.install(f);
+            for (j, &flood) in floods.iter().enumerate() {
+                let frame = frame(dst, src, &pair, flood);
+                rounds[i * floods.len() + j]
+                    .push(flood_once(&pair, &frame, &|| filters.counted(f)));
+            }
+            filters.remove(f, link);
+        }
+    }
     let mut out = Vec::new();
-    let measure = |name: &'static str, out: &mut Vec<Sample>, counter: &dyn Fn() -> Option<u64>| {
-        for flood in [Flood::Syn, Flood::Ack] {
-            let f = frame(dst, src, &pair, flood);
-            let (drops0, backlog0, soft0, matched0) = (
-                tx_dropped(&b),
-                backlog_dropped(),
-                cpu_softirq_ticks(CPU),
-                counter(),
-            );
-            let (sent, secs) = send(&pair, &f);
-            let (drops1, backlog1, soft1, matched1) = (
-                tx_dropped(&b),
-                backlog_dropped(),
-                cpu_softirq_ticks(CPU),
-                counter(),
-            );
-            let delivered = sent.saturating_sub((drops1 - drops0) + (backlog1 - backlog0));
+    for (i, &f) in Filter::ALL.iter().enumerate() {
+        for (j, &flood) in floods.iter().enumerate() {
+            let r = &rounds[i * floods.len() + j];
             out.push(Sample {
-                filter: name,
+                filter: f.name(),
                 flood,
-                mpps: delivered as f64 / secs / 1e6,
-                softirq: (soft1 - soft0) as f64 / hz / secs * 100.0,
-                matched: matched0
-                    .zip(matched1)
-                    .map(|(m0, m1)| (m1 - m0) as f64 / delivered.max(1) as f64),
+                mpps: median(r.iter().map(|s| s.0).collect()),
+                softirq: median(r.iter().map(|s| s.1).collect()),
+                matched: r
+                    .iter()
+                    .map(|s| s.2)
+                    .collect::<Option<Vec<f64>>>()
+                    .map(median),
             });
         }
-    };
-    let none = || None;
-    measure("no filter", &mut out, &none);
-    // XDP programs, attached inside the receiver's namespace.
-    let (mut drop_prog, drop_pin) = empty_drop();
-    let link = pair
-        .a
-        .run(|| drop_prog.attach("eth0", XdpMode::Driver).expect("attach"));
-    measure(EMPTY, &mut out, &none);
-    drop_prog.detach(link).expect("detach");
-    let _ = std::fs::remove_file(&drop_pin);
-    let mut g = load(&crate::xdp::policy(1_000, true).replace("unused0", "eth0"));
-    pair.a
-        .run(|| g.guard.attach("eth0", None).expect("attach guard"));
-    measure(GUARD, &mut out, &none);
-    g.guard.detach_all();
-    drop(g);
-    let mut xf = Xdp::from_pin(filter.pin(), XdpAttachType::Interface).expect("xdp-filter");
-    let link = pair.a.run(|| {
-        xf.attach("eth0", XdpMode::Driver)
-            .expect("attach xdp-filter")
-    });
-    measure("xdp-filter", &mut out, &none);
-    xf.detach(link).expect("detach");
-    // Netfilter in the receiver's namespace only.
-    nft(
-        &a,
-        "table netdev guardbench {\n chain c {\n  type filter hook ingress device eth0 priority 0\n  tcp dport 2000 counter drop\n }\n}\n",
-    );
-    measure("nftables netdev ingress", &mut out, &|| {
-        nft_counter(&a, "netdev")
-    });
-    nft(&a, "delete table netdev guardbench");
-    nft(
-        &a,
-        "table inet guardbench {\n chain c {\n  type filter hook input priority 0\n  tcp dport 2000 counter drop\n }\n}\n",
-    );
-    measure(NFT_INPUT, &mut out, &|| nft_counter(&a, "inet"));
-    nft(&a, "delete table inet guardbench");
-    sh(&[
-        "ip", "netns", "exec", &a, "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "2000", "-j",
-        "DROP",
-    ]);
-    measure(IPTABLES, &mut out, &|| iptables_counter(&a));
+    }
     out
 }
 
@@ -358,8 +488,8 @@ pub fn report(md: &mut String, samples: &[Sample]) {
         md,
         "## Veth flood\n\nA small AF_PACKET sender (sendmmsg of {BATCH} frames, qdisc bypass) in \
          one namespace, pinned to CPU {CPU}, floods 64-byte TCP SYNs and then ACKs from one \
-         source to a closed port of a second namespace for {SECONDS} s per filter; the filter \
-         drops them. Mpps: frames the receiver took (sent, less what the veth and the input \
+         source to a closed port of a second namespace, whose filter drops them: {ROUNDS} \
+         rounds, each flooding every filter in turn for {SECONDS} s, and the medians. Mpps: frames the receiver took (sent, less what the veth and the input \
          backlog dropped before it); softirq: that CPU's softirq time. On a veth the receive path runs on the \
          sender's CPU, so a costlier filter leaves less of the CPU to send with. On veth the \
          XDP path itself costs more than the netdev hook; the comparison with nftables netdev \
