@@ -26,7 +26,7 @@ use guard_common::{
 
 use crate::{
     maps::{GUARD_EVBUCKET, GUARD_EVBUDGET, GUARD_EVENTS, GUARD_EVSTATS, bump},
-    packet::{Flow, addr_bytes},
+    packet::{Addr, Flow, addr_bytes},
 };
 
 /// Reports a packet deny (`kind` = `EVENT_DROP` or `EVENT_AUDIT_DROP`) of `flow` by `rule`,
@@ -47,21 +47,21 @@ pub fn report_packet(ctx: &XdpContext, flow: &Flow, kind: u32, rule: u32, config
             ifindex: ctx.ingress_ifindex() as u32,
             ..Event::default()
         },
-        addr_bytes(&flow.src),
+        &flow.src,
         config,
     );
 }
 
 /// Sends `event` (its timestamp and suppressed count are filled in here) unless `limit_key`
-/// is over its rate.
+/// (an address as four words, or a [`crate::sock_addr::process`] key) is over its rate.
 #[inline(always)]
-pub fn send(event: Event, limit_key: &[u8; 16], config: &GuardConfig) {
+pub fn send(event: Event, limit_key: &Addr, config: &GuardConfig) {
     send_with(|| event, limit_key, config);
 }
 
 /// As [`send`], the event built by `make` once it is to be sent.
 #[inline(always)]
-fn send_with(make: impl FnOnce() -> Event, limit_key: &[u8; 16], config: &GuardConfig) {
+fn send_with(make: impl FnOnce() -> Event, limit_key: &Addr, config: &GuardConfig) {
     let interval = config.event_interval_ns;
     if interval == 0 {
         return;
@@ -94,7 +94,7 @@ fn send_with(make: impl FnOnce() -> Event, limit_key: &[u8; 16], config: &GuardC
     }
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let suppressed = match GUARD_EVBUCKET.get_ptr_mut(limit_key) {
+    let suppressed = match GUARD_EVBUCKET.get_ptr_mut(addr_bytes(limit_key)) {
         Some(bucket) => {
             // SAFETY: a live map value; concurrent updates only make the limit approximate.
             let bucket = unsafe { &mut *bucket };
@@ -131,7 +131,7 @@ fn send_with(make: impl FnOnce() -> Event, limit_key: &[u8; 16], config: &GuardC
                 _pad: 0,
             };
             // A failed insert only means the next event of this key starts afresh.
-            let _ = GUARD_EVBUCKET.insert(limit_key, &fresh, 0);
+            let _ = GUARD_EVBUCKET.insert(addr_bytes(limit_key), &fresh, 0);
             0
         }
     };
@@ -155,7 +155,7 @@ fn hand_back_held(budget: &mut EventBudget) {
     if budget.heavy_held == 0 {
         return;
     }
-    if let Some(bucket) = GUARD_EVBUCKET.get_ptr_mut(&budget.heavy) {
+    if let Some(bucket) = GUARD_EVBUCKET.get_ptr_mut(addr_bytes(&budget.heavy)) {
         // SAFETY: a live map value; concurrent updates only make the count approximate.
         let bucket = unsafe { &mut *bucket };
         bucket.suppressed = bucket

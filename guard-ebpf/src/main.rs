@@ -2,6 +2,9 @@
 //! thin entry points the loader finds by name (`guard_common::programs`).
 #![cfg_attr(target_arch = "bpf", no_std)]
 #![cfg_attr(target_arch = "bpf", no_main)]
+// One BPF instruction in `packet` (a 16-bit packet load at any alignment) is written as
+// inline assembly; the build enables nightly features (RUSTC_BOOTSTRAP) for the BPF target.
+#![cfg_attr(target_arch = "bpf", feature(asm_experimental_arch))]
 // The BPF build reports warnings only as cargo:warning lines of the userspace build: make
 // them errors so they cannot pass unnoticed.
 #![cfg_attr(target_arch = "bpf", deny(warnings))]

@@ -175,6 +175,33 @@ struct Header<const N: usize> {
     at: *const u8,
 }
 
+/// The 16 bits at `at` in memory order, with one BPF load whatever the address's alignment.
+///
+/// Rust must assume a `u16` read may be misaligned here (a driver or an earlier program
+/// decides where the packet starts), so it would assemble the value from two byte loads
+/// and a shift; BPF's own 16-bit packet load has no alignment requirement on the
+/// architectures whose verifier accepts it unaligned (x86-64, arm64), and every field read
+/// here is at an even offset, which even a strict-alignment verifier accepts (it assumes
+/// `NET_IP_ALIGN` packets).
+///
+/// # Safety
+/// `at` and `at + 1` lie within the packet, bounds checked for the verifier.
+#[inline(always)]
+unsafe fn load16(at: *const u8) -> u16 {
+    let value: u64;
+    // SAFETY: a plain packet load the verifier checks against the bounds the caller
+    // established; it writes no memory and touches no flags.
+    unsafe {
+        core::arch::asm!(
+            "{0} = *(u16 *)({1} + 0)",
+            out(reg) value,
+            in(reg) at,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    value as u16
+}
+
 impl<const N: usize> Header<N> {
     /// Byte `i` (every caller passes a constant below `N`).
     #[inline(always)]
@@ -184,16 +211,24 @@ impl<const N: usize> Header<N> {
         unsafe { *self.at.add(i) }
     }
 
+    /// Bytes `i`, `i + 1` as the u16 that holds them in memory order.
+    #[inline(always)]
+    fn ne16(self, i: usize) -> u16 {
+        // SAFETY: `i + 1 < N` at every call site; the `N` bytes lie within the packet.
+        unsafe { load16(self.at.add(i)) }
+    }
+
     /// The big-endian u16 at bytes `i`, `i + 1`.
     #[inline(always)]
     fn be16(self, i: usize) -> u16 {
-        u16::from_be_bytes([self.u8(i), self.u8(i + 1)])
+        u16::from_be(self.ne16(i))
     }
 
     /// Bytes `i..i + 4`, as the word that holds them in memory order.
     #[inline(always)]
     fn word(self, i: usize) -> u32 {
-        u32::from_ne_bytes([self.u8(i), self.u8(i + 1), self.u8(i + 2), self.u8(i + 3)])
+        let (first, second) = (self.ne16(i).to_ne_bytes(), self.ne16(i + 2).to_ne_bytes());
+        u32::from_ne_bytes([first[0], first[1], second[0], second[1]])
     }
 
     /// Bytes `i..i + 16` (an IPv6 address).

@@ -2,6 +2,8 @@
 
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, programs::SockAddrContext};
 
+use crate::packet::Addr;
+
 /// The address the call names (bind: local; connect/sendmsg: destination), 16 bytes with
 /// IPv4 IPv4-mapped, and its port (network byte order in `user_port`'s low 16 bits).
 #[inline(always)]
@@ -22,12 +24,10 @@ pub fn user_addr(ctx: &SockAddrContext, v6: bool) -> ([u8; 16], u16) {
 }
 
 /// The calling process (thread group id) and its event rate-limit key: not an address
-/// (`tag` in the last byte), so a process has a bucket of its own per hook kind.
+/// (the pid in the first four bytes, `tag` in the last), so a process has a bucket of its
+/// own per hook kind.
 #[inline(always)]
-pub fn process(tag: u8) -> (u32, [u8; 16]) {
+pub fn process(tag: u8) -> (u32, Addr) {
     let pid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    let mut key = [0u8; 16];
-    key[..4].copy_from_slice(&pid.to_ne_bytes());
-    key[15] = tag;
-    (pid, key)
+    (pid, [pid, 0, 0, u32::from_ne_bytes([0, 0, 0, tag])])
 }
