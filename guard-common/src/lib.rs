@@ -458,10 +458,29 @@ pub const FLOW_SEEN_CHUNKS: u32 = 64;
 #[inline(always)]
 pub const fn flow_seen_slot(key: &FlowKey) -> (u32, usize) {
     let r = &key.remote;
-    let high = u32::from_ne_bytes([r[8], r[9], r[10], r[11]]);
-    let low = u32::from_ne_bytes([r[12], r[13], r[14], r[15]]);
-    let ports = (key.local_port as u32) << 16 | key.remote_port as u32;
-    let x = ((low ^ high.rotate_left(13)) as u64) << 32 | (ports ^ (key.proto as u32) << 24) as u64;
+    flow_seen_slot_of(
+        u32::from_ne_bytes([r[8], r[9], r[10], r[11]]),
+        u32::from_ne_bytes([r[12], r[13], r[14], r[15]]),
+        key.local_port,
+        key.remote_port,
+        key.proto,
+    )
+}
+
+/// [`flow_seen_slot`] of a key given by its parts: the remote address's third and fourth
+/// 32-bit words (its bytes 8..12 and 12..16 in memory order), the ports and the protocol.
+/// The XDP filter hashes a packet's words without building the key: only the rare packet
+/// whose flag is set needs the key, for the flow lookup.
+#[inline(always)]
+pub const fn flow_seen_slot_of(
+    high: u32,
+    low: u32,
+    local_port: u16,
+    remote_port: u16,
+    proto: u8,
+) -> (u32, usize) {
+    let ports = (local_port as u32) << 16 | remote_port as u32;
+    let x = ((low ^ high.rotate_left(13)) as u64) << 32 | (ports ^ (proto as u32) << 24) as u64;
     let slot = (x.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - FLOW_SEEN_BITS)) as u32;
     (
         slot / FLOW_SEEN_CHUNK as u32,
@@ -909,5 +928,32 @@ mod tests {
             flow_seen_slot(&k),
             flow_seen_slot(&v4(0xc612_0001, 40_001, 443))
         );
+    }
+
+    #[test]
+    fn flow_flag_of_parts_is_the_flag_of_the_key() {
+        for key in [
+            v4(0xc612_0001, 40_000, 443),
+            FlowKey {
+                remote: [0x20, 1, 0xd, 0xb8, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8],
+                local_port: 53,
+                remote_port: 5353,
+                proto: IPPROTO_UDP,
+                ..FlowKey::default()
+            },
+        ] {
+            let r = key.remote;
+            let word = |i: usize| u32::from_ne_bytes([r[i], r[i + 1], r[i + 2], r[i + 3]]);
+            assert_eq!(
+                flow_seen_slot_of(
+                    word(8),
+                    word(12),
+                    key.local_port,
+                    key.remote_port,
+                    key.proto
+                ),
+                flow_seen_slot(&key)
+            );
+        }
     }
 }

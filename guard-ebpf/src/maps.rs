@@ -110,11 +110,11 @@ pub fn mark_flow_seen(key: &FlowKey) {
     }
 }
 
-/// Whether `key`'s flag in [`GUARD_FLOWSEEN`] is set: false means the host has sent on no
-/// flow with that key since the maps were created, so [`GUARD_FLOWS`] cannot hold it.
+/// Whether the flag at `slot` ([`guard_common::flow_seen_slot_of`] of a key) in
+/// [`GUARD_FLOWSEEN`] is set: false means the host has sent on no flow with that key since
+/// the maps were created, so [`GUARD_FLOWS`] cannot hold it.
 #[inline(always)]
-pub fn flow_maybe_seen(key: &FlowKey) -> bool {
-    let (entry, byte) = flow_seen_slot(key);
+pub fn flow_maybe_seen((entry, byte): (u32, usize)) -> bool {
     match GUARD_FLOWSEEN.get_ptr(entry) {
         // SAFETY: a live map value; `byte` < FLOW_SEEN_CHUNK by construction.
         Some(chunk) => unsafe { (*chunk)[byte & (FLOW_SEEN_CHUNK - 1)] != 0 },
@@ -198,12 +198,12 @@ impl Policy {
         GUARD_PORTSLOT.get(index).copied().unwrap_or(0)
     }
 
-    /// Whether some IPv6 source prefix of this generation may contain `peer` (its first 16
-    /// bits decide): false means no class's hash, table or trie can match it. (IPv4 peers
-    /// are sorted by the direct tables, [`Policy::direct_v4`].)
+    /// Whether some IPv6 source prefix of this generation may contain a peer whose first 16
+    /// bits are `top16`: false means no class's hash, table or trie can match it. (IPv4
+    /// peers are sorted by the direct tables, [`Policy::direct_v4`].)
     #[inline(always)]
-    pub fn v6_peer_in_some_zone(&self, peer: &[u8; 16]) -> bool {
-        let (word, bit) = src_zone_bit(false, u16::from_be_bytes([peer[0], peer[1]]));
+    pub fn v6_peer_in_some_zone(&self, top16: u16) -> bool {
+        let (word, bit) = src_zone_bit(false, top16);
         let index = gen_index(self.generation, SRC_ZONES_LEN, word);
         match GUARD_SRCZONES.get(index) {
             Some(bits) => bits & (1 << bit) != 0,

@@ -13,6 +13,65 @@ use crate::maps::{
     Direct, GUARD_CLASSLEN, GUARD_REASONS, GUARD_RULES, GUARD_SRC_V4, GUARD_SRC_V6, GUARD_SRCH_V4,
     GUARD_SRCH_V6, Policy, bump,
 };
+use crate::packet::{Addr, addr_bytes};
+
+/// A peer address as the verdict reads it, in the form its program holds it: 16 bytes (the
+/// cgroup hooks, from the socket call) or four words (the XDP filter, from the parse). Each
+/// form reads its numbers its own cheapest way: a word is one byte swap where bytes take
+/// four loads and their shifts.
+pub trait Peer {
+    /// The address's bytes, in order.
+    fn bytes(&self) -> &[u8; 16];
+    /// Bytes 12..16 (an IPv4-mapped address's IPv4 address) as a big-endian number.
+    fn v4(&self) -> u32;
+    /// The first 16 bits, big-endian.
+    fn top16(&self) -> u16;
+    /// The address as two big-endian halves.
+    fn halves(&self) -> (u64, u64);
+}
+
+impl Peer for [u8; 16] {
+    #[inline(always)]
+    fn bytes(&self) -> &[u8; 16] {
+        self
+    }
+    #[inline(always)]
+    fn v4(&self) -> u32 {
+        u32::from_be_bytes([self[12], self[13], self[14], self[15]])
+    }
+    #[inline(always)]
+    fn top16(&self) -> u16 {
+        u16::from_be_bytes([self[0], self[1]])
+    }
+    #[inline(always)]
+    fn halves(&self) -> (u64, u64) {
+        let a = self;
+        (
+            u64::from_be_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]),
+            u64::from_be_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]),
+        )
+    }
+}
+
+impl Peer for Addr {
+    #[inline(always)]
+    fn bytes(&self) -> &[u8; 16] {
+        addr_bytes(self)
+    }
+    #[inline(always)]
+    fn v4(&self) -> u32 {
+        u32::from_be(self[3])
+    }
+    #[inline(always)]
+    fn top16(&self) -> u16 {
+        (u32::from_be(self[0]) >> 16) as u16
+    }
+    #[inline(always)]
+    fn halves(&self) -> (u64, u64) {
+        let be = |i: usize| u64::from(u32::from_be(self[i]));
+        (be(0) << 32 | be(1), be(2) << 32 | be(3))
+    }
+}
 
 /// The rule index and action for a (protocol slot, port, peer address): the source of an
 /// inbound packet, or the destination of an outbound connection. `default` when no rule
@@ -24,7 +83,7 @@ pub fn decide(
     slot: u32,
     port: u16,
     v4: bool,
-    peer: &[u8; 16],
+    peer: &impl Peer,
     default: (u32, u32),
 ) -> (u32, u32) {
     judge(policy, policy.port_entry(slot, port), v4, peer, default)
@@ -40,7 +99,7 @@ pub fn judge(
     policy: &Policy,
     entry: u32,
     v4: bool,
-    peer: &[u8; 16],
+    peer: &impl Peer,
     default: (u32, u32),
 ) -> (u32, u32) {
     if entry & PORT_FAILSAFE != 0 {
@@ -59,13 +118,12 @@ pub fn judge(
         let hit = if class == 0 {
             None
         } else if v4 {
-            let addr = u32::from_be_bytes([peer[12], peer[13], peer[14], peer[15]]);
-            match policy.direct_v4(class, addr) {
+            match policy.direct_v4(class, peer.v4()) {
                 Direct::Rule(hit) => Some(hit),
                 Direct::NoRule => None,
                 Direct::Lookup => lookup_peer(policy, class, v4, peer),
             }
-        } else if !policy.v6_peer_in_some_zone(peer) {
+        } else if !policy.v6_peer_in_some_zone(peer.top16()) {
             None
         } else {
             lookup_peer(policy, class, v4, peer)
@@ -87,13 +145,8 @@ pub fn judge(
 /// `addr` with all but its first `len` bits cleared, as two big-endian halves (few
 /// branches: the verifier walks this once per prefix length a class uses).
 #[inline(always)]
-fn mask_v6(addr: &[u8; 16], len: u32) -> (u64, u64) {
-    let hi = u64::from_be_bytes([
-        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
-    ]);
-    let lo = u64::from_be_bytes([
-        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
-    ]);
+fn mask_v6(addr: &impl Peer, len: u32) -> (u64, u64) {
+    let (hi, lo) = addr.halves();
     let hi_mask = if len == 0 {
         0
     } else if len >= 64 {
@@ -125,7 +178,7 @@ fn v6_bytes(hi: u64, lo: u64) -> [u8; 16] {
 /// prefix length the class uses, longest first; the LPM trie for classes with more lengths
 /// than that.
 #[inline(always)]
-fn lookup_peer(policy: &Policy, class: u32, v4: bool, peer: &[u8; 16]) -> Option<RuleRef> {
+fn lookup_peer(policy: &Policy, class: u32, v4: bool, peer: &impl Peer) -> Option<RuleRef> {
     let lens = GUARD_CLASSLEN.get(class)?;
     if v4 {
         if lens.v4_count == CLASS_LENS_USE_TRIE {
@@ -133,12 +186,12 @@ fn lookup_peer(policy: &Policy, class: u32, v4: bool, peer: &[u8; 16]) -> Option
                 CLASS_BITS + 32,
                 SrcKeyV4 {
                     class: class.to_be_bytes(),
-                    addr: [peer[12], peer[13], peer[14], peer[15]],
+                    addr: peer.v4().to_be_bytes(),
                 },
             );
             return GUARD_SRC_V4.get(key).copied();
         }
-        let addr = u32::from_be_bytes([peer[12], peer[13], peer[14], peer[15]]);
+        let addr = peer.v4();
         for i in 0..MAX_CLASS_PREFIX_LENS {
             if i >= lens.v4_count as usize {
                 break;
@@ -168,7 +221,7 @@ fn lookup_peer(policy: &Policy, class: u32, v4: bool, peer: &[u8; 16]) -> Option
                 CLASS_BITS + 128,
                 SrcKeyV6 {
                     class: class.to_be_bytes(),
-                    addr: *peer,
+                    addr: *peer.bytes(),
                 },
             );
             return GUARD_SRC_V6.get(key).copied();

@@ -37,7 +37,7 @@ use guard_common::{
     ACTION_ALLOW, ACTION_AUDIT, ACTION_DENY, EVENT_AUDIT_DROP, EVENT_DROP, GuardConfig,
     MODE_ENFORCE, PROTO_IDX_TCP, REASON_FRAGMENT_PASSED, REASON_ICMP_PASSED, REASON_MALFORMED,
     REASON_NOT_IP, REASON_POLICY, REASON_REPLY_PASSED, REASON_UNCONFIGURED, REASON_UNSUPPORTED,
-    RULE_DEFAULT, RULE_REPLY,
+    RULE_DEFAULT, RULE_REPLY, flow_seen_slot_of,
 };
 
 use crate::{
@@ -82,13 +82,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     } else {
         policy.protocol_entry(flow.ip_proto)
     };
-    let (mut rule, mut action) = verdict::judge(
-        &policy,
-        entry,
-        flow.v4,
-        packet::addr_bytes(&flow.src),
-        default,
-    );
+    let (mut rule, mut action) = verdict::judge(&policy, entry, flow.v4, &flow.src, default);
     if action != ACTION_ALLOW && flow.has_ports() && is_reply(&flow, config) {
         bump(&GUARD_REASONS, REASON_REPLY_PASSED);
         (rule, action) = (RULE_REPLY, ACTION_ALLOW);
@@ -142,11 +136,19 @@ fn is_reply(flow: &Flow, config: &GuardConfig) -> bool {
     if tcp && flow.tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN {
         return false;
     }
-    let key = flow.ingress_key();
-    // A packet that answers no flow the host ever sent on (most of a flood) stops here.
-    if !flow_maybe_seen(&key) {
+    // A packet that answers no flow the host ever sent on (most of a flood) stops here,
+    // its flag found from the packet's words (the flag of its ingress key).
+    let slot = flow_seen_slot_of(
+        flow.src[2],
+        flow.src[3],
+        flow.dport,
+        flow.sport,
+        flow.ip_proto,
+    );
+    if !flow_maybe_seen(slot) {
         return false;
     }
+    let key = flow.ingress_key();
     let Some(state) = GUARD_FLOWS.get_ptr(&key) else {
         return false;
     };
