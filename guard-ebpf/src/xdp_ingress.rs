@@ -50,6 +50,7 @@ use crate::{
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
     let Some(policy) = Policy::current() else {
+        core::hint::cold_path();
         return pass_unjudged(REASON_UNCONFIGURED);
     };
     let config = policy.config;
@@ -60,6 +61,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
         Ok(Parsed::IcmpControl) => return pass_unjudged(REASON_ICMP_PASSED),
         Ok(Parsed::LaterFragment) => return pass_unjudged(REASON_FRAGMENT_PASSED),
         Err(err) => {
+            core::hint::cold_path();
             bump(
                 &GUARD_REASONS,
                 match err {
@@ -124,6 +126,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn pass_unjudged(reason: u32) -> u32 {
+    core::hint::cold_path();
     bump(&GUARD_REASONS, reason);
     XDP_PASS
 }
