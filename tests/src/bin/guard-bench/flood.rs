@@ -440,13 +440,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn run(filter: &XdpFilter) -> Vec<Sample> {
     let pair = NsPair::new();
     let (dst, src) = (mac(&pair.a.name, "eth0"), mac(&pair.b.name, "eth0"));
+    // guard first: a load that fails leaves no pinned program behind.
+    let guard = load(&crate::xdp::policy(1_000, true).replace("unused0", "eth0"));
+    let xdp_filter = Xdp::from_pin(filter.pin(), XdpAttachType::Interface).expect("xdp-filter");
     let (empty, empty_pin) = empty_drop();
     let mut filters = Filters {
         pair: &pair,
         empty,
         empty_pin,
-        guard: load(&crate::xdp::policy(1_000, true).replace("unused0", "eth0")),
-        xdp_filter: Xdp::from_pin(filter.pin(), XdpAttachType::Interface).expect("xdp-filter"),
+        guard,
+        xdp_filter,
     };
     let floods = [Flood::Syn, Flood::Ack];
     // Per filter and flood: Mpps, softirq and counted share of every round.
