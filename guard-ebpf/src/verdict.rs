@@ -136,7 +136,6 @@ pub fn judge(
     match action {
         ACTION_ALLOW | ACTION_AUDIT | ACTION_DENY => (rule, action),
         _ => {
-            core::hint::cold_path();
             bump(&GUARD_REASONS, REASON_BAD_ACTION);
             (rule, ACTION_DENY)
         }

@@ -50,7 +50,6 @@ use crate::{
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
     let Some(policy) = Policy::current() else {
-        core::hint::cold_path();
         return pass_unjudged(REASON_UNCONFIGURED);
     };
     let config = policy.config;
@@ -61,7 +60,6 @@ pub fn run(ctx: &XdpContext) -> u32 {
         Ok(Parsed::IcmpControl) => return pass_unjudged(REASON_ICMP_PASSED),
         Ok(Parsed::LaterFragment) => return pass_unjudged(REASON_FRAGMENT_PASSED),
         Err(err) => {
-            core::hint::cold_path();
             bump(
                 &GUARD_REASONS,
                 match err {
@@ -126,7 +124,6 @@ pub fn run(ctx: &XdpContext) -> u32 {
 
 #[inline(always)]
 fn pass_unjudged(reason: u32) -> u32 {
-    core::hint::cold_path();
     bump(&GUARD_REASONS, reason);
     XDP_PASS
 }
