@@ -66,8 +66,8 @@ impl Packet for TcContext {
 
 /// An IP address as four 32-bit words holding its 16 bytes in order (IPv4 addresses
 /// IPv4-mapped): words, not bytes, so the compiler moves, compares and spills it four
-/// words at a time (BPF cannot load a packet's unaligned words, so each is assembled once,
-/// in the parse).
+/// words at a time (Rust must assume a packet's words unaligned, so each is assembled once,
+/// in the parse, from two 16-bit loads: [`load16`]).
 pub type Addr = [u32; 4];
 
 /// The bytes of `a`, in order.
