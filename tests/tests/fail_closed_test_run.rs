@@ -57,6 +57,17 @@ fn rewrite_port_entry(g: &mut Loaded, port: u16, f: impl FnOnce(u32) -> u32) {
     ports.set(index, f(entry), 0).expect("write entry");
 }
 
+/// `packet`, whose entry was corrupted to an unknown action, is dropped (fail closed) and
+/// counted once under `bad_action`.
+fn drops_as_bad_action(g: &mut Loaded, packet: &[u8]) {
+    assert_eq!(
+        g.verdict(packet),
+        XDP_DROP,
+        "an unknown action fails closed"
+    );
+    assert_eq!(g.counters().reason("bad_action"), 1);
+}
+
 #[test]
 fn a_zeroed_action_in_a_direct_entry_drops_and_counts_bad_action() {
     let mut g = load(&policy("enforce"));
@@ -100,12 +111,7 @@ fn a_corrupt_action_in_a_direct_row_drops_and_counts_bad_action() {
         }
     }
     assert!(corrupted > 0, "IPv4 zone rules have direct rows");
-    assert_eq!(
-        g.verdict(&office),
-        XDP_DROP,
-        "an unknown action fails closed"
-    );
-    assert_eq!(g.counters().reason("bad_action"), 1);
+    drops_as_bad_action(&mut g, &office);
 }
 
 #[test]
@@ -123,12 +129,7 @@ fn a_corrupt_action_in_a_source_entry_drops_and_counts_bad_action() {
         value.action = 7;
         sources.insert(key, value, 0).expect("write value");
     }
-    assert_eq!(
-        g.verdict(&office),
-        XDP_DROP,
-        "an unknown action fails closed"
-    );
-    assert_eq!(g.counters().reason("bad_action"), 1);
+    drops_as_bad_action(&mut g, &office);
 }
 
 #[test]
