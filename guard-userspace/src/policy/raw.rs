@@ -300,46 +300,42 @@ fn parse_in_pieces(text: &str) -> Option<RawPolicy<'_>> {
     Some(raw)
 }
 
+/// `s` with its span moved `by` bytes later and its value passed through `f` (which moves
+/// the spans inside it).
+fn shift_with<T>(s: Spanned<T>, by: usize, f: impl FnOnce(T) -> T) -> Spanned<T> {
+    let span = s.span();
+    Spanned::new(span.start + by..span.end + by, f(s.into_inner()))
+}
+
 /// `s` with its span moved `by` bytes later.
 fn shift<T>(s: Spanned<T>, by: usize) -> Spanned<T> {
-    let span = s.span();
-    Spanned::new(span.start + by..span.end + by, s.into_inner())
+    shift_with(s, by, |v| v)
 }
 
 fn shift_list<T>(list: Spanned<Vec<Spanned<T>>>, by: usize) -> Spanned<Vec<Spanned<T>>> {
-    let span = list.span();
-    let items = list
-        .into_inner()
-        .into_iter()
-        .map(|i| shift(i, by))
-        .collect();
-    Spanned::new(span.start + by..span.end + by, items)
+    shift_with(list, by, |items| {
+        items.into_iter().map(|i| shift(i, by)).collect()
+    })
 }
 
 fn shift_ingress(rule: Spanned<RawIngress>, by: usize) -> Spanned<RawIngress> {
-    let span = rule.span();
-    let r = rule.into_inner();
-    let r = RawIngress {
+    shift_with(rule, by, |r| RawIngress {
         name: shift(r.name, by),
         proto: shift(r.proto, by),
         ports: r.ports.map(|p| shift_list(p, by)),
         from: r.from.map(|f| shift_list(f, by)),
         action: r.action.map(|a| shift(a, by)),
-    };
-    Spanned::new(span.start + by..span.end + by, r)
+    })
 }
 
 fn shift_egress(rule: Spanned<RawEgress>, by: usize) -> Spanned<RawEgress> {
-    let span = rule.span();
-    let r = rule.into_inner();
-    let r = RawEgress {
+    shift_with(rule, by, |r| RawEgress {
         name: shift(r.name, by),
         proto: shift(r.proto, by),
         ports: shift_list(r.ports, by),
         to: r.to.map(|t| shift_list(t, by)),
         action: r.action.map(|a| shift(a, by)),
-    };
-    Spanned::new(span.start + by..span.end + by, r)
+    })
 }
 
 #[cfg(test)]
