@@ -451,8 +451,8 @@ pub const FLOW_SEEN_CHUNKS: u32 = 64;
 /// The flag of a flow in [`maps::FLOW_SEEN`]: (entry, byte). One multiplicative hash of
 /// the address's last 8 bytes (an IPv4 address whole, an IPv6 interface identifier), the
 /// ports and the protocol: cheap enough for every packet of a flood (the XDP filter computes
-/// it for each packet no rule passes, from bytes, as BPF reads them). The TC egress program
-/// and the XDP filter compute it from the same key (the egress key of an outbound packet
+/// it for each packet no rule passes, from the packet's address words: [`flow_seen_slot_of`]).
+/// The TC egress program and the XDP filter compute it from the same key (the egress key of an outbound packet
 /// equals the ingress key of its reply). Keys that differ only in the address's first 8
 /// bytes share a flag: a shared flag costs a flow lookup, never a verdict.
 #[inline(always)]

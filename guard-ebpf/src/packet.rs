@@ -80,7 +80,7 @@ pub fn addr_bytes(a: &Addr) -> &[u8; 16] {
 /// The third word of every IPv4-mapped address (`::ffff:0:0/96`).
 const V4_MAPPED_WORD: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
 
-/// A judged packet's facts. Addresses are 16 bytes, IPv4 ones IPv4-mapped.
+/// A judged packet's facts. Addresses are [`Addr`]s, IPv4 ones IPv4-mapped.
 pub struct Flow {
     /// [`PROTO_IDX_TCP`] or [`PROTO_IDX_UDP`] (UDP-Lite too) for protocols judged by port,
     /// [`PROTO_IDX_NONE`] for the others.

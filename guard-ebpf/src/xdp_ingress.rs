@@ -1,11 +1,13 @@
 //! The XDP ingress filter: one verdict per inbound packet on the guarded interfaces.
 //!
 //! Cost per TCP/UDP packet: one array lookup (port class, or the rule itself when every
-//! source resolves to one rule), then one hash lookup per source prefix length the class
-//! uses (at most 8, longest first; more lengths fall back to one LPM-trie lookup); never a
-//! scan, whatever the rule count. Only packets the policy would drop pay more: one
-//! flow lookup (replies to the host's own traffic pass) and, when events are on, the
-//! per-source rate limiter.
+//! source resolves to one rule), then for a zone rule's port the source: IPv4 by the direct
+//! tables (two or three array reads), IPv6 by the zone prefilter and the two-choice table;
+//! the source hashes (one lookup per prefix length, at most 8; more lengths use one
+//! LPM-trie lookup) only where those cannot answer. Never a scan, whatever the rule count.
+//! Packets no rule passes pay more: the flow flag (replies to the host's own traffic pass;
+//! the flow lookup only when the flag is set) and, when events are on, the event limiter's
+//! cheap stages. docs/performance.md has the whole cost model.
 //!
 //! Every IP protocol is judged: TCP, UDP and UDP-Lite by destination port and source; ICMP
 //! and ICMPv6 echo requests and every other IP protocol (SCTP, DCCP, GRE, ESP, ...) by
