@@ -178,7 +178,9 @@ pub fn with_vlans(frame: &[u8], tpids: &[u16]) -> Vec<u8> {
 }
 
 /// An IPv4 packet in an Ethernet frame: `option_words` 32-bit words of options (IHL 5 +
-/// option_words), the fragment field `(offset in 8-byte units, more fragments)`.
+/// option_words), the fragment field `(offset in 8-byte units, more fragments)`. The header
+/// checksum is valid, so the frame also passes the kernel's IP input; the L4 checksum is
+/// not computed (guard never reads it).
 pub fn ipv4(
     src: Ipv4Addr,
     dst: Ipv4Addr,
@@ -200,8 +202,22 @@ pub fn ipv4(
     for b in &mut ip[20..] {
         *b = 1; // NOP options
     }
+    let checksum = ipv4_header_checksum(&ip);
+    ip[10..12].copy_from_slice(&checksum.to_be_bytes());
     ip.extend_from_slice(&body);
     eth(0x0800, &ip)
+}
+
+/// The RFC 1071 checksum of an IPv4 header whose checksum field is zero.
+fn ipv4_header_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
 }
 
 /// An IPv6 extension header.
@@ -267,4 +283,33 @@ pub fn ipv6(src: Ipv6Addr, dst: Ipv6Addr, exts: &[Ext], l4: &L4) -> Vec<u8> {
     ip[24..40].copy_from_slice(&dst.octets());
     ip.extend(payload);
     eth(0x86dd, &ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hand-built IPv4 header carries the checksum etherparse computes for it, with and
+    /// without options, so frames built here survive the kernel's IP input.
+    #[test]
+    fn hand_built_ipv4_headers_carry_a_valid_checksum() {
+        for option_words in [0, 3] {
+            let l4 = L4::Tcp {
+                sport: 40000,
+                dport: 22,
+                flags: TCP_SYN,
+            };
+            let frame = ipv4(
+                Ipv4Addr::new(198, 18, 0, 2),
+                Ipv4Addr::new(198, 18, 0, 1),
+                option_words,
+                (0, false),
+                &l4,
+            );
+            let (header, _) =
+                etherparse::Ipv4Header::from_slice(&frame[IP_OFFSET..]).expect("an IPv4 header");
+            assert_eq!(header.header_checksum, header.calc_header_checksum());
+            assert_ne!(header.header_checksum, 0);
+        }
+    }
 }
