@@ -12,6 +12,8 @@
 //! switched to another directory: the parent's events for that name move the watch to the
 //! new target.
 
+use futures_util::FutureExt as _;
+
 use super::*;
 
 /// What to watch: the policy's directory (followed through symlinks), and that directory's
@@ -29,6 +31,9 @@ const DIR_EVENTS: inotify::WatchMask = inotify::WatchMask::CLOSE_WRITE
     .union(inotify::WatchMask::CREATE)
     .union(inotify::WatchMask::DELETE)
     .union(inotify::WatchMask::ATTRIB);
+
+/// Events taken into one read of the policy file at most.
+const MAX_COALESCED: usize = 4096;
 
 pub(super) fn watch_file(path: &Path) -> std::io::Result<PolicyWatch> {
     let dir = path
@@ -68,8 +73,9 @@ pub(super) async fn forward_changes(watch: PolicyWatch, path: PathBuf, changed: 
         warn!(policy = %path.display(), "cannot read the policy watch; reload with SIGHUP or guard apply");
         return;
     };
-    while let Some(event) = stream.next().await {
-        let Ok(event) = event else { continue };
+    // Moves the directory's watch when its name points somewhere new; true when `event`
+    // may have changed the policy file.
+    let mut relevant = |event: inotify::Event<OsString>| {
         let in_dir = dir_watch.as_ref() == Some(&event.wd);
         let dir_replaced =
             !in_dir && event.name.is_some() && event.name.as_deref() == dir_name.as_deref();
@@ -80,12 +86,29 @@ pub(super) async fn forward_changes(watch: PolicyWatch, path: PathBuf, changed: 
             }
             dir_watch = watches.add(&dir, DIR_EVENTS).ok();
         }
-        if in_dir || dir_replaced || event.mask.contains(inotify::EventMask::IGNORED) {
-            // Let a burst of changes settle into one read.
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if changed.send(()).await.is_err() {
-                return;
+        in_dir || dir_replaced || event.mask.contains(inotify::EventMask::IGNORED)
+    };
+    while let Some(event) = stream.next().await {
+        let Ok(event) = event else { continue };
+        if !relevant(event) {
+            continue;
+        }
+        // Let a burst of changes settle into one read: wait, then take in every event that
+        // came meanwhile (an editor's save, or a busy directory, is several), so the burst
+        // costs one read of the file, not one per event. Bounded, so a directory that never
+        // falls quiet still gets its file read.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..MAX_COALESCED {
+            match stream.next().now_or_never() {
+                Some(Some(Ok(event))) => {
+                    relevant(event);
+                }
+                Some(Some(Err(_))) => {}
+                _ => break,
             }
+        }
+        if changed.send(()).await.is_err() {
+            return;
         }
     }
 }
