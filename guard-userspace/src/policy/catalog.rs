@@ -124,19 +124,25 @@ fn assign<K: Eq + std::hash::Hash>(
 ) -> (Vec<u32>, Vec<u32>) {
     let previous: HashMap<&K, u32> = previous.iter().map(|(k, i)| (k, *i)).collect();
     let kept: Vec<Option<u32>> = keys.iter().map(|k| previous.get(k).copied()).collect();
-    let mut used: std::collections::BTreeSet<u32> = kept.iter().flatten().copied().collect();
-    let mut next = first;
+    // The indices held, as flags: a new key's index is at most `first + keys.len()`, so
+    // the flags reach past every index the search can try.
+    let highest_kept = kept.iter().flatten().max().map_or(0, |&i| i as usize + 1);
+    let mut used = vec![false; highest_kept.max(first as usize + keys.len() + 1)];
+    for &i in kept.iter().flatten() {
+        used[i as usize] = true;
+    }
+    let mut next = first as usize;
     let mut fresh = Vec::new();
     let indices = kept
         .into_iter()
         .map(|k| {
             k.unwrap_or_else(|| {
-                while used.contains(&next) {
+                while used[next] {
                     next += 1;
                 }
-                used.insert(next);
-                fresh.push(next);
-                next
+                used[next] = true;
+                fresh.push(next as u32);
+                next as u32
             })
         })
         .collect();
@@ -210,4 +216,66 @@ pub(super) fn port_slots(
     }
     slots.sort_by_key(|s| s.slot);
     (entries, slots, fresh)
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// The rule `assign` follows, written plainly: kept keys keep their index; each new key,
+    /// in order, takes the smallest index from `first` on that no key holds.
+    fn assign_reference(keys: &[u16], previous: &[(u16, u32)], first: u32) -> (Vec<u32>, Vec<u32>) {
+        let kept: Vec<Option<u32>> = keys
+            .iter()
+            .map(|k| previous.iter().rev().find(|(p, _)| p == k).map(|&(_, i)| i))
+            .collect();
+        let mut used: Vec<u32> = kept.iter().flatten().copied().collect();
+        let mut fresh = Vec::new();
+        let indices = kept
+            .into_iter()
+            .map(|k| {
+                k.unwrap_or_else(|| {
+                    let i = (first..).find(|i| !used.contains(i)).unwrap();
+                    used.push(i);
+                    fresh.push(i);
+                    i
+                })
+            })
+            .collect();
+        (indices, fresh)
+    }
+
+    #[test]
+    fn new_keys_fill_the_gaps_kept_keys_leave() {
+        let previous = [("a", 4), ("b", 6), ("low", 1)];
+        let (indices, fresh) = assign(&["x", "b", "low", "y", "a", "z"], &previous, 4);
+        assert_eq!(indices, [5, 6, 1, 7, 4, 8]);
+        assert_eq!(fresh, [5, 7, 8]);
+    }
+
+    #[test]
+    fn a_high_kept_index_is_kept() {
+        let (indices, fresh) = assign(&["a", "new"], &[("a", 1_000)], 4);
+        assert_eq!(indices, [1_000, 4]);
+        assert_eq!(fresh, [4]);
+    }
+
+    proptest! {
+        #[test]
+        fn assign_matches_the_plain_rule(
+            // Distinct keys, as the policy's names are.
+            keys in proptest::collection::btree_set(0u16..64, 0..40),
+            previous in proptest::collection::btree_map(0u16..64, 0u32..80, 0..40),
+            first in 0u32..8,
+        ) {
+            let keys: Vec<u16> = keys.into_iter().collect();
+            let previous: Vec<(u16, u32)> = previous.into_iter().collect();
+            prop_assert_eq!(
+                assign(&keys, &previous, first),
+                assign_reference(&keys, &previous, first)
+            );
+        }
+    }
 }
