@@ -565,6 +565,38 @@ fn policy_applied_names_changed_ports_sources_and_settings() {
     }
 }
 
+/// Issue L: the daemon answers an apply before it lints the policy (the lint's warnings
+/// cannot refuse a policy), and still says them, with the file, line and column.
+#[test]
+fn the_lint_of_an_applied_policy_is_said_after_the_answer() {
+    let net = TestNet::new();
+    let (_a, a) = listener(&net);
+    let text = policy_text(&net, &[a.port()]);
+    let policy = PolicyFile::new(&text);
+    let daemon = Daemon::start(&["--policy", policy.arg()]);
+    // The same port from any source again, after the first rule: fully shadowed.
+    let shadowed = text.clone() + &policies::allow("again", "tcp", &[a.port()]);
+    let line = shadowed.lines().count() - 2;
+    let file = PolicyFile::new(&shadowed);
+    let out = guard_cmd(&daemon, &["apply", file.arg()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(opens_within(&net, a, Duration::from_secs(1)));
+    // One thread serves the socket and the work after an answer: this answer comes after
+    // the lint.
+    assert!(guard_cmd(&daemon, &["status"]).status.success());
+    let want = format!(
+        "{}:{line}:8: warning: rule `again` is fully shadowed (by p{}): it never matches",
+        file.arg(),
+        a.port()
+    );
+    let log = daemon.log_text();
+    assert!(log.contains(&want), "want {want} in:\n{log}");
+}
+
 /// Issue K-6: commit-confirm survives the daemon. Applied with --confirm-within 2, then
 /// SIGKILL: the kernel itself goes back to the previous policy at the deadline, `guard
 /// status` says so, and a restarted daemon reports it.

@@ -254,7 +254,7 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &Options) -> Result<(), Failure
     {
         report_orphaned_confirm(&daemon, &pc);
     }
-    if let Err(err) = daemon.apply(source, text, checked, "start", None) {
+    if let Err(err) = daemon.apply(source, text, checked, None, "start", None) {
         if !adopting {
             // Nothing may stay attached after a failed first start.
             let _ = daemon.pins.remove_all();
@@ -278,6 +278,8 @@ struct Applied {
     elapsed_ms: f64,
     /// The policy it replaced, for the summary of what changed.
     previous: Option<policy::model::Policy>,
+    /// The lint of the new policy, when its check left it for after the answer.
+    lint: Option<policy::Lint>,
 }
 
 /// A policy that is running, kept for rollbacks.

@@ -38,12 +38,14 @@ impl Daemon {
         Ok(cgroup)
     }
 
-    /// Makes `checked` the running policy (see the module documentation).
+    /// Makes `checked` the running policy (see the module documentation). `lint`, when its
+    /// check left the lint for later, is run once the caller has its answer.
     pub(super) fn apply(
         &mut self,
         source: PolicySource,
         text: String,
         checked: Checked,
+        lint: Option<policy::Lint>,
         how: &str,
         confirm_within: Option<u64>,
     ) -> Result<(), Failure> {
@@ -166,6 +168,7 @@ impl Daemon {
             map_writes: switched.unwrap_or(0),
             elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
             previous: None,
+            lint: None,
         };
         announce_mode(&checked, &interfaces, &cgroup, lowered.classes);
         self.current = Some(Current { source, text });
@@ -184,6 +187,7 @@ impl Daemon {
         // `guard apply` returns once the kernel enforces.
         self.after_apply = Some(Applied {
             previous,
+            lint,
             ..applied
         });
         Ok(())
@@ -194,9 +198,17 @@ impl Daemon {
     /// the listener audit against the new policy, and the freed heap (tens of MiB after a
     /// large policy, the previous policy's among it) handed back to the system.
     pub(super) fn after_apply(&mut self) {
-        let Some(applied) = self.after_apply.take() else {
+        let Some(mut applied) = self.after_apply.take() else {
             return;
         };
+        // The lint's warnings (shadowed and overlapping rules), left by the check for now.
+        if let (Some(lint), Some(policy), Some(current)) =
+            (applied.lint.take(), &self.policy, &self.current)
+        {
+            for warning in lint.warnings(policy, &current.source.label(), &current.text) {
+                warn!("{warning}");
+            }
+        }
         let summary = match (&applied.previous, &self.policy) {
             (Some(old), Some(new)) => policy::diff::summary(old, new),
             _ => "initial".to_owned(),
@@ -388,7 +400,8 @@ impl Daemon {
         how: &str,
         confirm_within: Option<u64>,
     ) -> Result<(), (String, Vec<String>)> {
-        let checked = match policy::check(&source.label(), &text) {
+        // The lint waits until the caller has its answer ([`Daemon::after_apply`]).
+        let (checked, lint) = match policy::check_before_lint(&source.label(), &text) {
             Ok(c) => c,
             Err(e) => {
                 self.reloads.rejected += 1;
@@ -397,7 +410,7 @@ impl Daemon {
                 return Err(("policy rejected".into(), e.lines));
             }
         };
-        self.apply(source, text, checked, how, confirm_within).map_err(|e| {
+        self.apply(source, text, checked, Some(lint), how, confirm_within).map_err(|e| {
             self.reloads.rejected += 1;
             error!(target: "guard::event", kind = "policy_rejected", how, error = %e, "applying the policy failed");
             (e.to_string(), Vec::new())

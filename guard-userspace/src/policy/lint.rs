@@ -6,9 +6,29 @@ use std::{collections::BTreeMap, ops::Range};
 use ipnet::IpNet;
 
 use super::{
-    model::{Proto, Rule, RuleAction},
+    Diagnostic,
+    model::{Policy, Proto, Rule, RuleAction},
     validate::Findings,
 };
+
+/// Where each ingress and egress rule's name sits in the policy text, in rule order: what
+/// the lint's warnings point at.
+#[derive(Debug, Clone, Default)]
+pub struct RuleSpans {
+    pub(super) ingress: Vec<Range<usize>>,
+    pub(super) egress: Vec<Range<usize>>,
+}
+
+impl RuleSpans {
+    /// The lint's warnings for `policy` (validated with these spans): shadowed and
+    /// overlapping rules of each direction.
+    pub fn warnings(&self, policy: &Policy) -> Vec<Diagnostic> {
+        let mut f = Findings::default();
+        suspicious(&policy.ingress, &self.ingress, &mut f);
+        suspicious(&policy.egress, &self.egress, &mut f);
+        f.warnings
+    }
+}
 
 /// The port ranges of the rules that name one (protocol, network), sorted by first port,
 /// with the two largest last ports of distinct rules among each prefix: enough to tell in

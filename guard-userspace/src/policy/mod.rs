@@ -138,8 +138,20 @@ pub struct Checked {
     pub hash: String,
 }
 
-/// Parses and validates a policy text; `file` names it in messages.
+/// Parses and validates a policy text; `file` names it in messages. The warnings include
+/// the lint's (shadowed and overlapping rules).
 pub fn check(file: &str, text: &str) -> Result<Checked, PolicyErrors> {
+    let (mut checked, lint) = check_before_lint(file, text)?;
+    checked
+        .warnings
+        .extend(lint.warnings(&checked.policy, file, text));
+    Ok(checked)
+}
+
+/// As [`check`], with the lint left for later ([`Lint::warnings`]): the daemon answers an
+/// apply once the kernel enforces, and says the lint's warnings after. Its warnings can
+/// never refuse a policy, and for a large one it is a sizeable share of the check.
+pub fn check_before_lint(file: &str, text: &str) -> Result<(Checked, Lint), PolicyErrors> {
     let parse_error = |e: toml::de::Error| PolicyErrors {
         lines: vec![
             Diagnostic::new(e.span().unwrap_or(0..0), e.message().trim_end()).render(file, text),
@@ -154,17 +166,14 @@ pub fn check(file: &str, text: &str) -> Result<Checked, PolicyErrors> {
     }
     let index = LineIndex::new(text);
     match validated {
-        Ok((policy, warnings)) => Ok(Checked {
-            policy,
-            warnings: warnings
-                .iter()
-                .map(|w| {
-                    Diagnostic::new(w.span.clone(), format!("warning: {}", w.message))
-                        .render_with(&index, file, text)
-                })
-                .collect(),
-            hash: hash(text),
-        }),
+        Ok((policy, warnings, spans)) => Ok((
+            Checked {
+                policy,
+                warnings: render_warnings(&warnings, &index, file, text),
+                hash: hash(text),
+            },
+            Lint { spans },
+        )),
         Err(errors) => Err(PolicyErrors {
             lines: errors
                 .iter()
@@ -172,6 +181,39 @@ pub fn check(file: &str, text: &str) -> Result<Checked, PolicyErrors> {
                 .collect(),
         }),
     }
+}
+
+/// The lint of a policy [`check_before_lint`] validated.
+#[derive(Debug, Clone, Default)]
+pub struct Lint {
+    spans: lint::RuleSpans,
+}
+
+impl Lint {
+    /// The lint's warnings (shadowed and overlapping rules), rendered as
+    /// `FILE:LINE:COL: warning: ...`, for `policy` and `text` as they were checked.
+    pub fn warnings(&self, policy: &Policy, file: &str, text: &str) -> Vec<String> {
+        let warnings = self.spans.warnings(policy);
+        if warnings.is_empty() {
+            return Vec::new();
+        }
+        render_warnings(&warnings, &LineIndex::new(text), file, text)
+    }
+}
+
+fn render_warnings(
+    warnings: &[Diagnostic],
+    index: &LineIndex,
+    file: &str,
+    text: &str,
+) -> Vec<String> {
+    warnings
+        .iter()
+        .map(|w| {
+            Diagnostic::new(w.span.clone(), format!("warning: {}", w.message))
+                .render_with(index, file, text)
+        })
+        .collect()
 }
 
 /// SHA-256 of a policy text, lowercase hex.

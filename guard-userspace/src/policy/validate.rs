@@ -8,7 +8,7 @@ use toml::Spanned;
 use super::{
     Diagnostic,
     addresses::{ZoneTable, peers, zones},
-    lint::suspicious,
+    lint::RuleSpans,
     model::{
         DefaultAction, EventLimits, FlowTimeouts, HealthPolicy, ICMP_ECHO_RULE, InterfaceSpec,
         ListenPolicy, Mode, PROTOCOL_NAMES, Policy, PortRange, Proto, ProtocolRule,
@@ -39,8 +39,11 @@ impl Findings {
     }
 }
 
-/// The validated policy and its warnings, or every error found.
-pub fn validate(mut raw: RawPolicy<'_>) -> Result<(Policy, Vec<Diagnostic>), Vec<Diagnostic>> {
+/// The validated policy, its warnings and where its rules' names are (for the lint,
+/// [`super::lint::RuleSpans::warnings`], run by the caller), or every error found.
+pub fn validate(
+    mut raw: RawPolicy<'_>,
+) -> Result<(Policy, Vec<Diagnostic>, RuleSpans), Vec<Diagnostic>> {
     let mut f = Findings::default();
 
     if let Some(version) = &raw.version
@@ -207,10 +210,10 @@ pub fn validate(mut raw: RawPolicy<'_>) -> Result<(Policy, Vec<Diagnostic>), Vec
     let contexts = super::contexts::contexts(&raw, &mut f);
 
     if f.errors.is_empty() {
-        let egress_spans: Vec<Range<usize>> =
-            raw.egress.iter().map(|r| r.get_ref().name.span()).collect();
-        suspicious(&ingress, &ingress_spans, &mut f);
-        suspicious(&egress, &egress_spans, &mut f);
+        let spans = RuleSpans {
+            ingress: ingress_spans,
+            egress: raw.egress.iter().map(|r| r.get_ref().name.span()).collect(),
+        };
         let policy = Policy {
             mode,
             interfaces,
@@ -227,7 +230,7 @@ pub fn validate(mut raw: RawPolicy<'_>) -> Result<(Policy, Vec<Diagnostic>), Vec
             health,
             contexts,
         };
-        Ok((policy, f.warnings))
+        Ok((policy, f.warnings, spans))
     } else {
         Err(f.errors)
     }
