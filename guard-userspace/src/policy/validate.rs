@@ -135,22 +135,26 @@ pub fn validate(
         .into_iter()
         .chain(more.by_ref().flatten())
     {
-        ingress_spans.push(r.get_ref().name.span());
+        // The lint's warnings point at a rule by its name: one span per rule of `ingress`.
+        let span = r.get_ref().name.span();
         match checked(r.get_ref().into(), &mut f) {
-            Some(CheckedRule::Ports(rule)) => ingress.push(rule),
+            Some(CheckedRule::Ports(rule)) => {
+                ingress_spans.push(span);
+                ingress.push(rule);
+            }
             Some(CheckedRule::Protocol(rule)) => protocols.push(rule),
             None => {}
         }
     }
     raw.egress.extend(more.egress());
-    let egress: Vec<Rule> = raw
+    let (egress, egress_spans): (Vec<Rule>, Vec<Range<usize>>) = raw
         .egress
         .iter()
         .filter_map(|r| match checked(r.get_ref().into(), &mut f) {
-            Some(CheckedRule::Ports(rule)) => Some(rule),
+            Some(CheckedRule::Ports(rule)) => Some((rule, r.get_ref().name.span())),
             _ => None,
         })
-        .collect();
+        .unzip();
     // `icmp_echo`: who may ping (ICMP and ICMPv6 echo requests); every other ICMP message
     // always passes.
     let echo_from: Option<(Vec<String>, Vec<IpNet>)> = match &raw.icmp_echo {
@@ -212,7 +216,7 @@ pub fn validate(
     if f.errors.is_empty() {
         let spans = RuleSpans {
             ingress: ingress_spans,
-            egress: raw.egress.iter().map(|r| r.get_ref().name.span()).collect(),
+            egress: egress_spans,
         };
         let policy = Policy {
             mode,

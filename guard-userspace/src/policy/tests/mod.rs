@@ -9,7 +9,7 @@ use guard_common::{
 use proptest::prelude::*;
 
 use super::{
-    check,
+    check, check_before_lint,
     lower::{Lowered, lower},
     model::{InterfaceSpec, Mode, PortRange, RuleAction},
 };

@@ -2,6 +2,36 @@
 
 use super::*;
 
+/// A whole-protocol rule among the ingress rules takes no place among the port rules the
+/// lint reads: a warning after it still points at its own rule's name.
+#[test]
+fn warnings_after_a_whole_protocol_rule_point_at_their_rule() {
+    let text = r#"interfaces = ["eth0"]
+[[ingress]]
+name = "gre-any"
+proto = "gre"
+[[ingress]]
+name = "web"
+proto = "tcp"
+ports = [80]
+[[ingress]]
+name = "web-again"
+proto = "tcp"
+ports = [80]
+"#;
+    let c = check("p.toml", text).unwrap();
+    let want =
+        "p.toml:10:8: warning: rule `web-again` is fully shadowed (by web): it never matches";
+    assert!(c.warnings.iter().any(|w| w == want), "{:#?}", c.warnings);
+    // The daemon's path: the same warnings, said after the answer.
+    let (early, lint) = check_before_lint("p.toml", text).unwrap();
+    assert!(early.warnings.iter().all(|w| !w.contains("shadowed")));
+    assert_eq!(
+        lint.warnings(&early.policy, "p.toml", text),
+        c.warnings[early.warnings.len()..]
+    );
+}
+
 #[test]
 fn suspicious_policies_get_warnings() {
     let c = check(
