@@ -13,7 +13,7 @@ use super::{
 
 /// Where each ingress and egress rule's name sits in the policy text, in rule order: what
 /// the lint's warnings point at.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RuleSpans {
     pub(super) ingress: Vec<Range<usize>>,
     pub(super) egress: Vec<Range<usize>>,

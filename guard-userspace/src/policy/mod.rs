@@ -183,8 +183,9 @@ pub fn check_before_lint(file: &str, text: &str) -> Result<(Checked, Lint), Poli
     }
 }
 
-/// The lint of a policy [`check_before_lint`] validated.
-#[derive(Debug, Clone, Default)]
+/// The lint of a policy [`check_before_lint`] validated (no `Default`: it belongs to that
+/// policy).
+#[derive(Debug, Clone)]
 pub struct Lint {
     spans: lint::RuleSpans,
 }
