@@ -19,7 +19,7 @@ use aya_obj::{
 };
 use guard_tests::{NsPair, kernel::load, sh};
 
-use crate::xdp::XdpFilter;
+use crate::{Paired, median, xdp::XdpFilter};
 
 const GUARD: &str = "guard (1 000 rules, events on)";
 const EMPTY: &str = "empty XDP_DROP";
@@ -60,10 +60,8 @@ pub struct Sample {
     /// For a netfilter rule, the share of the delivered frames its counter saw: the check
     /// that the rule, not something before it, dropped them.
     pub matched: Option<f64>,
-    /// Mpps against the empty XDP_DROP program's in the same round: the median over the
-    /// rounds, and the spread (the second lowest and second highest of the rounds). Paired
-    /// by round, so a drift of the machine's speed between rounds cancels out.
-    pub vs_empty: (f64, f64, f64),
+    /// Mpps against the empty XDP_DROP program's in the same round.
+    pub vs_empty: Paired,
 }
 
 fn mac(ns: &str, dev: &str) -> [u8; 6] {
@@ -434,11 +432,6 @@ fn flood_once(
     )
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Floods the receiver with each filter in place: ROUNDS rounds, each measuring every filter
 /// in turn (so a drift of the machine's speed reaches them all alike); the medians.
 pub fn run(filter: &XdpFilter) -> Vec<Sample> {
@@ -479,24 +472,21 @@ pub fn run(filter: &XdpFilter) -> Vec<Sample> {
     for (i, &f) in Filter::ALL.iter().enumerate() {
         for (j, &flood) in floods.iter().enumerate() {
             let r = &rounds[i * floods.len() + j];
-            let base = &rounds[empty * floods.len() + j];
-            let mut ratios: Vec<f64> = r.iter().zip(base).map(|(s, b)| s.0 / b.0).collect();
-            ratios.sort_by(f64::total_cmp);
+            let mpps = |rounds: &[(f64, f64, Option<f64>)]| -> Vec<f64> {
+                rounds.iter().map(|s| s.0).collect()
+            };
+            let base = mpps(&rounds[empty * floods.len() + j]);
             out.push(Sample {
                 filter: f.name(),
                 flood,
-                mpps: median(r.iter().map(|s| s.0).collect()),
-                softirq: median(r.iter().map(|s| s.1).collect()),
+                mpps: median(&mut mpps(r)),
+                softirq: median(&mut r.iter().map(|s| s.1).collect::<Vec<_>>()),
                 matched: r
                     .iter()
                     .map(|s| s.2)
                     .collect::<Option<Vec<f64>>>()
-                    .map(median),
-                vs_empty: (
-                    ratios[1.min(ratios.len() - 1)],
-                    median(ratios.clone()),
-                    ratios[ratios.len().saturating_sub(2)],
-                ),
+                    .map(|mut v| median(&mut v)),
+                vs_empty: Paired::of(&mpps(r), &base),
             });
         }
     }
@@ -544,8 +534,8 @@ pub fn report(md: &mut String, samples: &[Sample]) {
             syn.softirq,
             ack.mpps,
             ack.softirq,
-            syn.vs_empty.1,
-            ack.vs_empty.1,
+            syn.vs_empty.median,
+            ack.vs_empty.median,
             share(syn.matched),
             share(ack.matched)
         );
@@ -555,9 +545,9 @@ pub fn report(md: &mut String, samples: &[Sample]) {
     let worst = [Flood::Syn, Flood::Ack]
         .map(|f| get(GUARD, f).vs_empty)
         .into_iter()
-        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .min_by(|a, b| a.median.total_cmp(&b.median))
         .expect("two floods");
-    let vs_empty = worst.1;
+    let vs_empty = worst.median;
     let ahead = [NFT_INPUT, IPTABLES].iter().all(|peer| {
         [Flood::Syn, Flood::Ack]
             .iter()
@@ -568,8 +558,8 @@ pub fn report(md: &mut String, samples: &[Sample]) {
         "\nTargets: guard >= 0.95x the empty XDP_DROP program: {vs_empty:.3}x (rounds: \
          {:.3}-{:.3}x), {}; ahead of nftables inet input and iptables INPUT in both floods: \
          {}.\n",
-        worst.0,
-        worst.2,
+        worst.low,
+        worst.high,
         met(vs_empty >= 0.95),
         met(ahead)
     );

@@ -43,14 +43,33 @@ struct Sockets {
     bind_overhead: f64,
 }
 
-/// Percent: the median over the rounds of each round's `with` against its `without`.
-fn paired_overhead(without: &[f64], with: &[f64]) -> f64 {
-    let mut ratios: Vec<f64> = without
-        .iter()
-        .zip(with)
-        .map(|(wo, w)| (w - wo) / wo * 100.0)
-        .collect();
-    median(&mut ratios)
+/// Each round's ratio of a figure to its base measured in the same round (a drift of the
+/// machine's speed between rounds cancels out): the median over the rounds, and the spread
+/// (the second lowest and the second highest).
+#[derive(Clone, Copy, Debug)]
+pub struct Paired {
+    pub low: f64,
+    pub median: f64,
+    pub high: f64,
+}
+
+impl Paired {
+    /// `values[i] / base[i]` over the rounds `i`; at least one round.
+    pub fn of(values: &[f64], base: &[f64]) -> Self {
+        let mut ratios: Vec<f64> = values.iter().zip(base).map(|(v, b)| v / b).collect();
+        let median = median(&mut ratios);
+        let n = ratios.len();
+        Self {
+            low: ratios[1.min(n - 1)],
+            median,
+            high: ratios[n.saturating_sub(2)],
+        }
+    }
+
+    /// The median as an overhead in percent (`with` against `without`).
+    fn overhead_percent(self) -> f64 {
+        (self.median - 1.0) * 100.0
+    }
 }
 
 /// connect()+close() and bind()+close() on loopback from a test cgroup, without and with
@@ -117,8 +136,8 @@ fn sockets() -> Sockets {
         }
     });
     Sockets {
-        connect_overhead: paired_overhead(&cw, &cg),
-        bind_overhead: paired_overhead(&bw, &bg),
+        connect_overhead: Paired::of(&cg, &cw).overhead_percent(),
+        bind_overhead: Paired::of(&bg, &bw).overhead_percent(),
         connect_without: median(&mut cw),
         connect_with: median(&mut cg),
         bind_without: median(&mut bw),
