@@ -258,6 +258,29 @@ fn header<const N: usize, C: Packet>(ctx: &C, offset: usize) -> Result<Header<N>
 
 #[inline(always)]
 pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, ParseError> {
+    parse_then(ctx, |parsed| parsed)
+}
+
+/// [`parse`], its result handed to `then` in each branch of the parse: `then` is inlined
+/// once per IP family, so the code after the parse is specialised for IPv4 (one address
+/// word, constant family tests) instead of running one merged copy for both families.
+#[inline(always)]
+pub fn parse_then<C: Packet, R>(ctx: &C, then: impl Fn(Result<Parsed, ParseError>) -> R) -> R {
+    let (ethertype, offset) = match link(ctx) {
+        Ok(link) => link,
+        Err(err) => return then(Err(err)),
+    };
+    match ethertype {
+        ETH_P_8021Q | ETH_P_8021AD => then(Err(ParseError::Unsupported)),
+        ETH_P_IPV4 => then(parse_ipv4(ctx, offset)),
+        ETH_P_IPV6 => then(parse_ipv6(ctx, offset)),
+        _ => then(Ok(Parsed::NotIp)),
+    }
+}
+
+/// The ethertype after the VLAN tags walked, and the offset of what it names.
+#[inline(always)]
+fn link<C: Packet>(ctx: &C) -> Result<(u16, usize), ParseError> {
     let eth = header::<ETH_HLEN, C>(ctx, 0)?;
     let mut ethertype = eth.be16(12);
     let mut offset = ETH_HLEN;
@@ -269,12 +292,7 @@ pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, ParseError> {
         ethertype = tag.be16(2);
         offset += 4;
     }
-    match ethertype {
-        ETH_P_8021Q | ETH_P_8021AD => Err(ParseError::Unsupported),
-        ETH_P_IPV4 => parse_ipv4(ctx, offset),
-        ETH_P_IPV6 => parse_ipv6(ctx, offset),
-        _ => Ok(Parsed::NotIp),
-    }
+    Ok((ethertype, offset))
 }
 
 /// The IPv4 address at bytes `i..i + 4` of `ip`, IPv4-mapped (`::ffff:a.b.c.d`).

@@ -7,7 +7,10 @@
 //! LPM-trie lookup) only where those cannot answer. Never a scan, whatever the rule count.
 //! Packets no rule passes pay more: the flow flag (replies to the host's own traffic pass;
 //! the flow lookup only when the flag is set) and, when events are on, the event limiter's
-//! cheap stages. docs/performance.md has the whole cost model.
+//! cheap stages. Everything after the parse is inlined once per IP family
+//! ([`packet::parse_then`]): an IPv4 packet runs code specialised for IPv4, with no joined
+//! copy that keeps both families' facts in memory. docs/performance.md has the whole cost
+//! model.
 //!
 //! Every IP protocol is judged: TCP, UDP and UDP-Lite by destination port and source; ICMP
 //! and ICMPv6 echo requests and every other IP protocol (SCTP, DCCP, GRE, ESP, ...) by
@@ -54,9 +57,19 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let Some(policy) = Policy::current() else {
         return pass_unjudged(REASON_UNCONFIGURED);
     };
+    packet::parse_then(
+        ctx,
+        #[inline(always)]
+        |parsed| judge_parsed(ctx, &policy, parsed),
+    )
+}
+
+/// The verdict on a parsed packet (inlined once per IP family: [`packet::parse_then`]).
+#[inline(always)]
+fn judge_parsed(ctx: &XdpContext, policy: &Policy, parsed: Result<Parsed, ParseError>) -> u32 {
     let config = policy.config;
     let enforce = config.mode == MODE_ENFORCE;
-    let flow = match packet::parse(ctx) {
+    let flow = match parsed {
         Ok(Parsed::Flow(flow)) => flow,
         Ok(Parsed::NotIp) => return pass_unjudged(REASON_NOT_IP),
         Ok(Parsed::IcmpControl) => return pass_unjudged(REASON_ICMP_PASSED),
@@ -84,7 +97,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     } else {
         policy.protocol_entry(flow.ip_proto)
     };
-    let (mut rule, mut action) = verdict::judge(&policy, entry, flow.v4, &flow.src, default);
+    let (mut rule, mut action) = verdict::judge(policy, entry, flow.v4, &flow.src, default);
     if action != ACTION_ALLOW && flow.has_ports() && is_reply(&flow, config) {
         bump(&GUARD_REASONS, REASON_REPLY_PASSED);
         (rule, action) = (RULE_REPLY, ACTION_ALLOW);
@@ -95,7 +108,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
     let (kind, verdict) = match action {
         ACTION_ALLOW => {
             if flow.has_ports() {
-                count_port(&policy, &flow, false);
+                count_port(policy, &flow, false);
             }
             return XDP_PASS;
         }
@@ -104,7 +117,7 @@ pub fn run(ctx: &XdpContext) -> u32 {
         _ => (EVENT_AUDIT_DROP, XDP_PASS),
     };
     if flow.has_ports() {
-        count_port(&policy, &flow, verdict == XDP_DROP);
+        count_port(policy, &flow, verdict == XDP_DROP);
     }
     // Dropped, or ("would drop") passed in audit mode or by an audit rule.
     bump(&GUARD_REASONS, REASON_POLICY);
