@@ -92,6 +92,8 @@ fn send_with(make: impl FnOnce() -> Event, limit_key: &Addr, config: &GuardConfi
             return;
         }
     }
+    // Past the two cheap stages: the limiter (rare under a flood, and rate-limited anyway).
+    core::hint::cold_path();
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let suppressed = match GUARD_EVBUCKET.get_ptr_mut(addr_bytes(limit_key)) {

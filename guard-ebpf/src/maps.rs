@@ -160,6 +160,7 @@ impl Policy {
         let generation = match GUARD_ACTIVE.get(0) {
             // A commit-confirm window: the clock is read only while one is open.
             Some(active) if active.deadline_ns != 0 => {
+                core::hint::cold_path();
                 // SAFETY: a helper without preconditions.
                 active.in_force(unsafe { bpf_ktime_get_coarse_ns() })
             }
@@ -168,6 +169,7 @@ impl Policy {
         };
         let config = GUARD_CONFIG.get(generation)?;
         if config.mode == MODE_UNSET {
+            core::hint::cold_path();
             return None;
         }
         Some(Self { generation, config })

@@ -249,6 +249,7 @@ fn header<const N: usize, C: Packet>(ctx: &C, offset: usize) -> Result<Header<N>
     let start = ctx.start();
     let end = ctx.end();
     if start + offset + N > end {
+        core::hint::cold_path();
         return Err(ParseError::Malformed);
     }
     Ok(Header {
@@ -288,6 +289,7 @@ fn link<C: Packet>(ctx: &C) -> Result<(u16, usize), ParseError> {
         if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
             break;
         }
+        core::hint::cold_path();
         let tag = header::<4, C>(ctx, offset)?;
         ethertype = tag.be16(2);
         offset += 4;
@@ -324,11 +326,13 @@ fn parse_ipv4<C: Packet>(ctx: &C, offset: usize) -> Result<Parsed, ParseError> {
     let ip = header::<20, C>(ctx, offset)?;
     let version_ihl = ip.u8(0);
     if version_ihl >> 4 != 4 {
+        core::hint::cold_path();
         return Err(ParseError::Malformed);
     }
     let header_len = ((version_ihl & 0x0f) as usize) * 4;
     let total_len = ip.be16(2) as usize;
     if header_len < 20 || total_len < header_len {
+        core::hint::cold_path();
         return Err(ParseError::Malformed);
     }
     let ip_proto = ip.u8(9);
@@ -340,6 +344,7 @@ fn parse_ipv4<C: Packet>(ctx: &C, offset: usize) -> Result<Parsed, ParseError> {
         counted_len(ctx, offset + total_len),
     );
     if ip.be16(6) & 0x1fff != 0 {
+        core::hint::cold_path();
         return Ok(later_fragment(ip_proto, flow));
     }
     parse_l4(ctx, offset + header_len, flow)
@@ -431,6 +436,7 @@ fn parse_l4<C: Packet>(ctx: &C, offset: usize, mut flow: Flow) -> Result<Parsed,
         IPPROTO_TCP => {
             let tcp = header::<20, C>(ctx, offset)?;
             if tcp.u8(12) >> 4 < 5 {
+                core::hint::cold_path();
                 return Err(ParseError::Malformed);
             }
             flow.proto_idx = PROTO_IDX_TCP;

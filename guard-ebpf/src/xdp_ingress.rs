@@ -75,6 +75,7 @@ fn judge_parsed(ctx: &XdpContext, policy: &Policy, parsed: Result<Parsed, ParseE
         Ok(Parsed::IcmpControl) => return pass_unjudged(REASON_ICMP_PASSED),
         Ok(Parsed::LaterFragment) => return pass_unjudged(REASON_FRAGMENT_PASSED),
         Err(err) => {
+            core::hint::cold_path();
             bump(
                 &GUARD_REASONS,
                 match err {
