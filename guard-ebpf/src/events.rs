@@ -68,6 +68,7 @@ fn send_with(make: impl FnOnce() -> Event, limit_key: &Addr, config: &GuardConfi
     }
     let Some(budget) = GUARD_EVBUDGET.get_ptr_mut(0) else {
         // Cannot happen (index 0 of a one-entry array).
+        core::hint::cold_path();
         return;
     };
     // SAFETY: this CPU's value; BPF programs are not preempted on their CPU.
@@ -172,6 +173,7 @@ fn hand_back_held(budget: &mut EventBudget) {
 fn over_budget(budget: &mut EventBudget, per_window: u64) -> bool {
     if budget.used == 0 {
         // The first deny ever on this CPU starts the first window.
+        core::hint::cold_path();
         // SAFETY: a helper without preconditions.
         budget.window_start_ns = unsafe { bpf_ktime_get_coarse_ns() };
     }
@@ -182,6 +184,8 @@ fn over_budget(budget: &mut EventBudget, per_window: u64) -> bool {
     if budget.used != per_window + 1 && budget.used % EVENT_BUDGET_CLOCK_EVERY != 0 {
         return true;
     }
+    // Once per EVENT_BUDGET_CLOCK_EVERY denies past the budget.
+    core::hint::cold_path();
     // SAFETY: a helper without preconditions.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     if now.wrapping_sub(budget.window_start_ns) < EVENT_BUDGET_WINDOW_NS {

@@ -139,9 +139,11 @@ pub fn bump_hash(map: &PerCpuHashMap<u32, u64>, key: u32) {
 /// Adds one to a per-CPU counter array slot.
 #[inline(always)]
 pub fn bump(map: &PerCpuArray<u64>, index: u32) {
-    if let Some(count) = map.get_ptr_mut(index) {
+    match map.get_ptr_mut(index) {
         // SAFETY: this CPU's slot; BPF programs are not preempted on their CPU.
-        unsafe { *count += 1 };
+        Some(count) => unsafe { *count += 1 },
+        // Cannot happen (every caller's index is in range).
+        None => core::hint::cold_path(),
     }
 }
 

@@ -358,6 +358,7 @@ fn parse_ipv6<C: Packet>(ctx: &C, offset: usize) -> Result<Parsed, ParseError> {
     }
     let src = ip.addr16(8);
     if src[0] == 0 && src[1] == 0 && src[2] == V4_MAPPED_WORD {
+        core::hint::cold_path();
         // No host sends these; the kernel's IPv6 stack drops them (RFC 4291 and
         // draft-itojun-v6ops-v4mapped-harmful), and so does guard, before they could be judged
         // by rules written for either family.
@@ -377,6 +378,7 @@ fn parse_ipv6<C: Packet>(ctx: &C, offset: usize) -> Result<Parsed, ParseError> {
     for round in 0..=MAX_IPV6_EXT_HEADERS {
         let header_len = match next {
             IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT | IPV6_AH => {
+                core::hint::cold_path();
                 if round == MAX_IPV6_EXT_HEADERS {
                     return Err(ParseError::Unsupported);
                 }

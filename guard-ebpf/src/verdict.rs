@@ -136,6 +136,7 @@ pub fn judge(
     match action {
         ACTION_ALLOW | ACTION_AUDIT | ACTION_DENY => (rule, action),
         _ => {
+            core::hint::cold_path();
             bump(&GUARD_REASONS, REASON_BAD_ACTION);
             (rule, ACTION_DENY)
         }
@@ -253,11 +254,13 @@ fn lookup_peer(policy: &Policy, class: u32, v4: bool, peer: &impl Peer) -> Optio
 
 #[inline(always)]
 pub fn count_rule(rule: u32, bytes: u64) {
-    if let Some(stats) = GUARD_RULES.get_ptr_mut(rule) {
+    match GUARD_RULES.get_ptr_mut(rule) {
         // SAFETY: this CPU's slot; BPF programs are not preempted on their CPU.
-        unsafe {
+        Some(stats) => unsafe {
             (*stats).packets += 1;
             (*stats).bytes += bytes;
-        }
+        },
+        // Cannot happen (rule indices are below the map's size).
+        None => core::hint::cold_path(),
     }
 }
