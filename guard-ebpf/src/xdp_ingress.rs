@@ -132,18 +132,21 @@ fn judge_parsed(ctx: &XdpContext, policy: &Policy, parsed: Result<Parsed, ParseE
     }
     // Dropped, or ("would drop") passed in audit mode or by an audit rule.
     bump(&GUARD_REASONS, REASON_POLICY);
-    debug!(
-        ctx,
-        "{} rule={} proto={} dport={}",
-        if verdict == XDP_DROP {
-            "drop"
-        } else {
-            "audit_drop"
-        },
-        rule,
-        flow.proto_idx,
-        flow.dport
-    );
+    // Two calls, each with its own literal: one call choosing between two strings of
+    // different lengths compiled (once the code was inlined per IP family) to a copy the
+    // verifier could not tie to the string it copies, and refused the program whenever the
+    // kernel log was on.
+    if verdict == XDP_DROP {
+        debug!(
+            ctx,
+            "drop rule={} proto={} dport={}", rule, flow.proto_idx, flow.dport
+        );
+    } else {
+        debug!(
+            ctx,
+            "audit_drop rule={} proto={} dport={}", rule, flow.proto_idx, flow.dport
+        );
+    }
     events::report_packet(ctx, &flow, kind, rule, config);
     verdict
 }
