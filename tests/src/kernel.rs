@@ -25,10 +25,16 @@ pub struct Loaded {
 
 /// Validates, lowers and loads `text` (panicking with the errors if it is invalid).
 pub fn load(text: &str) -> Loaded {
+    load_logging(text, KernelLog::Off)
+}
+
+/// As [`load`], with the kernel log at `level`: the verifier then also walks the programs'
+/// log code, which it refuses on its own account when that code is wrong.
+pub fn load_logging(text: &str, level: KernelLog) -> Loaded {
     require_root();
     let checked = policy::check("test.toml", text).unwrap_or_else(|e| panic!("{e}"));
     let lowered = policy::lower(&checked.policy);
-    let guard = Guard::load(&lowered, KernelLog::Off, None).unwrap_or_else(|e| panic!("load: {e}"));
+    let guard = Guard::load(&lowered, level, None).unwrap_or_else(|e| panic!("load: {e}"));
     Loaded {
         guard,
         rules: lowered.rules,

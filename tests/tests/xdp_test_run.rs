@@ -3,8 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use guard::datapath::KernelLog;
 use guard_tests::{
-    kernel::{XDP_DROP, XDP_PASS, load},
+    kernel::{XDP_DROP, XDP_PASS, load, load_logging},
     packets::*,
 };
 
@@ -47,6 +48,23 @@ fn allowed_tcp_passes_and_others_drop_with_exact_counters() {
     );
     assert_eq!(c.reason("policy"), 2);
     assert_eq!(c.rule("failsafe").unwrap().packets, 0);
+}
+
+/// Every kernel-log level loads (the verifier walks the log code only when it is on; a
+/// drop's log line once compiled to a copy it refused) and judges alike, IPv4 and IPv6.
+#[test]
+fn every_kernel_log_level_loads_and_judges_alike() {
+    for (name, level) in KernelLog::NAMES {
+        let g = load_logging(WEB, level);
+        for (allowed, denied) in [
+            (tcp4(ip4("192.0.2.1"), 80), tcp4(ip4("192.0.2.1"), 81)),
+            (tcp6(ip6("2001:db8::1"), 80), tcp6(ip6("2001:db8::1"), 81)),
+        ] {
+            assert_eq!(g.verdict(&allowed), XDP_PASS, "kernel log {name}");
+            assert_eq!(g.verdict(&denied), XDP_DROP, "kernel log {name}");
+        }
+        assert_eq!(g.counters().reason("policy"), 2, "kernel log {name}");
+    }
 }
 
 #[test]
