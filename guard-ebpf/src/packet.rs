@@ -266,7 +266,7 @@ pub fn parse<C: Packet>(ctx: &C) -> Result<Parsed, ParseError> {
 /// once per IP family, so the code after the parse is specialised for IPv4 (one address
 /// word, constant family tests) instead of running one merged copy for both families.
 #[inline(always)]
-pub fn parse_then<C: Packet, R>(ctx: &C, then: impl Fn(Result<Parsed, ParseError>) -> R) -> R {
+pub fn parse_then<C: Packet, R>(ctx: &C, then: impl FnOnce(Result<Parsed, ParseError>) -> R) -> R {
     let (ethertype, offset) = match link(ctx) {
         Ok(link) => link,
         Err(err) => return then(Err(err)),
