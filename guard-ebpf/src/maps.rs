@@ -171,8 +171,8 @@ impl Policy {
         };
         // A branch, not an index: the CPU predicts it (the generation seldom changes) and
         // reads the config's line at once, alongside ACTIVE's, where `get(generation)`
-        // waited for ACTIVE's line to arrive first. Under a flood both lines miss L1 on
-        // every packet, so that wait was one of the program's largest costs.
+        // waited for ACTIVE's line to arrive first. Under a veth flood both lines miss L1
+        // on every packet (docs/performance.md, cost model).
         let config = if generation == 0 {
             GUARD_CONFIG.get(0)
         } else {
