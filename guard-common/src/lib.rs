@@ -20,8 +20,16 @@ pub mod maps {
     /// `RuleStats`, `RttHist`, a counter index, ...). A daemon adopts pins only of its own
     /// layout: aya reuses a pinned map by name whatever its layout, so new programs would
     /// otherwise read and write old-layout maps. Layout 1 is every guard before the number
-    /// existed (pins with no layout mark).
-    pub const PIN_LAYOUT: u32 = 2;
+    /// existed (pins with no layout mark). Layout 3 added [`DENY_TALLY`], which now counts
+    /// the policy denies and suppressed events its programs once counted in [`REASONS`]
+    /// and [`EVENT_STATS`].
+    pub const PIN_LAYOUT: u32 = 3;
+    /// The pin layouts this guard adopts: its own, and layout 2, whose pins are layout 3's
+    /// but for [`DENY_TALLY`] (the load creates it; the counts layout 2's programs left in
+    /// [`REASONS`] and [`EVENT_STATS`] stay there, and every reader adds the tally to
+    /// them). Adopting layout 2 marks the pins as layout 3, so a layout-2 guard, which
+    /// would not read the tally, then refuses them.
+    pub const PIN_LAYOUTS_ADOPTED: [u32; 2] = [2, PIN_LAYOUT];
     /// `Array<ActiveGeneration>`, one entry: the policy generation in force (0 or 1), and
     /// during a commit-confirm window the generation to fall back to after its deadline.
     pub const ACTIVE: &str = "GUARD_ACTIVE";
@@ -69,12 +77,15 @@ pub mod maps {
     pub const EVENT_BUCKETS: &str = "GUARD_EVBUCKET";
     /// `PerCpuArray<u64>` indexed by the `EVENTS_*` constants.
     pub const EVENT_STATS: &str = "GUARD_EVSTATS";
-    /// `PerCpuArray<EventBudget>`, one entry: how many denied packets this CPU sent to the
-    /// per-source limiter in the current window ([`super::EVENT_BUDGET_WINDOW_NS`]). Beyond
-    /// [`super::EVENT_BUDGET_PER_WINDOW`] a deny is counted as suppressed at the cost of one
-    /// inlined array access: a flood pays neither the clock nor the limiter's LRU lookup.
-    /// Belongs to one loaded instance (a new load starts a fresh window).
-    pub const EVENT_BUDGET: &str = "GUARD_EVBUDGET";
+    /// `PerCpuArray<DenyTally>`, one entry: this CPU's tally of policy denies (the
+    /// [`super::REASON_POLICY`] count) and of suppressed events (the
+    /// [`super::EVENTS_SUPPRESSED`] count), beside the event budget and the flooding source
+    /// the limiter holds back. A flood's drop touches this one value for all of its
+    /// bookkeeping but the rule counter, where three counter maps cost it a line each, and
+    /// each map a line more for its per-CPU pointer. Since pin layout 3; the counts of
+    /// layout 2's programs stay in [`REASONS`] and [`EVENT_STATS`], and a reader adds the
+    /// two.
+    pub const DENY_TALLY: &str = "GUARD_DENYTALLY";
     /// `Array<[u8; FLOW_SEEN_CHUNK]>`, [`super::FLOW_SEEN_CHUNKS`] entries: one flag per
     /// [`super::flow_seen_slot`] of a [`super::FlowKey`], set by the TC egress program for
     /// every flow it records. The XDP filter looks a reply up in [`FLOWS`] only when its
@@ -132,7 +143,7 @@ pub mod maps {
         SRC_DIRECT16,
         SRC_DIRECT24,
         SRC_DIRECT_RULES,
-        EVENT_BUDGET,
+        DENY_TALLY,
         FLOW_SEEN,
         SRC_ZONES,
         PROTOS,
@@ -161,8 +172,9 @@ pub mod maps {
     /// event ring and limiter. Every load shares them through their pins; the policy maps
     /// (active, config, ports, classes, sources, listen, slots) belong to one loaded
     /// instance of the programs, which keeps them across policy changes (generations).
-    pub const STATE: [&str; 12] = [
+    pub const STATE: [&str; 13] = [
         RULE_STATS,
+        DENY_TALLY,
         FLOW_SEEN,
         REASONS,
         PORT_STATS,
@@ -405,7 +417,7 @@ pub const EVENTS_BYTES: u32 = 1 << 20;
 /// cost at one lookup for most packets.
 pub const FLOW_REFRESH_NS: u64 = 1_000_000_000;
 
-/// The window of the per-CPU event budget ([`maps::EVENT_BUDGET`]).
+/// The window of the per-CPU event budget (in [`maps::DENY_TALLY`]).
 pub const EVENT_BUDGET_WINDOW_NS: u64 = 100_000_000;
 /// The least number of denied packets per CPU and window that go to the per-source event
 /// limiter ([`GuardConfig::event_budget`]); the rest of the window's denies are counted as
@@ -415,15 +427,12 @@ pub const EVENT_BUDGET_PER_WINDOW: u64 = 256;
 /// ended (a power of two).
 pub const EVENT_BUDGET_CLOCK_EVERY: u64 = 64;
 
-/// Value of [`maps::EVENT_BUDGET`].
+/// Value of [`maps::DENY_TALLY`]: one CPU's policy denies and suppressed events, and its
+/// event budget. The fields a flood from one source touches on every drop come first (48
+/// bytes), so most placements of the value give them one cache line.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EventBudget {
-    /// Start of the current window (ns, `bpf_ktime_get_coarse_ns`).
-    pub window_start_ns: u64,
-    /// Denies that reached the limiter code in the current window, the budgeted ones and
-    /// those past the budget.
-    pub used: u64,
+pub struct DenyTally {
     /// The key the per-source limiter last held back on this CPU (a flooding source):
     /// its next [`EVENT_HEAVY_SKIPS`] denies are held back here, at the cost of a compare,
     /// and neither touch the limiter nor spend the budget, so a flood from one source
@@ -436,6 +445,17 @@ pub struct EventBudget {
     /// Denies of `heavy` held back here since its last look at the limiter: added to its
     /// bucket's count then, so its next event reports every deny held back.
     pub heavy_held: u64,
+    /// Events not sent because a limit held them back (every stage: the heavy source, the
+    /// budget, the per-source limiter): this CPU's part of the `EVENTS_SUPPRESSED` count.
+    pub suppressed: u64,
+    /// Packets the policy denied (dropped, or passed in audit mode or by an audit rule):
+    /// this CPU's part of the `REASON_POLICY` count.
+    pub policy: u64,
+    /// Denies that reached the limiter code in the current window, the budgeted ones and
+    /// those past the budget.
+    pub used: u64,
+    /// Start of the current window (ns, `bpf_ktime_get_coarse_ns`).
+    pub window_start_ns: u64,
 }
 
 /// How many denies of a source the limiter just held back are held back without asking it
@@ -635,7 +655,7 @@ pub struct GuardConfig {
     /// hook for UDP-Lite, so a connected UDP-Lite socket could not be judged.
     pub udplite_denied: u32,
     /// Denies per CPU and [`EVENT_BUDGET_WINDOW_NS`] that go to the per-source limiter
-    /// ([`maps::EVENT_BUDGET`]): at least [`EVENT_BUDGET_PER_WINDOW`], more when the
+    /// ([`maps::DENY_TALLY`]): at least [`EVENT_BUDGET_PER_WINDOW`], more when the
     /// `[events]` rate and burst ask for more.
     pub event_budget: u64,
     /// The class id of the first entry of a row of [`maps::SRC_DIRECT_RULES`]: the
@@ -847,6 +867,7 @@ const _: () = assert!(core::mem::size_of::<SrcHashKeyV6>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
 const _: () = assert!(core::mem::size_of::<PortStats>() == 16);
 const _: () = assert!(core::mem::size_of::<EventBucket>() == 16);
+const _: () = assert!(core::mem::size_of::<DenyTally>() == 64);
 const _: () = assert!(core::mem::size_of::<Event>() == 88);
 const _: () = assert!(core::mem::size_of::<ConnStats>() == 16);
 const _: () = assert!(core::mem::size_of::<RttHist>() == 8 * RTT_BUCKETS);
@@ -876,6 +897,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowState {}
     unsafe impl aya::Pod for super::PortStats {}
     unsafe impl aya::Pod for super::EventBucket {}
+    unsafe impl aya::Pod for super::DenyTally {}
     unsafe impl aya::Pod for super::Event {}
     unsafe impl aya::Pod for super::ConnStats {}
     unsafe impl aya::Pod for super::RttHist {}

@@ -2,7 +2,9 @@
 //! for socket events), then sent through a ring buffer, so a flood from one source costs
 //! userspace at most its rate.
 //!
-//! In front of it, two cheap stages in a per-CPU array. First, the source the limiter last
+//! In front of it, two cheap stages in this CPU's [`DenyTally`] (which also counts the
+//! suppressed events and the policy denies, so a flood's drop does all its bookkeeping but
+//! the rule counter in one value). First, the source the limiter last
 //! held back on this CPU: its next `EVENT_HEAVY_SKIPS` denies are held back after one
 //! compare (a flood from one source costs a compare, and spends nothing of the budget).
 //! Then a per-CPU budget: each CPU sends at most `GuardConfig::event_budget` denies per
@@ -20,19 +22,26 @@
 
 use aya_ebpf::{helpers::bpf_ktime_get_coarse_ns, programs::XdpContext};
 use guard_common::{
-    EVENT_BUDGET_CLOCK_EVERY, EVENT_BUDGET_WINDOW_NS, EVENT_HEAVY_SKIPS, EVENTS_LOST, EVENTS_SENT,
-    EVENTS_SUPPRESSED, Event, EventBucket, EventBudget, GuardConfig,
+    DenyTally, EVENT_BUDGET_CLOCK_EVERY, EVENT_BUDGET_WINDOW_NS, EVENT_HEAVY_SKIPS, EVENTS_LOST,
+    EVENTS_SENT, Event, EventBucket, GuardConfig,
 };
 
 use crate::{
-    maps::{GUARD_EVBUCKET, GUARD_EVBUDGET, GUARD_EVENTS, GUARD_EVSTATS, bump},
+    maps::{GUARD_EVBUCKET, GUARD_EVENTS, GUARD_EVSTATS, bump, deny_tally},
     packet::{Addr, Flow, addr_bytes},
 };
 
 /// Reports a packet deny (`kind` = `EVENT_DROP` or `EVENT_AUDIT_DROP`) of `flow` by `rule`,
-/// limited per source address.
+/// limited per source address; `tally` is this CPU's ([`deny_tally`]).
 #[inline(always)]
-pub fn report_packet(ctx: &XdpContext, flow: &Flow, kind: u32, rule: u32, config: &GuardConfig) {
+pub fn report_packet(
+    ctx: &XdpContext,
+    flow: &Flow,
+    kind: u32,
+    rule: u32,
+    config: &GuardConfig,
+    tally: &mut DenyTally,
+) {
     // The event is built only when it is sent: a flood's denies, held back, never build it.
     send_with(
         || Event {
@@ -49,6 +58,7 @@ pub fn report_packet(ctx: &XdpContext, flow: &Flow, kind: u32, rule: u32, config
         },
         &flow.src,
         config,
+        tally,
     );
 }
 
@@ -56,30 +66,35 @@ pub fn report_packet(ctx: &XdpContext, flow: &Flow, kind: u32, rule: u32, config
 /// (an address as four words, or a [`crate::sock_addr::process`] key) is over its rate.
 #[inline(always)]
 pub fn send(event: Event, limit_key: &Addr, config: &GuardConfig) {
-    send_with(|| event, limit_key, config);
+    if config.event_interval_ns == 0 {
+        return;
+    }
+    let Some(tally) = deny_tally() else {
+        core::hint::cold_path();
+        return;
+    };
+    send_with(|| event, limit_key, config, tally);
 }
 
 /// As [`send`], the event built by `make` once it is to be sent.
 #[inline(always)]
-fn send_with(make: impl FnOnce() -> Event, limit_key: &Addr, config: &GuardConfig) {
+fn send_with(
+    make: impl FnOnce() -> Event,
+    limit_key: &Addr,
+    config: &GuardConfig,
+    budget: &mut DenyTally,
+) {
     let interval = config.event_interval_ns;
     if interval == 0 {
         return;
     }
-    let Some(budget) = GUARD_EVBUDGET.get_ptr_mut(0) else {
-        // Cannot happen (index 0 of a one-entry array).
-        core::hint::cold_path();
-        return;
-    };
-    // SAFETY: this CPU's value; BPF programs are not preempted on their CPU.
-    let budget = unsafe { &mut *budget };
     if budget.heavy == *limit_key {
         if budget.heavy_skips != 0 {
             // The source the limiter is holding back: one compare. The count is handed to
             // its bucket at its next look at the limiter, for its next event to report.
             budget.heavy_skips -= 1;
             budget.heavy_held += 1;
-            bump(&GUARD_EVSTATS, EVENTS_SUPPRESSED);
+            budget.suppressed += 1;
             return;
         }
         // Its periodic look at the limiter spends nothing of the budget: the budget stays
@@ -89,7 +104,7 @@ fn send_with(make: impl FnOnce() -> Event, limit_key: &Addr, config: &GuardConfi
         // the heavy source's next deny asks the limiter again.
         budget.heavy_skips = 0;
         if over_budget(budget, config.event_budget) {
-            bump(&GUARD_EVSTATS, EVENTS_SUPPRESSED);
+            budget.suppressed += 1;
             return;
         }
     }
@@ -114,7 +129,7 @@ fn send_with(make: impl FnOnce() -> Event, limit_key: &Addr, config: &GuardConfi
             };
             if tat - now > config.event_tolerance_ns {
                 bucket.suppressed += 1;
-                bump(&GUARD_EVSTATS, EVENTS_SUPPRESSED);
+                budget.suppressed += 1;
                 if budget.heavy != *limit_key {
                     hand_back_held(budget);
                     budget.heavy = *limit_key;
@@ -154,7 +169,7 @@ fn send_with(make: impl FnOnce() -> Event, limit_key: &Addr, config: &GuardConfi
 /// Hands the denies held back for the previous heavy source to its bucket (when it is
 /// still in the LRU map), before another source takes its place.
 #[inline(always)]
-fn hand_back_held(budget: &mut EventBudget) {
+fn hand_back_held(budget: &mut DenyTally) {
     if budget.heavy_held == 0 {
         return;
     }
@@ -170,7 +185,7 @@ fn hand_back_held(budget: &mut EventBudget) {
 
 /// Counts a deny against this CPU's budget; true when the window's budget is spent.
 #[inline(always)]
-fn over_budget(budget: &mut EventBudget, per_window: u64) -> bool {
+fn over_budget(budget: &mut DenyTally, per_window: u64) -> bool {
     if budget.used == 0 {
         // The first deny ever on this CPU starts the first window.
         core::hint::cold_path();

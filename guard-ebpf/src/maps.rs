@@ -9,11 +9,11 @@ use aya_ebpf::{
 };
 use guard_common::{
     ActiveGeneration, ClassLens, ConnStats, DIRECT_BLOCK, DIRECT_BLOCKS, DIRECT_INDEX_MASK,
-    DIRECT_NONE, DIRECT_ROW, DIRECT_RULES_LEN, DIRECT16_LEN, DirectBlock, EVENT_STATS_LEN,
-    EVENTS_BYTES, EventBucket, EventBudget, FLOW_SEEN_CHUNK, FLOW_SEEN_CHUNKS, FlowKey, FlowState,
-    GENERATIONS, GuardConfig, MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS, MAX_RULES,
-    MAX_SOCKETS, MAX_SRC_ENTRIES, MODE_UNSET, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats,
-    REASONS_LEN, RttHist, RuleRef, RuleStats, SRC_ZONES_LEN, SrcBucketV6, SrcHashKeyV4,
+    DIRECT_NONE, DIRECT_ROW, DIRECT_RULES_LEN, DIRECT16_LEN, DenyTally, DirectBlock,
+    EVENT_STATS_LEN, EVENTS_BYTES, EventBucket, FLOW_SEEN_CHUNK, FLOW_SEEN_CHUNKS, FlowKey,
+    FlowState, GENERATIONS, GuardConfig, MAX_CLASSES, MAX_EVENT_SOURCES, MAX_FLOWS, MAX_PORT_SLOTS,
+    MAX_RULES, MAX_SOCKETS, MAX_SRC_ENTRIES, MODE_UNSET, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN,
+    PortStats, REASONS_LEN, RttHist, RuleRef, RuleStats, SRC_ZONES_LEN, SrcBucketV6, SrcHashKeyV4,
     SrcHashKeyV6, SrcKeyV4, SrcKeyV6, TABLE_V6_MAX_BITS, flow_seen_slot, gen_index, port_index,
     src_zone_bit, table_v6_buckets,
 };
@@ -71,7 +71,7 @@ pub static GUARD_SOCKS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_
 #[map]
 pub static GUARD_EVSTATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(EVENT_STATS_LEN, 0);
 #[map]
-pub static GUARD_EVBUDGET: PerCpuArray<EventBudget> = PerCpuArray::with_max_entries(1, 0);
+pub static GUARD_DENYTALLY: PerCpuArray<DenyTally> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 pub static GUARD_FLOWSEEN: Array<[u8; FLOW_SEEN_CHUNK]> =
     Array::with_max_entries(FLOW_SEEN_CHUNKS, 0);
@@ -134,6 +134,16 @@ pub fn bump_hash(map: &PerCpuHashMap<u32, u64>, key: u32) {
             let _ = map.insert(&key, &1, 0);
         }
     }
+}
+
+/// This CPU's [`DenyTally`] (`None` cannot happen: index 0 of a one-entry array).
+#[inline(always)]
+pub fn deny_tally() -> Option<&'static mut DenyTally> {
+    // SAFETY: this CPU's value; BPF programs are not preempted on their CPU, and no run
+    // holds two references to it.
+    GUARD_DENYTALLY
+        .get_ptr_mut(0)
+        .map(|tally| unsafe { &mut *tally })
 }
 
 /// Adds one to a per-CPU counter array slot.
@@ -360,7 +370,7 @@ named_as!(
     GUARD_RTT = RTT_HIST,
     GUARD_SOCKS = SOCKETS,
     GUARD_EVSTATS = EVENT_STATS,
-    GUARD_EVBUDGET = EVENT_BUDGET,
+    GUARD_DENYTALLY = DENY_TALLY,
     GUARD_FLOWSEEN = FLOW_SEEN,
     GUARD_SRCZONES = SRC_ZONES,
     GUARD_SRCD16 = SRC_DIRECT16,

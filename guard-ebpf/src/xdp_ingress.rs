@@ -47,7 +47,7 @@ use guard_common::{
 
 use crate::{
     events,
-    maps::{GUARD_FLOWS, GUARD_PORTSTAT, GUARD_REASONS, Policy, bump, flow_maybe_seen},
+    maps::{GUARD_FLOWS, GUARD_PORTSTAT, GUARD_REASONS, Policy, bump, deny_tally, flow_maybe_seen},
     packet::{self, Flow, ParseError, Parsed, TCP_ACK, TCP_SYN},
     verdict,
 };
@@ -120,8 +120,16 @@ fn judge_parsed(ctx: &XdpContext, policy: &Policy, parsed: Result<Parsed, ParseE
     if flow.has_ports() {
         count_port(policy, &flow, verdict == XDP_DROP);
     }
-    // Dropped, or ("would drop") passed in audit mode or by an audit rule.
-    bump(&GUARD_REASONS, REASON_POLICY);
+    // Dropped, or ("would drop") passed in audit mode or by an audit rule: counted in this
+    // CPU's tally, the value the event limiter's cheap stages use next, so a flood's drop
+    // reads and writes one value for both (`REASON_POLICY`, as the tally's `policy`).
+    let Some(tally) = deny_tally() else {
+        // Cannot happen (index 0 of a one-entry array): counted where layout 2 counted it.
+        core::hint::cold_path();
+        bump(&GUARD_REASONS, REASON_POLICY);
+        return verdict;
+    };
+    tally.policy += 1;
     // Two calls, each with its own literal: one call choosing between two strings of
     // different lengths compiled (once the code was inlined per IP family) to a copy the
     // verifier could not tie to the string it copies, and refused the program whenever the
@@ -137,7 +145,7 @@ fn judge_parsed(ctx: &XdpContext, policy: &Policy, parsed: Result<Parsed, ParseE
             "audit_drop rule={} proto={} dport={}", rule, flow.proto_idx, flow.dport
         );
     }
-    events::report_packet(ctx, &flow, kind, rule, config);
+    events::report_packet(ctx, &flow, kind, rule, config, tally);
     verdict
 }
 

@@ -850,6 +850,71 @@ fn pins_of_another_layout_are_refused_and_enforcement_is_untouched() {
 }
 
 #[test]
+fn pins_of_layout_2_are_adopted_and_marked_as_ours() {
+    use guard_common::maps::{DENY_TALLY, PIN_LAYOUT};
+    let net = TestNet::new();
+    let (_allowed_l, allowed) = listener(&net);
+    let (_denied_l, denied) = listener(&net);
+    let policy = PolicyFile::new(&policy_text(&net, &[allowed.port()]));
+    let mut daemon = Daemon::start(&["--policy", policy.arg()]);
+    assert!(open(&net, allowed));
+    let rule = format!("p{}", allowed.port());
+    let before = rule_packets(&daemon.dirs.stats(), &rule);
+    assert!(before >= 1, "counted");
+    let pin_dir = daemon.dirs.pin_dir.clone();
+    let ours = pin_dir.join(format!("layout-{PIN_LAYOUT}"));
+    let old = pin_dir.join("layout-2");
+    assert!(daemon.stop_with(libc::SIGKILL).code().is_none(), "killed");
+    // What a layout-2 guard leaves: the same pins but the deny tally, marked layout 2.
+    std::fs::remove_file(pin_dir.join("maps").join(DENY_TALLY)).unwrap();
+    std::fs::remove_dir(&ours).unwrap();
+    std::fs::create_dir(&old).unwrap();
+    assert!(
+        rule_packets(&daemon.dirs.stats(), &rule) >= before,
+        "this guard's CLI reads layout-2 pins"
+    );
+    daemon.restart();
+    assert!(
+        daemon
+            .log_text()
+            .contains("adopted pins of an earlier layout"),
+        "{}",
+        daemon.log_text()
+    );
+    assert!(
+        ours.is_dir() && !old.exists(),
+        "marked as layout {PIN_LAYOUT}"
+    );
+    assert!(open(&net, allowed), "the adopted policy allows");
+    assert_eq!(
+        net.connect(denied, Duration::from_millis(300)),
+        Err(ErrorKind::TimedOut),
+        "and drops"
+    );
+    let stats = daemon.dirs.stats();
+    assert!(
+        rule_packets(&stats, &rule) > before,
+        "the rule counters carried on: {stats}"
+    );
+    let policy_denies = stats["reasons"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "policy")
+        .unwrap()["packets"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        policy_denies >= 1,
+        "denies counted in the new tally: {stats}"
+    );
+    assert!(
+        pin_dir.join("maps").join(DENY_TALLY).exists(),
+        "the tally is pinned"
+    );
+}
+
+#[test]
 fn systemd_hears_ready_and_the_running_policy() {
     use std::os::unix::net::UnixDatagram;
     let net = TestNet::new();

@@ -4,11 +4,11 @@ use std::borrow::Borrow;
 
 use aya::maps::{MapData, MapError, PerCpuArray, PerCpuHashMap};
 use guard_common::{
-    CONN_INBOUND, ConnStats, EVENT_STATS_LEN, EVENTS_LOST, EVENTS_SENT, EVENTS_SUPPRESSED,
-    PROTO_IDX_TCP, PortStats, REASON_BAD_ACTION, REASON_FRAGMENT_PASSED, REASON_ICMP_PASSED,
-    REASON_MALFORMED, REASON_NOT_IP, REASON_POLICY, REASON_REPLY_PASSED, REASON_UNCONFIGURED,
-    REASON_UNSUPPORTED, REASONS_LEN, RTT_BUCKETS, RttHist, RuleStats, conn_key_parts,
-    port_index_parts,
+    CONN_INBOUND, ConnStats, DenyTally, EVENT_STATS_LEN, EVENTS_LOST, EVENTS_SENT,
+    EVENTS_SUPPRESSED, PROTO_IDX_TCP, PortStats, REASON_BAD_ACTION, REASON_FRAGMENT_PASSED,
+    REASON_ICMP_PASSED, REASON_MALFORMED, REASON_NOT_IP, REASON_POLICY, REASON_REPLY_PASSED,
+    REASON_UNCONFIGURED, REASON_UNSUPPORTED, REASONS_LEN, RTT_BUCKETS, RttHist, RuleStats,
+    conn_key_parts, port_index_parts,
 };
 use serde::{Deserialize, Serialize};
 
@@ -234,6 +234,9 @@ pub struct CounterMaps<T> {
     pub reasons: PerCpuArray<T, u64>,
     pub ports: PerCpuArray<T, PortStats>,
     pub events: PerCpuArray<T, u64>,
+    /// The per-CPU tally of policy denies and suppressed events (`None`: pins of layout 2,
+    /// which counted both in `reasons` and `events`).
+    pub tally: Option<PerCpuArray<T, DenyTally>>,
     pub conns: PerCpuHashMap<T, u32, ConnStats>,
     pub rtt: PerCpuHashMap<T, u32, RttHist>,
     pub bind_denied: PerCpuHashMap<T, u32, u64>,
@@ -261,12 +264,23 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
                 })
             })
             .collect::<Result<_, MapError>>()?;
+        // Layout 3's programs count policy denies and suppressed events in the tally; what
+        // layout 2's counted stays in `reasons` and `events`: each figure is the sum.
+        let tally = match &self.tally {
+            Some(map) => map
+                .get(&0, 0)?
+                .iter()
+                .fold((0, 0), |(p, s), t| (p + t.policy, s + t.suppressed)),
+            None => (0, 0),
+        };
+        let (tally_policy, tally_suppressed) = tally;
         let reasons = Reason::ALL
             .iter()
             .map(|&(i, reason)| {
+                let tallied = if i == REASON_POLICY { tally_policy } else { 0 };
                 Ok(ReasonCounter {
                     reason,
-                    packets: sum(&self.reasons, i)?,
+                    packets: sum(&self.reasons, i)? + tallied,
                 })
             })
             .collect::<Result<_, MapError>>()?;
@@ -288,7 +302,7 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
         debug_assert_eq!(EVENT_STATS_LEN, 3);
         let events = EventCounters {
             sent: sum(&self.events, EVENTS_SENT)?,
-            suppressed: sum(&self.events, EVENTS_SUPPRESSED)?,
+            suppressed: sum(&self.events, EVENTS_SUPPRESSED)? + tally_suppressed,
             lost: sum(&self.events, EVENTS_LOST)?,
         };
         let mut connections = Vec::new();

@@ -39,10 +39,10 @@ use aya::{
 };
 use guard_common::{
     ActiveGeneration, ClassLens, ConnStats, DIRECT_BLOCKS, DIRECT_RULES_LEN, DIRECT16_LEN,
-    FLOW_SEEN_CHUNK, FlowKey, FlowState, GENERATIONS, GuardConfig, MAX_CLASSES, MAX_RULES,
-    MAX_SRC_ENTRIES, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats, RttHist, RuleRef,
-    RuleStats, SRC_ZONES_LEN, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, TABLE_V6_MAX_BITS,
-    TABLE_V6_WAYS, flow_seen_slot, gen_index, maps, programs,
+    DenyTally, FLOW_SEEN_CHUNK, FlowKey, FlowState, GENERATIONS, GuardConfig, MAX_CLASSES,
+    MAX_RULES, MAX_SRC_ENTRIES, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN, PortStats, RttHist,
+    RuleRef, RuleStats, SRC_ZONES_LEN, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6,
+    TABLE_V6_MAX_BITS, TABLE_V6_WAYS, flow_seen_slot, gen_index, maps, programs,
 };
 
 use crate::{

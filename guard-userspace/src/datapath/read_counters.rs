@@ -8,13 +8,20 @@ pub fn pinned_counters(
     rules: &[RuleInfo],
     slots: &[PortSlot],
 ) -> Result<Counters, LoadError> {
-    if let Some(found) = pins.pinned_layout().filter(|&l| l != maps::PIN_LAYOUT) {
+    if let Some(found) = pins
+        .pinned_layout()
+        .filter(|l| !maps::PIN_LAYOUTS_ADOPTED.contains(l))
+    {
         return Err(LoadError::PinLayout {
             dir: pins.dir().display().to_string(),
             found,
         });
     }
     counter_maps(|name| {
+        if name == maps::DENY_TALLY && !pins.map(name).exists() {
+            // Pins of layout 2 (a guard of that layout still running): no tally yet.
+            return Err(LoadError::MissingMap(name));
+        }
         let data = MapData::from_pin(pins.map(name)).map_err(map_err(name))?;
         Map::from_map_data(data).map_err(map_err(name))
     })?
@@ -31,6 +38,7 @@ where
     M: TryInto<PerCpuArray<T, RuleStats>, Error = MapError>
         + TryInto<PerCpuArray<T, u64>, Error = MapError>
         + TryInto<PerCpuArray<T, PortStats>, Error = MapError>
+        + TryInto<PerCpuArray<T, DenyTally>, Error = MapError>
         + TryInto<PerCpuHashMap<T, u32, ConnStats>, Error = MapError>
         + TryInto<PerCpuHashMap<T, u32, RttHist>, Error = MapError>
         + TryInto<PerCpuHashMap<T, u32, u64>, Error = MapError>,
@@ -48,6 +56,12 @@ where
         events: get(maps::EVENT_STATS)?
             .try_into()
             .map_err(map_err(maps::EVENT_STATS))?,
+        tally: match get(maps::DENY_TALLY) {
+            Ok(map) => Some(map.try_into().map_err(map_err(maps::DENY_TALLY))?),
+            // Only pins of layout 2 lack it (`pinned_counters`); a load has every map.
+            Err(LoadError::MissingMap(_)) => None,
+            Err(e) => return Err(e),
+        },
         conns: get(maps::CONN_STATS)?
             .try_into()
             .map_err(map_err(maps::CONN_STATS))?,

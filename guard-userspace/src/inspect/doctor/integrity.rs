@@ -357,7 +357,7 @@ pub(super) fn guard_checks(places: &Places<'_>) -> Vec<Finding> {
     let pin_dir = st.as_ref().map_or(places.pin_dir, |s| s.pin_dir.as_path());
     if pin_dir.is_dir() {
         match Pins::new(pin_dir).pinned_layout() {
-            Some(layout) if layout != guard_common::maps::PIN_LAYOUT => out.push(finding(
+            Some(layout) if !guard_common::maps::PIN_LAYOUTS_ADOPTED.contains(&layout) => out.push(finding(
                 "integrity",
                 Severity::Error,
                 format!(
