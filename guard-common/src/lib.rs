@@ -21,13 +21,13 @@ pub mod maps {
     /// layout: aya reuses a pinned map by name whatever its layout, so new programs would
     /// otherwise read and write old-layout maps. Layout 1 is every guard before the number
     /// existed (pins with no layout mark). Layout 3 added [`DENY_TALLY`], which now counts
-    /// the policy denies and suppressed events its programs once counted in [`REASONS`]
-    /// and [`EVENT_STATS`].
+    /// the policy denies, the default's denies and the suppressed events its programs once
+    /// counted in [`REASONS`], [`RULE_STATS`] and [`EVENT_STATS`].
     pub const PIN_LAYOUT: u32 = 3;
     /// The pin layouts this guard adopts: its own, and layout 2, whose pins are layout 3's
     /// but for [`DENY_TALLY`] (the load creates it; the counts layout 2's programs left in
-    /// [`REASONS`] and [`EVENT_STATS`] stay there, and every reader adds the tally to
-    /// them). Adopting layout 2 marks the pins as layout 3, so a layout-2 guard, which
+    /// [`REASONS`], [`RULE_STATS`] and [`EVENT_STATS`] stay there, and every reader adds
+    /// the tally to them). Adopting layout 2 marks the pins as layout 3, so a layout-2 guard, which
     /// would not read the tally, then refuses them.
     pub const PIN_LAYOUTS_ADOPTED: [u32; 2] = [2, PIN_LAYOUT];
     /// `Array<ActiveGeneration>`, one entry: the policy generation in force (0 or 1), and
@@ -78,13 +78,14 @@ pub mod maps {
     /// `PerCpuArray<u64>` indexed by the `EVENTS_*` constants.
     pub const EVENT_STATS: &str = "GUARD_EVSTATS";
     /// `PerCpuArray<DenyTally>`, one entry: this CPU's tally of policy denies (the
-    /// [`super::REASON_POLICY`] count) and of suppressed events (the
+    /// [`super::REASON_POLICY`] count), of the policy default's denies (their part of the
+    /// [`super::RULE_DEFAULT`] counter) and of suppressed events (the
     /// [`super::EVENTS_SUPPRESSED`] count), beside the event budget and the flooding source
-    /// the limiter holds back. A flood's drop touches this one value for all of its
-    /// bookkeeping but the rule counter, where three counter maps cost it a line each, and
-    /// each map a line more for its per-CPU pointer. Since pin layout 3; the counts of
-    /// layout 2's programs stay in [`REASONS`] and [`EVENT_STATS`], and a reader adds the
-    /// two.
+    /// the limiter holds back. A flood's drop by the default touches this one value for
+    /// all of its bookkeeping, where four counter maps cost it a line each, and each map a
+    /// line more for its per-CPU pointer. Since pin layout 3; the counts of layout 2's
+    /// programs stay in [`REASONS`], [`RULE_STATS`] and [`EVENT_STATS`], and a reader adds
+    /// the two.
     pub const DENY_TALLY: &str = "GUARD_DENYTALLY";
     /// `Array<[u8; FLOW_SEEN_CHUNK]>`, [`super::FLOW_SEEN_CHUNKS`] entries: one flag per
     /// [`super::flow_seen_slot`] of a [`super::FlowKey`], set by the TC egress program for
@@ -428,8 +429,8 @@ pub const EVENT_BUDGET_PER_WINDOW: u64 = 256;
 pub const EVENT_BUDGET_CLOCK_EVERY: u64 = 64;
 
 /// Value of [`maps::DENY_TALLY`]: one CPU's policy denies and suppressed events, and its
-/// event budget. The fields a flood from one source touches on every drop come first (48
-/// bytes), so most placements of the value give them one cache line.
+/// event budget. The fields a flood from one source touches on every drop come first (64
+/// bytes: one or two cache lines, as the kernel places the value).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DenyTally {
@@ -451,6 +452,12 @@ pub struct DenyTally {
     /// Packets the policy denied (dropped, or passed in audit mode or by an audit rule):
     /// this CPU's part of the `REASON_POLICY` count.
     pub policy: u64,
+    /// Packets the policy default denied: this CPU's part of the [`RULE_DEFAULT`] counter
+    /// (whose [`maps::RULE_STATS`] entry counts the packets the default passes, and what
+    /// layout 2's programs counted).
+    pub default_packets: u64,
+    /// The bytes of `default_packets`.
+    pub default_bytes: u64,
     /// Denies that reached the limiter code in the current window, the budgeted ones and
     /// those past the budget.
     pub used: u64,
@@ -867,7 +874,7 @@ const _: () = assert!(core::mem::size_of::<SrcHashKeyV6>() == 24);
 const _: () = assert!(core::mem::size_of::<FlowState>() == 8);
 const _: () = assert!(core::mem::size_of::<PortStats>() == 16);
 const _: () = assert!(core::mem::size_of::<EventBucket>() == 16);
-const _: () = assert!(core::mem::size_of::<DenyTally>() == 64);
+const _: () = assert!(core::mem::size_of::<DenyTally>() == 80);
 const _: () = assert!(core::mem::size_of::<Event>() == 88);
 const _: () = assert!(core::mem::size_of::<ConnStats>() == 16);
 const _: () = assert!(core::mem::size_of::<RttHist>() == 8 * RTT_BUCKETS);

@@ -103,11 +103,12 @@ fn judge_parsed(ctx: &XdpContext, policy: &Policy, parsed: Result<Parsed, ParseE
         bump(&GUARD_REASONS, REASON_REPLY_PASSED);
         (rule, action) = (RULE_REPLY, ACTION_ALLOW);
     }
-    verdict::count_rule(rule, u64::from(flow.len));
+    let bytes = u64::from(flow.len);
     // The action is matched explicitly: allow passes, audit reports and passes, and anything
     // else (deny; `judge` has already turned a corrupt value into deny) drops in enforce mode.
     let (kind, verdict) = match action {
         ACTION_ALLOW => {
+            verdict::count_rule(rule, bytes);
             if flow.has_ports() {
                 count_port(policy, &flow, false);
             }
@@ -122,14 +123,23 @@ fn judge_parsed(ctx: &XdpContext, policy: &Policy, parsed: Result<Parsed, ParseE
     }
     // Dropped, or ("would drop") passed in audit mode or by an audit rule: counted in this
     // CPU's tally, the value the event limiter's cheap stages use next, so a flood's drop
-    // reads and writes one value for both (`REASON_POLICY`, as the tally's `policy`).
+    // reads and writes one value for all three (`REASON_POLICY` as the tally's `policy`;
+    // the policy default's denies, what a flood at closed ports or from outside every zone
+    // runs into, as its `default_*`; another rule's in its own counter).
     let Some(tally) = deny_tally() else {
         // Cannot happen (index 0 of a one-entry array): counted where layout 2 counted it.
         core::hint::cold_path();
+        verdict::count_rule(rule, bytes);
         bump(&GUARD_REASONS, REASON_POLICY);
         return verdict;
     };
     tally.policy += 1;
+    if rule == RULE_DEFAULT {
+        tally.default_packets += 1;
+        tally.default_bytes += bytes;
+    } else {
+        verdict::count_rule(rule, bytes);
+    }
     // Two calls, each with its own literal: one call choosing between two strings of
     // different lengths compiled (once the code was inlined per IP family) to a copy the
     // verifier could not tie to the string it copies, and refused the program whenever the

@@ -7,8 +7,8 @@ use guard_common::{
     CONN_INBOUND, ConnStats, DenyTally, EVENT_STATS_LEN, EVENTS_LOST, EVENTS_SENT,
     EVENTS_SUPPRESSED, PROTO_IDX_TCP, PortStats, REASON_BAD_ACTION, REASON_FRAGMENT_PASSED,
     REASON_ICMP_PASSED, REASON_MALFORMED, REASON_NOT_IP, REASON_POLICY, REASON_REPLY_PASSED,
-    REASON_UNCONFIGURED, REASON_UNSUPPORTED, REASONS_LEN, RTT_BUCKETS, RttHist, RuleStats,
-    conn_key_parts, port_index_parts,
+    REASON_UNCONFIGURED, REASON_UNSUPPORTED, REASONS_LEN, RTT_BUCKETS, RULE_DEFAULT, RttHist,
+    RuleStats, conn_key_parts, port_index_parts,
 };
 use serde::{Deserialize, Serialize};
 
@@ -245,17 +245,41 @@ pub struct CounterMaps<T> {
 impl<T: Borrow<MapData>> CounterMaps<T> {
     /// Reads every counter, summing per-CPU values; `rules` and `slots` name the slots.
     pub fn read(&self, rules: &[RuleInfo], slots: &[PortSlot]) -> Result<Counters, MapError> {
+        // Layout 3's programs count policy denies, the default's denies and suppressed
+        // events in the tally; what layout 2's counted stays in `reasons`, `rules` and
+        // `events`: each figure is the sum.
+        let tally = match &self.tally {
+            Some(map) => map
+                .get(&0, 0)?
+                .iter()
+                .fold(DenyTally::default(), |a, t| DenyTally {
+                    policy: a.policy + t.policy,
+                    suppressed: a.suppressed + t.suppressed,
+                    default_packets: a.default_packets + t.default_packets,
+                    default_bytes: a.default_bytes + t.default_bytes,
+                    ..a
+                }),
+            None => DenyTally::default(),
+        };
         let rule_counters = rules
             .iter()
             .map(|info| {
-                let total =
-                    self.rules
-                        .get(&info.index, 0)?
-                        .iter()
-                        .fold(RuleStats::default(), |a, s| RuleStats {
-                            packets: a.packets + s.packets,
-                            bytes: a.bytes + s.bytes,
-                        });
+                let tallied = if info.index == RULE_DEFAULT {
+                    RuleStats {
+                        packets: tally.default_packets,
+                        bytes: tally.default_bytes,
+                    }
+                } else {
+                    RuleStats::default()
+                };
+                let total = self
+                    .rules
+                    .get(&info.index, 0)?
+                    .iter()
+                    .fold(tallied, |a, s| RuleStats {
+                        packets: a.packets + s.packets,
+                        bytes: a.bytes + s.bytes,
+                    });
                 Ok(RuleCounter {
                     rule: info.name.clone(),
                     action: info.action,
@@ -264,20 +288,10 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
                 })
             })
             .collect::<Result<_, MapError>>()?;
-        // Layout 3's programs count policy denies and suppressed events in the tally; what
-        // layout 2's counted stays in `reasons` and `events`: each figure is the sum.
-        let tally = match &self.tally {
-            Some(map) => map
-                .get(&0, 0)?
-                .iter()
-                .fold((0, 0), |(p, s), t| (p + t.policy, s + t.suppressed)),
-            None => (0, 0),
-        };
-        let (tally_policy, tally_suppressed) = tally;
         let reasons = Reason::ALL
             .iter()
             .map(|&(i, reason)| {
-                let tallied = if i == REASON_POLICY { tally_policy } else { 0 };
+                let tallied = if i == REASON_POLICY { tally.policy } else { 0 };
                 Ok(ReasonCounter {
                     reason,
                     packets: sum(&self.reasons, i)? + tallied,
@@ -302,7 +316,7 @@ impl<T: Borrow<MapData>> CounterMaps<T> {
         debug_assert_eq!(EVENT_STATS_LEN, 3);
         let events = EventCounters {
             sent: sum(&self.events, EVENTS_SENT)?,
-            suppressed: sum(&self.events, EVENTS_SUPPRESSED)? + tally_suppressed,
+            suppressed: sum(&self.events, EVENTS_SUPPRESSED)? + tally.suppressed,
             lost: sum(&self.events, EVENTS_LOST)?,
         };
         let mut connections = Vec::new();
