@@ -427,6 +427,19 @@ impl Drop for Dirs {
     }
 }
 
+/// The packet count of reason `name` (`policy`, `reply_passed`, ...) in `guard stats --json`
+/// output.
+pub fn reason_packets(stats: &serde_json::Value, name: &str) -> u64 {
+    stats["reasons"]
+        .as_array()
+        .expect("reasons array")
+        .iter()
+        .find(|r| r["reason"] == name)
+        .unwrap_or_else(|| panic!("no reason {name} in {stats}"))["packets"]
+        .as_u64()
+        .expect("packets")
+}
+
 /// Packets of rule `name` in `guard stats --json` output.
 pub fn rule_packets(stats: &serde_json::Value, name: &str) -> u64 {
     stats["rules"]

@@ -15,7 +15,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_tests::{ConfigMapVolume, Daemon, PolicyFile, TestNet, policies, rule_packets};
+use guard_tests::{
+    ConfigMapVolume, Daemon, PolicyFile, TestNet, policies, reason_packets, rule_packets,
+};
 
 /// A policy allowing TCP to `ports` on the test veth, default deny.
 fn policy_text(net: &TestNet, ports: &[u16]) -> String {
@@ -771,6 +773,25 @@ fn a_policy_that_outgrows_the_rule_counters_is_applied_and_survives_a_restart() 
     assert!(rule_packets(&daemon.dirs.stats(), &rule_a) >= before);
 }
 
+/// `guard run` with `daemon`'s directories, cgroup and `policy` (and `extra` flags) while
+/// `daemon` is stopped: a start expected to fail, waited for.
+fn run_beside(daemon: &Daemon, policy: &PolicyFile, extra: &[&str]) -> std::process::Output {
+    daemon
+        .dirs
+        .guard()
+        .args([
+            "run",
+            "--cgroup",
+            daemon.cgroup.arg(),
+            "--policy",
+            policy.arg(),
+        ])
+        .args(extra)
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .output()
+        .expect("run guard")
+}
+
 #[test]
 fn pins_of_another_layout_are_refused_and_enforcement_is_untouched() {
     let net = TestNet::new();
@@ -796,19 +817,7 @@ fn pins_of_another_layout_are_refused_and_enforcement_is_untouched() {
         if let Some(mark) = mark {
             std::fs::create_dir(pin_dir.join(mark)).unwrap();
         }
-        let out = daemon
-            .dirs
-            .guard()
-            .args([
-                "run",
-                "--cgroup",
-                daemon.cgroup.arg(),
-                "--policy",
-                policy.arg(),
-            ])
-            .args(["--metrics-addr", "127.0.0.1:0"])
-            .output()
-            .expect("run guard");
+        let out = run_beside(&daemon, &policy, &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "refused: {stderr}");
         assert!(
@@ -873,6 +882,16 @@ fn pins_of_layout_2_are_adopted_and_marked_as_ours() {
         rule_packets(&daemon.dirs.stats(), &rule) >= before,
         "this guard's CLI reads layout-2 pins"
     );
+    // A start that fails (here: an interface that does not exist) leaves them layout 2, as
+    // the guard that made them can take them back, and the old programs enforcing.
+    let out = run_beside(&daemon, &policy, &["--interface", "gt-nosuch0"]);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(old.is_dir() && !ours.exists(), "still layout 2");
+    assert!(open(&net, allowed), "the old programs still enforce");
     daemon.restart();
     assert!(
         daemon
@@ -896,16 +915,8 @@ fn pins_of_layout_2_are_adopted_and_marked_as_ours() {
         rule_packets(&stats, &rule) > before,
         "the rule counters carried on: {stats}"
     );
-    let policy_denies = stats["reasons"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["reason"] == "policy")
-        .unwrap()["packets"]
-        .as_u64()
-        .unwrap();
     assert!(
-        policy_denies >= 1,
+        reason_packets(&stats, "policy") >= 1,
         "denies counted in the new tally: {stats}"
     );
     assert!(

@@ -8,18 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guard_tests::{Daemon, PolicyFile, TestNet, rule_packets};
-
-fn reason(stats: &serde_json::Value, name: &str) -> u64 {
-    stats["reasons"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["reason"] == name)
-        .unwrap()["packets"]
-        .as_u64()
-        .unwrap()
-}
+use guard_tests::{Daemon, PolicyFile, TestNet, reason_packets, rule_packets};
 
 #[test]
 fn clients_in_different_zones_get_different_answers() {
@@ -153,7 +142,7 @@ fn replies_to_connections_the_host_opens_pass_under_default_deny() {
         "SYN-ACK, data, UDP answer: {stats}"
     );
     assert_eq!(
-        reason(&stats, "reply_passed"),
+        reason_packets(&stats, "reply_passed"),
         rule_packets(&stats, "reply")
     );
     assert!(rule_packets(&stats, "default") >= 1, "{stats}");

@@ -262,6 +262,21 @@ pub fn run(pin_dir: &Path, run_dir: &Path, args: &Options) -> Result<(), Failure
         }
         return Err(err);
     }
+    match daemon.pins.mark_layout() {
+        Ok(None) => {}
+        Ok(Some(from)) => info!(
+            pins = %pin_dir.display(),
+            from,
+            to = guard_common::maps::PIN_LAYOUT,
+            "adopted pins of an earlier layout and marked them as this guard's"
+        ),
+        // Enforcement and counting are right either way; the next start tries again.
+        Err(e) => error!(
+            pins = %pin_dir.display(),
+            error = %e,
+            "marking the adopted pins with this guard's layout failed: a guard of their older layout would still take them"
+        ),
+    }
     daemon.after_apply();
     serve(daemon)
 }

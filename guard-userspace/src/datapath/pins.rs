@@ -73,37 +73,40 @@ impl Pins {
     }
 
     /// Checks that what is pinned here has a layout this guard adopts
-    /// ([`maps::PIN_LAYOUTS_ADOPTED`]), marking an empty pin directory, or one of an older
-    /// adopted layout, as ours. Another layout is refused before anything is touched: the
-    /// programs attached by the guard that made the pins keep enforcing.
+    /// ([`maps::PIN_LAYOUTS_ADOPTED`]), marking an empty pin directory as ours. Another
+    /// layout is refused before anything is touched: the programs attached by the guard
+    /// that made the pins keep enforcing. Pins of an older adopted layout keep their mark
+    /// until this guard's programs run over them ([`Pins::mark_layout`]), so a failed
+    /// start leaves them as the older guard can take them back.
     pub fn adopt_layout(&self) -> Result<(), LoadError> {
-        let mark_dir_err = |source| LoadError::PinDir {
-            dir: self.dir.display().to_string(),
-            source,
-        };
         match self.pinned_layout() {
-            Some(maps::PIN_LAYOUT) => Ok(()),
-            Some(found) if maps::PIN_LAYOUTS_ADOPTED.contains(&found) => {
-                // Our mark first, then the old one goes: interrupted in between, both marks
-                // remain, the old one is found again, and the next start finishes the move.
-                std::fs::create_dir_all(self.dir.join(Self::layout_mark(maps::PIN_LAYOUT)))
-                    .map_err(mark_dir_err)?;
-                std::fs::remove_dir(self.dir.join(Self::layout_mark(found)))
-                    .map_err(mark_dir_err)?;
-                tracing::info!(
-                    dir = %self.dir.display(),
-                    from = found,
-                    to = maps::PIN_LAYOUT,
-                    "adopted pins of an earlier layout and marked them as this guard's"
-                );
-                Ok(())
-            }
+            Some(found) if maps::PIN_LAYOUTS_ADOPTED.contains(&found) => Ok(()),
             Some(found) => Err(LoadError::PinLayout {
                 dir: self.dir.display().to_string(),
                 found,
             }),
             None => std::fs::create_dir_all(self.dir.join(Self::layout_mark(maps::PIN_LAYOUT)))
-                .map_err(mark_dir_err),
+                .map_err(|source| LoadError::PinDir {
+                    dir: self.dir.display().to_string(),
+                    source,
+                }),
+        }
+    }
+
+    /// Marks pins of an older adopted layout as this guard's, once its programs run over
+    /// them: from then on a guard of the older layout, which would not read what this one
+    /// adds, refuses them. Returns the layout they had (`None`: already ours).
+    pub fn mark_layout(&self) -> std::io::Result<Option<u32>> {
+        let found = match self.pinned_layout() {
+            Some(found) if found != maps::PIN_LAYOUT => found,
+            _ => return Ok(None),
+        };
+        // Our mark first, then the old one goes: interrupted in between, both marks remain,
+        // the old one is found again, and the next start finishes the move.
+        std::fs::create_dir_all(self.dir.join(Self::layout_mark(maps::PIN_LAYOUT)))?;
+        match std::fs::remove_dir(self.dir.join(Self::layout_mark(found))) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(Some(found)),
         }
     }
 
