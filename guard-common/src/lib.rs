@@ -35,14 +35,10 @@ pub mod maps {
     pub const ACTIVE: &str = "GUARD_ACTIVE";
     /// `Array<GuardConfig>`, one entry per generation: mode and default action.
     pub const CONFIG: &str = "GUARD_CONFIG";
-    /// `Array<u64>`, [`super::POLICY_PORTS_LEN`] entries per generation, indexed by
-    /// [`super::port_index`] (ingress and egress protocol slots), each a
-    /// [`super::port_value`]: in the low 32 bits the port class of each (slot, port), or'd
-    /// with [`super::PORT_FAILSAFE`], or a direct rule ([`super::PORT_DIRECT`]); in the high
-    /// 32 bits the port's counter slot in [`PORT_STATS`] (inbound TCP and UDP; 0 = the
-    /// protocol's "other"). One entry for both, so a SYN or a datagram reads one array entry
-    /// for its verdict and its port counter. (An array keeps a `u32` value in 8 bytes
-    /// anyway.)
+    /// `Array<u32>`, [`super::POLICY_PORTS_LEN`] entries per generation, indexed by
+    /// [`super::port_index`] (ingress and egress protocol slots): the port class of each
+    /// (slot, port), or'd with [`super::PORT_FAILSAFE`], or a direct rule
+    /// ([`super::PORT_DIRECT`]).
     pub const PORTS: &str = "GUARD_PORTS";
     /// `Array<ClassLens>` indexed by port class: the source prefix lengths the class uses.
     /// Generation `g` numbers its classes from `g * (max_entries / 2)`.
@@ -69,6 +65,10 @@ pub mod maps {
     /// `LruHashMap<FlowKey, FlowState>`: flows the host started (recorded on egress), whose
     /// replies pass inbound whatever the policy says.
     pub const FLOWS: &str = "GUARD_FLOWS";
+    /// `Array<u32>`, [`super::PORTS_LEN`] entries per generation indexed by
+    /// [`super::port_index`]: the counter slot of each (protocol, destination port); 0 means
+    /// the protocol's "other".
+    pub const PORT_SLOTS: &str = "GUARD_PORTSLOT";
     /// `PerCpuArray<PortStats>` indexed by slot: inbound connection attempts and rejections.
     pub const PORT_STATS: &str = "GUARD_PORTSTAT";
     /// `RingBuf` of [`super::Event`]s.
@@ -138,7 +138,7 @@ pub mod maps {
     pub const SOCKETS: &str = "GUARD_SOCKS";
 
     /// Every map the loader must find in the object.
-    pub const ALL: [&str; 28] = [
+    pub const ALL: [&str; 29] = [
         ACTIVE,
         SRC_TABLE_V6,
         SRC_DIRECT16,
@@ -155,6 +155,7 @@ pub mod maps {
         SOCKETS,
         CONFIG,
         PORTS,
+        PORT_SLOTS,
         CLASS_LENS,
         SRC_HASH_V4,
         SRC_HASH_V6,
@@ -304,19 +305,6 @@ pub const fn event_proto(sk_protocol: u32) -> u8 {
 #[inline(always)]
 pub const fn port_index(proto_idx: u32, port: u16) -> u32 {
     (proto_idx << 16) | port as u32
-}
-
-/// A [`maps::PORTS`] value: `entry` (a class or a direct rule, with flags) in the low 32
-/// bits, the port's counter `slot` (0: the protocol's "other") in the high 32.
-#[inline(always)]
-pub const fn port_value(entry: u32, slot: u32) -> u64 {
-    ((slot as u64) << 32) | entry as u64
-}
-
-/// The (entry, counter slot) of a [`port_value`].
-#[inline(always)]
-pub const fn port_value_parts(value: u64) -> (u32, u32) {
-    (value as u32, (value >> 32) as u32)
 }
 
 /// The (protocol slot, port) of a [`port_index`] (also the key of [`maps::BIND_DENIED`]).

@@ -15,7 +15,7 @@ use guard_common::{
     MAX_RULES, MAX_SOCKETS, MAX_SRC_ENTRIES, MODE_UNSET, POLICY_PORTS_LEN, PORTS_LEN, PROTOS_LEN,
     PortStats, REASONS_LEN, RttHist, RuleRef, RuleStats, SRC_ZONES_LEN, SrcBucketV6, SrcHashKeyV4,
     SrcHashKeyV6, SrcKeyV4, SrcKeyV6, TABLE_V6_MAX_BITS, flow_seen_slot, gen_index, port_index,
-    port_value_parts, src_zone_bit, table_v6_buckets,
+    src_zone_bit, table_v6_buckets,
 };
 
 #[map]
@@ -23,7 +23,7 @@ pub static GUARD_ACTIVE: Array<ActiveGeneration> = Array::with_max_entries(1, 0)
 #[map]
 pub static GUARD_CONFIG: Array<GuardConfig> = Array::with_max_entries(GENERATIONS, 0);
 #[map]
-pub static GUARD_PORTS: Array<u64> = Array::with_max_entries(GENERATIONS * POLICY_PORTS_LEN, 0);
+pub static GUARD_PORTS: Array<u32> = Array::with_max_entries(GENERATIONS * POLICY_PORTS_LEN, 0);
 #[map]
 pub static GUARD_PROTOS: Array<u32> = Array::with_max_entries(GENERATIONS * PROTOS_LEN, 0);
 #[map]
@@ -44,6 +44,8 @@ pub static GUARD_RULES: PerCpuArray<RuleStats> = PerCpuArray::with_max_entries(M
 pub static GUARD_REASONS: PerCpuArray<u64> = PerCpuArray::with_max_entries(REASONS_LEN, 0);
 #[map]
 pub static GUARD_FLOWS: LruHashMap<FlowKey, FlowState> = LruHashMap::with_max_entries(MAX_FLOWS, 0);
+#[map]
+pub static GUARD_PORTSLOT: Array<u32> = Array::with_max_entries(GENERATIONS * PORTS_LEN, 0);
 #[map]
 pub static GUARD_PORTSTAT: PerCpuArray<PortStats> =
     PerCpuArray::with_max_entries(MAX_PORT_SLOTS, 0);
@@ -193,16 +195,15 @@ impl Policy {
         Some(Self { generation, config })
     }
 
-    /// The [`guard_common::maps::PORTS`] value of (protocol slot, port) as (entry, counter
-    /// slot): entry 0 = no rule, slot 0 = the protocol's "other" counter.
+    /// The [`guard_common::maps::PORTS`] entry of (protocol slot, port); 0 = no rule.
     #[inline(always)]
-    pub fn port(&self, proto_idx: u32, port: u16) -> (u32, u32) {
+    pub fn port_entry(&self, proto_idx: u32, port: u16) -> u32 {
         let index = gen_index(
             self.generation,
             POLICY_PORTS_LEN,
             port_index(proto_idx, port),
         );
-        port_value_parts(GUARD_PORTS.get(index).copied().unwrap_or(0))
+        GUARD_PORTS.get(index).copied().unwrap_or(0)
     }
 
     /// The [`guard_common::maps::PROTOS`] entry of an IP protocol; 0 = no rule.
@@ -210,6 +211,13 @@ impl Policy {
     pub fn protocol_entry(&self, ip_proto: u8) -> u32 {
         let index = gen_index(self.generation, PROTOS_LEN, u32::from(ip_proto));
         GUARD_PROTOS.get(index).copied().unwrap_or(0)
+    }
+
+    /// The counter slot of (protocol, port); 0 = the protocol's "other" slot.
+    #[inline(always)]
+    pub fn port_slot(&self, proto_idx: u32, port: u16) -> u32 {
+        let index = gen_index(self.generation, PORTS_LEN, port_index(proto_idx, port));
+        GUARD_PORTSLOT.get(index).copied().unwrap_or(0)
     }
 
     /// Whether some IPv6 source prefix of this generation may contain a peer whose first 16
@@ -352,6 +360,7 @@ named_as!(
     GUARD_RULES = RULE_STATS,
     GUARD_REASONS = REASONS,
     GUARD_FLOWS = FLOWS,
+    GUARD_PORTSLOT = PORT_SLOTS,
     GUARD_PORTSTAT = PORT_STATS,
     GUARD_EVENTS = EVENTS,
     GUARD_EVBUCKET = EVENT_BUCKETS,

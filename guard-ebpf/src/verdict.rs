@@ -86,7 +86,7 @@ pub fn decide(
     peer: &impl Peer,
     default: (u32, u32),
 ) -> (u32, u32) {
-    judge(policy, policy.port(slot, port).0, v4, peer, default)
+    judge(policy, policy.port_entry(slot, port), v4, peer, default)
 }
 
 /// The rule and action an entry of the ports array (or of the protocols array, for a

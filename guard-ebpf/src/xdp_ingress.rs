@@ -93,10 +93,10 @@ fn judge_parsed(ctx: &XdpContext, policy: &Policy, parsed: Result<Parsed, ParseE
     };
     let default = (RULE_DEFAULT, default_action);
     // One lookup path for both kinds of entry keeps the program small for the verifier.
-    let (entry, port_slot) = if flow.has_ports() {
-        policy.port(flow.proto_idx, flow.dport)
+    let entry = if flow.has_ports() {
+        policy.port_entry(flow.proto_idx, flow.dport)
     } else {
-        (policy.protocol_entry(flow.ip_proto), 0)
+        policy.protocol_entry(flow.ip_proto)
     };
     let (mut rule, mut action) = verdict::judge(policy, entry, flow.v4, &flow.src, default);
     if action != ACTION_ALLOW && flow.has_ports() && is_reply(&flow, config) {
@@ -110,7 +110,7 @@ fn judge_parsed(ctx: &XdpContext, policy: &Policy, parsed: Result<Parsed, ParseE
         ACTION_ALLOW => {
             verdict::count_rule(rule, bytes);
             if flow.has_ports() {
-                count_port(&flow, port_slot, false);
+                count_port(policy, &flow, false);
             }
             return XDP_PASS;
         }
@@ -119,7 +119,7 @@ fn judge_parsed(ctx: &XdpContext, policy: &Policy, parsed: Result<Parsed, ParseE
         _ => (EVENT_AUDIT_DROP, XDP_PASS),
     };
     if flow.has_ports() {
-        count_port(&flow, port_slot, verdict == XDP_DROP);
+        count_port(policy, &flow, verdict == XDP_DROP);
     }
     // Dropped, or ("would drop") passed in audit mode or by an audit rule: counted in this
     // CPU's tally, the value the event limiter's cheap stages use next, so a flood's drop
@@ -205,12 +205,13 @@ fn is_reply(flow: &Flow, config: &GuardConfig) -> bool {
 }
 
 /// Counts a connection attempt (TCP SYN without ACK; any UDP datagram) and its rejection,
-/// in the port's slot `named` (from its ports entry), or its protocol's "other" slot.
+/// in the port's slot (or its protocol's "other" slot).
 #[inline(always)]
-fn count_port(flow: &Flow, named: u32, rejected: bool) {
+fn count_port(policy: &Policy, flow: &Flow, rejected: bool) {
     if flow.proto_idx == PROTO_IDX_TCP && flow.tcp_flags & (TCP_SYN | TCP_ACK) != TCP_SYN {
         return;
     }
+    let named = policy.port_slot(flow.proto_idx, flow.dport);
     // Slot 0 in the slot array means "not named"; the "other" slots are the protocol indices.
     let slot = if named == 0 { flow.proto_idx } else { named };
     if let Some(stats) = GUARD_PORTSTAT.get_ptr_mut(slot) {

@@ -306,7 +306,7 @@ fn integrity_hooks_and_permissions_with_a_running_daemon() {
     // Index 7 (tcp port 7 of generation 0) is unused by the policy.
     sh(&[
         "bpftool", "map", "update", "id", &ports_map, "key", "7", "0", "0", "0", "value", "1", "0",
-        "0", "0", "0", "0", "0", "0",
+        "0", "0",
     ]);
     let errors = messages(&doctor(&daemon), &["integrity"], "error");
     assert!(

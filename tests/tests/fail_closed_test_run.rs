@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use aya::maps::{Array, HashMap};
 use guard_common::{
     DIRECT_RULES_LEN, GuardConfig, POLICY_PORTS_LEN, PORT_ACTION_MASK, PORT_DIRECT, PROTO_IDX_TCP,
-    RuleRef, SrcHashKeyV4, gen_index, maps, port_index, port_value, port_value_parts,
+    RuleRef, SrcHashKeyV4, gen_index, maps, port_index,
 };
 use guard_tests::{
     kernel::{Loaded, XDP_DROP, XDP_PASS, load},
@@ -43,21 +43,18 @@ from = ["198.51.100.0/24"]
     )
 }
 
-/// The active generation's ports-array entry of TCP `port` (the low half of its value; the
-/// counter slot in the high half stays), rewritten by `f`.
+/// The active generation's ports-array entry of TCP `port`, rewritten by `f`.
 fn rewrite_port_entry(g: &mut Loaded, port: u16, f: impl FnOnce(u32) -> u32) {
     let generation = g.guard.active_record().expect("active").generation & 1;
     let map = g.guard.raw_map_mut(maps::PORTS).expect("ports map");
-    let mut ports = Array::<_, u64>::try_from(map).expect("ports array");
+    let mut ports = Array::<_, u32>::try_from(map).expect("ports array");
     let index = gen_index(
         generation,
         POLICY_PORTS_LEN,
         port_index(PROTO_IDX_TCP, port),
     );
-    let (entry, slot) = port_value_parts(ports.get(&index, 0).expect("entry"));
-    ports
-        .set(index, port_value(f(entry), slot), 0)
-        .expect("write entry");
+    let entry = ports.get(&index, 0).expect("entry");
+    ports.set(index, f(entry), 0).expect("write entry");
 }
 
 /// `packet`, whose entry was corrupted to an unknown action, is dropped (fail closed) and

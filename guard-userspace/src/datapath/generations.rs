@@ -13,7 +13,7 @@ use guard_common::{
     CLASS_BITS, ClassLens, DIRECT_BLOCKS, DIRECT_RULES_LEN, DIRECT16_LEN, DirectBlock, GuardConfig,
     POLICY_PORTS_LEN, PORT_DIRECT, PORT_VALUE_MASK, PORTS_LEN, PROTOS_LEN, RuleRef, SRC_ZONES_LEN,
     SrcBucketV6, SrcHashKeyV4, SrcHashKeyV6, SrcKeyV4, SrcKeyV6, SrcSlotV6, TABLE_V6_MAX_BITS,
-    TABLE_V6_WAYS, gen_index, port_value_parts, src_zone_bit, table_v6_buckets,
+    TABLE_V6_WAYS, gen_index, src_zone_bit, table_v6_buckets,
 };
 
 use crate::policy::Lowered;
@@ -24,10 +24,10 @@ use crate::policy::Lowered;
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Contents {
     pub config: GuardConfig,
-    /// [`guard_common::port_value`]s: the port's entry and its counter slot.
-    pub ports: BTreeMap<u32, u64>,
+    pub ports: BTreeMap<u32, u32>,
     pub protos: BTreeMap<u32, u32>,
     pub listen: BTreeSet<u32>,
+    pub port_slots: BTreeMap<u32, u32>,
     pub class_lens: BTreeMap<u32, ClassLens>,
     pub hash_v4: HashMap<SrcHashKeyV4, RuleRef>,
     pub hash_v6: HashMap<SrcHashKeyV6, RuleRef>,
@@ -178,24 +178,11 @@ impl Contents {
                 direct_class_offset: offset,
                 ..lowered.config
             },
-            ports: {
-                // A port's counter slot rides in its entry: the ports the policy names for
-                // counting are ports some rule names, but a slot without an entry (a port
-                // of a range too long to slot) is kept too.
-                let mut ports: BTreeMap<u32, u64> = lowered
-                    .ports
-                    .iter()
-                    .map(|&(i, v)| (i, guard_common::port_value(port_value(v), 0)))
-                    .collect();
-                for &(i, slot) in &lowered.port_slots {
-                    let value = ports.entry(i).or_default();
-                    *value = guard_common::port_value(port_value_parts(*value).0, slot);
-                }
-                ports
-                    .into_iter()
-                    .map(|(i, v)| (gen_index(generation, POLICY_PORTS_LEN, i), v))
-                    .collect()
-            },
+            ports: lowered
+                .ports
+                .iter()
+                .map(|&(i, v)| (gen_index(generation, POLICY_PORTS_LEN, i), port_value(v)))
+                .collect(),
             protos: lowered
                 .protos
                 .iter()
@@ -205,6 +192,11 @@ impl Contents {
                 .listen
                 .iter()
                 .map(|&i| gen_index(generation, PORTS_LEN, i))
+                .collect(),
+            port_slots: lowered
+                .port_slots
+                .iter()
+                .map(|&(i, slot)| (gen_index(generation, PORTS_LEN, i), slot))
                 .collect(),
             class_lens: lowered
                 .class_lens
@@ -295,6 +287,7 @@ impl Contents {
         let mut c = self.clone();
         c.ports.retain(|_, v| *v != 0);
         c.protos.retain(|_, v| *v != 0);
+        c.port_slots.retain(|_, v| *v != 0);
         c.class_lens.retain(|_, v| *v != ClassLens::default());
         c.src_zones.retain(|_, v| *v != 0);
         c.direct16.retain(|_, v| *v != 0);
@@ -320,9 +313,10 @@ impl Contents {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Delta {
     pub config: Option<GuardConfig>,
-    pub ports: Vec<(u32, u64)>,
+    pub ports: Vec<(u32, u32)>,
     pub protos: Vec<(u32, u32)>,
     pub listen: Vec<(u32, u32)>,
+    pub port_slots: Vec<(u32, u32)>,
     pub class_lens: Vec<(u32, ClassLens)>,
     pub hash_v4: Changes<SrcHashKeyV4>,
     pub hash_v6: Changes<SrcHashKeyV6>,
@@ -394,6 +388,7 @@ impl Delta {
             (maps::PORTS, self.ports.len()),
             (maps::PROTOS, self.protos.len()),
             (maps::LISTEN, self.listen.len()),
+            (maps::PORT_SLOTS, self.port_slots.len()),
             (maps::CLASS_LENS, self.class_lens.len()),
             (maps::SRC_ZONES, self.src_zones.len()),
             (maps::SRC_DIRECT16, self.direct16.len()),
@@ -431,6 +426,7 @@ impl Delta {
             ports: array_changes(&old.ports, &new.ports),
             protos: array_changes(&old.protos, &new.protos),
             listen: array_changes(&listen_old, &listen_new),
+            port_slots: array_changes(&old.port_slots, &new.port_slots),
             class_lens: array_changes(&old.class_lens, &new.class_lens),
             hash_v4: keyed_changes(&old.hash_v4, &new.hash_v4),
             hash_v6: keyed_changes(&old.hash_v6, &new.hash_v6),
@@ -450,6 +446,7 @@ impl Delta {
             + self.ports.len()
             + self.protos.len()
             + self.listen.len()
+            + self.port_slots.len()
             + self.class_lens.len()
             + self.src_zones.len()
             + self.direct16.len()
@@ -528,18 +525,12 @@ tcp = [22, 80, 443]
         assert_eq!(g0.ports.len(), g1.ports.len());
         for ((i0, v0), (i1, v1)) in g0.ports.iter().zip(&g1.ports) {
             assert_eq!(i1 - i0, POLICY_PORTS_LEN);
-            let ((e0, s0), (e1, s1)) = (port_value_parts(*v0), port_value_parts(*v1));
-            assert_eq!(s1, s0, "counter slots stay");
-            if e0 & PORT_DIRECT == 0 && e0 & PORT_VALUE_MASK != 0 {
-                assert_eq!(e1 - e0, 100, "class entries move by the class offset");
+            if v0 & PORT_DIRECT == 0 && v0 & PORT_VALUE_MASK != 0 {
+                assert_eq!(v1 - v0, 100, "class entries move by the class offset");
             } else {
-                assert_eq!(e1, e0, "direct rules and flags stay");
+                assert_eq!(v1, v0, "direct rules and flags stay");
             }
         }
-        assert!(
-            g0.ports.values().any(|&v| port_value_parts(v).1 != 0),
-            "the named ports carry their counter slots"
-        );
         for (i0, i1) in g0.listen.iter().zip(&g1.listen) {
             assert_eq!(i1 - i0, PORTS_LEN);
         }
@@ -568,6 +559,7 @@ tcp = [22, 80, 443]
             1 + g.ports.len()
                 + g.protos.len()
                 + g.listen.len()
+                + g.port_slots.len()
                 + g.class_lens.len()
                 + g.src_zones.len()
                 + g.hash_v4.len()
@@ -678,12 +670,11 @@ tcp = [22, 80, 443]
         let text = ZONES.replace("ports = [80, 443]", "ports = [80, 443, 8443]");
         let after = lowered_after(&before, &text);
         let delta = Delta::between(&Contents::of(&before, 0, 64), &Contents::of(&after, 0, 64));
-        // Port 8443 gets the web rule (a direct entry) and a counter slot, in one entry;
-        // nothing else moves.
+        // Port 8443 gets the web rule (a direct entry) and a counter slot; nothing else moves.
         assert_eq!(delta.config, None);
         assert_eq!(delta.ports.len(), 1, "{delta:?}");
-        assert_ne!(port_value_parts(delta.ports[0].1).1, 0, "{delta:?}");
-        assert_eq!(delta.writes(), 1, "{delta:?}");
+        assert_eq!(delta.port_slots.len(), 1, "{delta:?}");
+        assert_eq!(delta.writes(), 2, "{delta:?}");
     }
 
     #[test]
@@ -732,17 +723,18 @@ tcp = [22, 80, 443]
         if let Some(config) = delta.config {
             model.config = config;
         }
-        fn array<V: Default + PartialEq>(map: &mut BTreeMap<u32, V>, changes: Vec<(u32, V)>) {
+        let array = |map: &mut BTreeMap<u32, u32>, changes: Vec<(u32, u32)>| {
             for (i, v) in changes {
-                if v == V::default() {
+                if v == 0 {
                     map.remove(&i);
                 } else {
                     map.insert(i, v);
                 }
             }
-        }
+        };
         array(&mut model.ports, delta.ports);
         array(&mut model.protos, delta.protos);
+        array(&mut model.port_slots, delta.port_slots);
         for (i, v) in delta.src_zones {
             if v == 0 {
                 model.src_zones.remove(&i);

@@ -180,9 +180,10 @@ impl Guard {
         }
         Ok(Contents {
             config,
-            ports: read_array::<u64>(self, generation, maps::PORTS, POLICY_PORTS_LEN)?,
+            ports: array(maps::PORTS, POLICY_PORTS_LEN)?,
             protos: array(maps::PROTOS, PROTOS_LEN)?,
             listen: array(maps::LISTEN, PORTS_LEN)?.into_keys().collect(),
+            port_slots: array(maps::PORT_SLOTS, PORTS_LEN)?,
             class_lens,
             hash_v4: read_hash(
                 self.map(maps::SRC_HASH_V4)?,
@@ -275,6 +276,7 @@ pub(super) fn write_delta(
     set_array(ebpf, maps::PORTS, &delta.ports)?;
     set_array(ebpf, maps::PROTOS, &delta.protos)?;
     set_array(ebpf, maps::LISTEN, &delta.listen)?;
+    set_array(ebpf, maps::PORT_SLOTS, &delta.port_slots)?;
     set_array(ebpf, maps::CLASS_LENS, &delta.class_lens)?;
     write_hash(ebpf, maps::SRC_HASH_V4, &delta.hash_v4)?;
     write_hash(ebpf, maps::SRC_HASH_V6, &delta.hash_v6)?;

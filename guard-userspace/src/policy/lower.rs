@@ -49,8 +49,7 @@ pub struct Lowered {
     pub src_v6: Vec<(u32, SrcKeyV6, RuleRef)>,
     /// Entries of the listen array: indices of the (protocol, port) pairs `bind()` may use.
     pub listen: Vec<u32>,
-    /// Non-zero counter slots of named ports: (ports array index, slot). They ride in the
-    /// high half of the ports entries ([`guard_common::port_value`]).
+    /// Non-zero entries of the port-slot array: (index, slot).
     pub port_slots: Vec<(u32, u32)>,
     /// Indexed by slot: what each per-port counter counts.
     pub slots: Vec<PortSlot>,
