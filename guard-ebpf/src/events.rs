@@ -3,8 +3,8 @@
 //! userspace at most its rate.
 //!
 //! In front of it, two cheap stages in this CPU's [`DenyTally`] (which also counts the
-//! suppressed events and the policy denies, so a flood's drop does all its bookkeeping but
-//! the rule counter in one value). First, the source the limiter last
+//! suppressed events, the policy denies and the policy default's denies, so a flood's drop
+//! by the default does all of its bookkeeping in one value). First, the source the limiter last
 //! held back on this CPU: its next `EVENT_HEAVY_SKIPS` denies are held back after one
 //! compare (a flood from one source costs a compare, and spends nothing of the budget).
 //! Then a per-CPU budget: each CPU sends at most `GuardConfig::event_budget` denies per

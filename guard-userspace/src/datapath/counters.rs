@@ -234,8 +234,8 @@ pub struct CounterMaps<T> {
     pub reasons: PerCpuArray<T, u64>,
     pub ports: PerCpuArray<T, PortStats>,
     pub events: PerCpuArray<T, u64>,
-    /// The per-CPU tally of policy denies and suppressed events (`None`: pins of layout 2,
-    /// which counted both in `reasons` and `events`).
+    /// The per-CPU tally of policy denies, the default's denies and suppressed events
+    /// (`None`: pins of layout 2, which counted them in `reasons`, `rules` and `events`).
     pub tally: Option<PerCpuArray<T, DenyTally>>,
     pub conns: PerCpuHashMap<T, u32, ConnStats>,
     pub rtt: PerCpuHashMap<T, u32, RttHist>,
